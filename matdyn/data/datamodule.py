@@ -1,0 +1,290 @@
+"""LightningDataModule serving any dataset store at the resolution a training stage asks for.
+
+Frames are loaded once into RAM (stores in this project are at most a few GB), made square
+by a centre crop or pad, resized with antialiasing to the top training resolution and
+scaled to [-1, 1] per channel. Lower stage resolutions are average-pooled from the top
+resolution (as progressive GANs downsample their reals) and cached. The batch sampler reads
+the current batch size lazily, so a stage switch (`set_stage`) takes effect at the next
+batch without rebuilding the dataloader (Lightning issues #19286, #21448).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from matdyn.data.store import StoreMeta, open_store
+from matdyn.errors import ConfigError, StoreError
+
+Fit = Literal["crop", "pad"]
+Norm = Literal["auto", "minmax", "norm_term"]
+
+
+def is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+def square_frames(x: torch.Tensor, fit: Fit = "crop") -> torch.Tensor:
+    """Centre-crop (or zero-pad with the edge mean) frames [N, C, *spatial] to equal sides.
+
+    >>> square_frames(torch.zeros(1, 1, 4, 6)).shape
+    torch.Size([1, 1, 4, 4])
+    """
+    spatial = x.shape[2:]
+    if len(set(spatial)) == 1:
+        return x
+    if fit == "crop":
+        side = min(spatial)
+        sl = [slice(None), slice(None)] + [slice((s - side) // 2, (s - side) // 2 + side) for s in spatial]
+        return x[tuple(sl)]
+    side = max(spatial)
+    pad: list[int] = []
+    for s in reversed(spatial):  # F.pad wants the last dimension first
+        before = (side - s) // 2
+        pad += [before, side - s - before]
+    fill = float(x.mean())
+    return F.pad(x, pad, mode="constant", value=fill)
+
+
+def resize_frames(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize square frames [N, C, *spatial] to `resolution` per side with antialiasing.
+
+    Integer downsampling factors use area averaging (exact box filter, 2D and 3D); other
+    2D factors use antialiased bilinear interpolation; other 3D factors Gaussian pre-blur
+    then trilinear interpolation; upsampling uses (bi/tri)linear interpolation.
+    """
+    side = x.shape[-1]
+    ndim = x.dim() - 2
+    if side == resolution:
+        return x
+    if side > resolution and side % resolution == 0:
+        pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
+        k = side // resolution
+        return pool(x, kernel_size=k, stride=k)
+    size = (resolution,) * ndim
+    if ndim == 2:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                             antialias=side > resolution)
+    if side > resolution:
+        from scipy.ndimage import gaussian_filter
+
+        sigma = 0.5 * side / resolution  # ~ scikit-image's anti_aliasing sigma (s - 1) / 2
+        x = torch.from_numpy(gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma, sigma)))
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+class _StageBatchSampler(Sampler[list[int]]):
+    """Shuffled batches whose size is read from the DataModule at every batch."""
+
+    def __init__(self, dm: MicroscopyDataModule) -> None:
+        self.dm = dm
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return max(1, self.dm.n_frames // min(self.dm.batch_size, self.dm.n_frames))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.dm.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(self.dm.n_frames, generator=g).tolist()
+        i = 0
+        while True:
+            bs = min(self.dm.batch_size, self.dm.n_frames)
+            if i + bs > len(order):
+                return  # drop the incomplete tail: minibatch-stddev needs full batches
+            yield order[i : i + bs]
+            i += bs
+
+
+class MicroscopyDataModule(pl.LightningDataModule):
+    """Serve a dataset store for progressive training.
+
+    Args:
+        path: dataset store (zarr) path.
+        resolution: top training resolution (power of two); frames are resized to it.
+        batch_size: initial batch size (changed by :meth:`set_stage`).
+        seed: shuffling seed (epoch e uses a stream derived from seed and e).
+        fit: how non-square frames become square: centre ``crop`` or ``pad``.
+        normalization: ``minmax`` maps each channel's data range to [-1, 1];
+            ``norm_term`` uses the store's ``norm_term`` (the paper authors' convention
+            (x - norm) / norm); ``auto`` picks ``norm_term`` when the store has one.
+        max_frames: load only the first frames (quick experiments).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        resolution: int,
+        batch_size: int = 16,
+        seed: int = 0,
+        fit: Fit = "crop",
+        normalization: Norm = "auto",
+        max_frames: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not is_power_of_two(int(resolution)) or resolution < 4:
+            raise ConfigError(
+                f"resolution {resolution} is not a power of two >= 4; use e.g. 16, 32, 64, 128"
+            )
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if fit not in ("crop", "pad"):
+            raise ConfigError(f"fit must be 'crop' or 'pad', got {fit!r}")
+        self.path = str(path)
+        self.resolution = int(resolution)
+        self.batch_size = int(batch_size)
+        self.stage_resolution = int(resolution)
+        self.seed = int(seed)
+        self.fit: Fit = fit
+        self.normalization_mode: Norm = normalization
+        self.max_frames = max_frames
+        self.meta: StoreMeta | None = None
+        self.normalization: dict[str, Any] = {}
+        self._data: dict[int, torch.Tensor] = {}
+        self._sampler: _StageBatchSampler | None = None
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return self._require_meta().channels
+
+    @property
+    def ndim(self) -> int:
+        return self._require_meta().ndim
+
+    @property
+    def n_frames(self) -> int:
+        return int(self._data[self.resolution].shape[0])
+
+    @property
+    def pixel_size(self) -> float:
+        """Physical size of one pixel at the top training resolution (store unit)."""
+        m = self._require_meta()
+        side = min(m.spatial_shape) if self.fit == "crop" else max(m.spatial_shape)
+        return m.pixel_size * side / self.resolution
+
+    def _require_meta(self) -> StoreMeta:
+        if self.meta is None:
+            self.setup("fit")
+        assert self.meta is not None
+        return self.meta
+
+    # -- loading -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._data:
+            return
+        store = open_store(self.path)
+        self.meta = store.meta
+        n = len(store) if self.max_frames is None else min(len(store), int(self.max_frames))
+        if n < 2:
+            raise StoreError(
+                f"{self.path}: {n} frame(s); training needs at least 2 (minibatch statistics)"
+            )
+        # load and resize in chunks so peak memory stays near the resized dataset size
+        chunks = []
+        step = max(1, store.images.chunks[0])
+        for i in range(0, n, step):
+            x = torch.from_numpy(store.load(i, min(n, i + step)))
+            chunks.append(resize_frames(square_frames(x, self.fit), self.resolution))
+        data = torch.cat(chunks)  # [N, C, *spatial] physical units
+        offset, scale = self._norm_params(data, store.meta)
+        shape = (1, -1) + (1,) * self.meta.ndim
+        data = (data - offset.view(shape)) / scale.view(shape)
+        self.normalization = {
+            "mode": self._resolved_norm(store.meta),
+            "offset": offset.tolist(),
+            "scale": scale.tolist(),
+            "pixel_size": self.pixel_size,
+            "unit": store.meta.unit,
+        }
+        self._data = {self.resolution: data.contiguous()}
+
+    def _resolved_norm(self, meta: StoreMeta) -> str:
+        if self.normalization_mode == "auto":
+            return "norm_term" if "norm_term" in meta.extra else "minmax"
+        return self.normalization_mode
+
+    def _norm_params(self, data: torch.Tensor, meta: StoreMeta) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = self._resolved_norm(meta)
+        c = data.shape[1]
+        if mode == "norm_term":
+            if "norm_term" not in meta.extra:
+                raise StoreError(f"{self.path}: normalization='norm_term' but the store has no "
+                                 "norm_term attribute; use normalization=minmax")
+            norm = torch.as_tensor(meta.extra["norm_term"], dtype=torch.float32).flatten()
+            norm = norm.expand(c) if norm.numel() == 1 else norm
+            # paper authors' convention: x_n = (x - norm) / norm  =>  offset = scale = norm
+            return norm.clone(), norm.abs().clamp_min(1e-12).clone()
+        flat = data.transpose(0, 1).reshape(c, -1)
+        lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        offset = (hi + lo) / 2
+        scale = ((hi - lo) / 2).clamp_min(1e-12)
+        return offset, scale
+
+    def images_at(self, resolution: int) -> torch.Tensor:
+        """The whole dataset at `resolution` in [-1, 1] (average-pooled from the top resolution)."""
+        self.setup()
+        if resolution not in self._data:
+            if not is_power_of_two(resolution) or resolution > self.resolution or resolution < 4:
+                raise ConfigError(
+                    f"stage resolution {resolution} must be a power of two between 4 and "
+                    f"the top training resolution {self.resolution}"
+                )
+            self._data[resolution] = resize_frames(self._data[self.resolution], resolution)
+        return self._data[resolution]
+
+    def to_physical(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [-1, 1] images back to physical units (inverse of the normalisation)."""
+        self.setup()
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        off = torch.tensor(self.normalization["offset"], dtype=x.dtype, device=x.device).view(shape)
+        sc = torch.tensor(self.normalization["scale"], dtype=x.dtype, device=x.device).view(shape)
+        return x * sc + off
+
+    # -- stages --------------------------------------------------------------------------------
+    def set_stage(self, resolution: int, batch_size: int) -> None:
+        """Serve `batch_size` images at `resolution` from the next batch on."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.images_at(int(resolution))  # validates and caches
+        self.stage_resolution = int(resolution)
+        self.batch_size = int(batch_size)
+
+    def _collate(self, idx: list[int]) -> torch.Tensor:
+        data = self.images_at(self.stage_resolution)
+        return data[torch.as_tensor(idx, dtype=torch.long)]
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        if self._sampler is None:
+            self._sampler = _StageBatchSampler(self)
+        # num_workers=0 on purpose: data sits in RAM and stage changes must reach the collate
+        return DataLoader(range(self.n_frames), batch_sampler=self._sampler, collate_fn=self._collate)
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "stage_resolution": self.stage_resolution,
+            "batch_size": self.batch_size,
+            "sampler_epoch": self._sampler.epoch if self._sampler else 0,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage_resolution = int(state.get("stage_resolution", self.resolution))
+        self.batch_size = int(state.get("batch_size", self.batch_size))
+        if self._sampler is None:
+            self._sampler = _StageBatchSampler(self)
+        self._sampler.epoch = int(state.get("sampler_epoch", 0))
+
+
+def resolution_for(side: int, maximum: int) -> int:
+    """Largest power of two <= min(side, maximum) (the default training resolution)."""
+    return int(2 ** math.floor(math.log2(max(4, min(side, maximum)))))
+
