@@ -125,7 +125,7 @@ class StoreWriter:
             raise StoreError(f"{self.path}: pixel_size must be a positive number, got {pixel_size}")
         if self.path.exists() and not overwrite:
             raise StoreError(
-                f"{self.path} already exists; pass overwrite=True (or choose another path)"
+                f"{self.path} already exists; pass overwrite=true (or choose another path)"
             )
         self.overwrite = overwrite
         self.name = name or self.path.stem

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from matdyn.data.datamodule import MicroscopyDataModule, resize_frames, square_frames
+from matdyn.data.store import StoreWriter
+from matdyn.errors import ConfigError, StoreError
+
+
+def _store(path, n=12, c=1, spatial=(18, 22), norm_term=None, seed=0):
+    rng = np.random.default_rng(seed)
+    with StoreWriter(path, spatial_shape=spatial, channel_names=[f"c{i}" for i in range(c)],
+                     pixel_size=10.0, unit="nm") as w:
+        w.append(rng.normal(3.0, 2.0, size=(n, c, *spatial)).astype(np.float32))
+        if norm_term is not None:
+            w.attrs["norm_term"] = [norm_term]
+    return path
+
+
+def test_2d_stage_switching_without_reload(tmp_path):
+    dm = MicroscopyDataModule(_store(tmp_path / "a.zarr"), resolution=16, batch_size=4)
+    dm.setup("fit")
+    assert dm.channels == 1 and dm.ndim == 2
+    top = dm.images_at(16)
+    assert top.shape == (12, 1, 16, 16)
+    assert top.min() >= -1 - 1e-6 and top.max() <= 1 + 1e-6
+    assert top.min() == pytest.approx(-1, abs=1e-5) and top.max() == pytest.approx(1, abs=1e-5)
+    # 18 px crop side resized to 16 -> effective pixel size 10 * 18 / 16
+    assert dm.pixel_size == pytest.approx(11.25)
+    it = iter(dm.train_dataloader())
+    assert next(it).shape == (4, 1, 16, 16)
+    dm.set_stage(4, 2)
+    b = next(it)  # same iterator: the change reaches the next batch
+    assert b.shape == (2, 1, 4, 4)
+    # lower stage = area average of the top resolution
+    np.testing.assert_allclose(dm.images_at(8), torch.nn.functional.avg_pool2d(top, 2), atol=1e-6)
+
+
+def test_3d_multichannel_and_physical_roundtrip(tmp_path):
+    dm = MicroscopyDataModule(_store(tmp_path / "v.zarr", n=6, c=3, spatial=(8, 8, 8)), resolution=8,
+                              batch_size=3)
+    dm.setup()
+    x = dm.images_at(8)
+    assert x.shape == (6, 3, 8, 8, 8) and dm.ndim == 3
+    dm.set_stage(4, 2)
+    b = next(iter(dm.train_dataloader()))
+    assert b.shape == (2, 3, 4, 4, 4)
+    from matdyn.data.store import open_store
+
+    raw = torch.from_numpy(open_store(tmp_path / "v.zarr").load())
+    torch.testing.assert_close(dm.to_physical(x), raw, atol=1e-5, rtol=1e-5)
+
+
+def test_norm_term_convention(tmp_path):
+    dm = MicroscopyDataModule(_store(tmp_path / "n.zarr", norm_term=2.0), resolution=16)
+    dm.setup()
+    assert dm.normalization["mode"] == "norm_term"
+    assert dm.normalization["offset"] == [2.0] and dm.normalization["scale"] == [2.0]
+
+
+def test_square_and_resize_helpers():
+    x = torch.arange(2 * 6 * 4, dtype=torch.float32).view(1, 2, 6, 4)
+    assert square_frames(x, "crop").shape == (1, 2, 4, 4)
+    assert square_frames(x, "pad").shape == (1, 2, 6, 6)
+    torch.testing.assert_close(square_frames(x, "crop"), x[:, :, 1:5, :])
+    # non-integer antialiased downsample of a constant stays constant
+    c = torch.full((1, 1, 142, 142), 3.0)
+    torch.testing.assert_close(resize_frames(c, 64), torch.full((1, 1, 64, 64), 3.0))
+    v = torch.full((1, 1, 12, 12, 12), 2.0)
+    torch.testing.assert_close(resize_frames(v, 8), torch.full((1, 1, 8, 8, 8), 2.0))
+
+
+def test_datamodule_errors(tmp_path):
+    with pytest.raises(ConfigError, match="power of two"):
+        MicroscopyDataModule(tmp_path / "x.zarr", resolution=48)
+    with pytest.raises(StoreError, match="no such store"):
+        MicroscopyDataModule(tmp_path / "missing.zarr", resolution=16).setup()
+    dm = MicroscopyDataModule(_store(tmp_path / "one.zarr", n=1), resolution=16)
+    with pytest.raises(StoreError, match="at least 2"):
+        dm.setup()
+    dm = MicroscopyDataModule(_store(tmp_path / "a.zarr"), resolution=16)
+    with pytest.raises(ConfigError, match="between 4 and"):
+        dm.set_stage(32, 4)
+
+
+def test_shuffle_is_seeded(tmp_path):
+    p = _store(tmp_path / "a.zarr")
+    a = next(iter(MicroscopyDataModule(p, 16, batch_size=4, seed=3).train_dataloader()))
+    b = next(iter(MicroscopyDataModule(p, 16, batch_size=4, seed=3).train_dataloader()))
+    c = next(iter(MicroscopyDataModule(p, 16, batch_size=4, seed=4).train_dataloader()))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
