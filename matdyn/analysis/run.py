@@ -1,0 +1,190 @@
+"""Run one case-study analysis end to end: resolve data, bundle and γ, call the case module,
+write ``summary.json`` (with the resolved config, the bundle's hash and the seed, so any
+figure can be regenerated) and log everything to W&B."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matdyn.errors import AnalysisError, ConfigError
+
+log = logging.getLogger("matdyn.analysis")
+
+#: γ the paper settled on per case, used when no sweep is given (§3.2, §3.3.1, §3.4.1)
+PAPER_GAMMA = {"ta_chart": 1.0, "np_diffusion": 1.0, "brass_clump": 0.5}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def resolve_gamma(gamma: Any, sweep: str | os.PathLike | None, case: str) -> tuple[float, str]:
+    """γ as a number and where it came from ('given', 'sweep:<path>' or 'paper')."""
+    from matdyn.cli import project_path
+
+    if gamma is not None and str(gamma) != "auto":
+        try:
+            g = float(gamma)
+        except ValueError:
+            raise ConfigError(f"gamma must be a number or 'auto', got {gamma!r}") from None
+        if not g > 0:
+            raise ConfigError(f"gamma must be > 0, got {g}")
+        return g, "given"
+    if sweep:
+        p = project_path(sweep)
+        p = p / "gamma.json" if p.is_dir() else p
+        if not p.is_file():
+            raise ConfigError(f"{p}: no gamma.json; run the γ sweep first "
+                              "(python scripts/sweep_gamma.py -m ...) or pass gamma=<value>")
+        try:
+            g = float(json.loads(p.read_text())["gamma"])
+        except (KeyError, ValueError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{p}: unreadable gamma.json ({type(e).__name__}); re-run the "
+                              "aggregation (scripts/aggregate_sweep.py)") from None
+        return g, f"sweep:{p}"
+    if case not in PAPER_GAMMA:
+        raise ConfigError(f"gamma=auto needs sweep=<dir> for case {case!r}")
+    log.info("gamma=auto without a sweep: using the paper's γ = %s for %s", PAPER_GAMMA[case], case)
+    return PAPER_GAMMA[case], "paper"
+
+
+def run_analysis(
+    dataset: Mapping[str, Any],
+    analysis: Any,
+    bundle_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    gamma: Any = "auto",
+    sweep: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    wandb_cfg: Mapping[str, Any] | None = None,
+    resolved_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Library entry of ``scripts/analyze.py``; `analysis` is a case Config dataclass."""
+    import torch
+
+    from matdyn.cli import project_path
+    from matdyn.data.sources import ensure_store
+    from matdyn.data.store import open_store
+    from matdyn.training.bundle import load_generator
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(type(analysis).__module__)
+    case = module.__name__.rsplit(".", 1)[-1]
+    if not hasattr(module, "run"):
+        raise ConfigError(f"analysis config {type(analysis).__name__} has no case module with run()")
+    bundle_path = project_path(bundle_path)
+    gen = load_generator(bundle_path)
+    trained_on = str(gen.meta.get("dataset", ""))
+    if trained_on and trained_on != dataset.get("name"):
+        raise AnalysisError(
+            f"{bundle_path} was trained on dataset '{trained_on}' but the analysis is for "
+            f"'{dataset.get('name')}'; pass the matching dataset=... or bundle=..."
+        )
+    ensure_store(dataset, progress=progress)
+    store = open_store(project_path(dataset["path"]), validate=False)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = gen.to(device)
+    g, gamma_source = resolve_gamma(gamma, sweep, case)
+    log.info("analysis %s: bundle %s, γ = %.4g (%s), output %s", case, bundle_path, g, gamma_source, out)
+
+    run_wandb = None
+    wb = dict(wandb_cfg or {})
+    if wb.get("enabled", False) and wb.get("mode", "offline") != "disabled":
+        import wandb
+
+        run_wandb = wandb.init(project=wb.get("project", "matdyn"), mode=wb.get("mode", "offline"),
+                               dir=str(out), job_type="analysis", group=case,
+                               config=dict(resolved_config or {}), reinit="finish_previous")
+
+    def _log(values: Mapping[str, Any]) -> None:
+        if run_wandb is not None:
+            run_wandb.log({f"analysis/{k}": v for k, v in values.items()})
+
+    try:
+        summary = module.run(gen, store, analysis, gamma=g, out_dir=out, seed=seed,
+                             progress=progress, log=_log)
+        summary = dict(summary)
+        summary.update(
+            gamma=g,
+            gamma_source=gamma_source,
+            seed=seed,
+            bundle=str(bundle_path),
+            bundle_sha256=file_sha256(bundle_path),
+            store=str(store.path),
+            config=dict(resolved_config or {}),
+            elapsed_s=round(time.perf_counter() - t0, 2),
+        )
+        write_json_atomic(out / "summary.json", summary)
+        if run_wandb is not None:
+            import wandb
+
+            for rel in summary.get("figures", []):
+                p = out / rel
+                if p.suffix == ".png" and p.is_file():
+                    run_wandb.log({f"figures/{p.stem}": wandb.Image(str(p))})
+            table = out / str(summary.get("table", ""))
+            if table.is_file() and table.suffix == ".csv":
+                import pandas as pd
+
+                run_wandb.log({"variations": wandb.Table(dataframe=pd.read_csv(table))})
+            run_wandb.summary.update(_flat(summary.get("recovery", {}), "recovery"))
+    finally:
+        if run_wandb is not None:
+            run_wandb.finish()
+    return summary
+
+
+def _flat(d: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat(v, key))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+    return out

@@ -1,0 +1,196 @@
+"""The reproduction pipeline: data → training → γ sweep → analysis → report, per case study.
+
+Each step is one command of the thin entry points in ``scripts/``. A step is skipped when
+its outputs exist and its *key* — a content hash of its command line and of the keys of
+the steps it depends on — matches the key recorded when it last finished, so an
+interrupted reproduction resumes where it stopped, and changing a setting reruns exactly
+the steps downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matdyn.errors import ConfigError, MatdynError
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = ".matdyn-step.json"
+CASES = ("ta_chart", "np_diffusion", "brass_clump")
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]                    # command, run from the project root
+    workdir: Path                      # holds the marker; usually the step's output folder
+    outputs: list[Path]                # must exist after the step
+    deps: list[Step] = field(default_factory=list)
+    resume_argv: list[str] | None = None  # command to use when a partial run can be resumed
+    can_resume: Any = None             # callable() -> bool
+
+    @property
+    def key(self) -> str:
+        h = hashlib.sha256(json.dumps(self.argv).encode())
+        for d in self.deps:
+            h.update(d.key.encode())
+        return h.hexdigest()[:16]
+
+    def marker(self) -> dict[str, Any] | None:
+        p = self.workdir / MARKER
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_fresh(self) -> bool:
+        m = self.marker()
+        return bool(m and m.get("key") == self.key and all(o.exists() for o in self.outputs))
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # "ran", "skipped", "failed"
+    seconds: float
+
+
+def _write_marker(step: Step, seconds: float) -> None:
+    step.workdir.mkdir(parents=True, exist_ok=True)
+    tmp = step.workdir / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"key": step.key, "argv": step.argv, "seconds": round(seconds, 1),
+                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    os.replace(tmp, step.workdir / MARKER)
+
+
+def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
+              env: dict[str, str] | None = None) -> list[StepResult]:
+    """Run steps in order, skipping fresh ones; stop at the first failure (MatdynError)."""
+    results: list[StepResult] = []
+    run_env = {**os.environ, **(env or {})}
+    for i, step in enumerate(steps, 1):
+        head = f"[{i}/{len(steps)}] {step.name}"
+        if not force and step.is_fresh():
+            print(f"{head}: up to date, skipped ({step.workdir})", flush=True)
+            results.append(StepResult(step.name, "skipped", 0.0))
+            continue
+        argv = step.argv
+        if step.resume_argv is not None and step.can_resume is not None and step.can_resume():
+            argv = step.resume_argv
+            print(f"{head}: resuming an interrupted run", flush=True)
+        print(f"{head}: {' '.join(argv)}", flush=True)
+        if dry_run:
+            results.append(StepResult(step.name, "dry-run", 0.0))
+            continue
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=ROOT, env=run_env)
+        dt = time.perf_counter() - t0
+        missing = [str(o) for o in step.outputs if not o.exists()]
+        if proc.returncode != 0 or missing:
+            results.append(StepResult(step.name, "failed", dt))
+            why = f"exit status {proc.returncode}" if proc.returncode else f"missing {missing}"
+            raise MatdynError(f"step '{step.name}' failed ({why}) after {dt:.0f} s; "
+                              "fix the cause and run the same command again to resume")
+        _write_marker(step, dt)
+        print(f"{head}: done in {dt:.0f} s", flush=True)
+        results.append(StepResult(step.name, "ran", dt))
+    return results
+
+
+# ---------------------------------------------------------------------------------- plans
+#: settings per scale; every value is a Hydra override of the corresponding entry point
+SCALES: dict[str, dict[str, dict[str, list[str]]]] = {
+    "quick": {
+        # CPU-sized: the whole reproduction finishes in about an hour on 2 cores
+        "ta_chart": {
+            "data": ["dataset.synthetic.n_frames=300"],
+            "train": ["schedule=quick"],
+            "sweep": ["n_refs=24", "n_samples=12", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
+            "analyze": [],
+        },
+        "np_diffusion": {
+            "data": [],
+            "train": ["schedule=quick"],
+            "sweep": ["n_refs=48", "n_samples=16", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
+            "analyze": [],
+        },
+        "brass_clump": {
+            "data": ["dataset.synthetic.n_particles=300"],
+            "train": ["schedule=quick"],
+            "sweep": ["n_refs=40", "n_samples=12", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
+            "analyze": [],
+        },
+    },
+    "paper": {
+        # the paper's sizes and counts (§3.2–3.4); needs a GPU
+        "ta_chart": {
+            "data": [],
+            "train": ["schedule=paper"],
+            "sweep": ["n_refs=1000", "n_samples=100",
+                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
+            "analyze": ["analysis.n_refs=1", "analysis.n_samples=500"],
+        },
+        "np_diffusion": {
+            "data": [],
+            "train": ["schedule=paper"],
+            "sweep": ["n_refs=1000", "n_samples=100",
+                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
+            "analyze": ["analysis.n_refs=200", "analysis.n_samples=500"],
+        },
+        "brass_clump": {
+            "data": [],
+            "train": ["schedule=paper"],
+            "sweep": ["n_refs=1000", "n_samples=100",
+                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
+            "analyze": ["analysis.n_refs=3000", "analysis.n_samples=400"],
+        },
+    },
+}
+
+
+def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
+               extra: dict[str, list[str]] | None = None, python: str = sys.executable
+               ) -> list[Step]:
+    """The four steps of one case study under ``root/<case>/``."""
+    if scale not in SCALES:
+        raise ConfigError(f"SCALE must be one of {sorted(SCALES)}, got {scale!r}")
+    if case not in SCALES[scale]:
+        raise ConfigError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    s = {k: list(v) for k, v in SCALES[scale][case].items()}
+    for k, v in (extra or {}).items():
+        s.setdefault(k, []).extend(v)
+    base = root / case
+    if store:  # real data: use the given store instead of the synthetic stand-in
+        ds = [f"dataset={case}", "dataset.source=store", f"dataset.path={store}"]
+    else:
+        ds = [f"dataset={case}", f"dataset.path={base / 'data.zarr'}"]
+    py = [python]
+    data = Step("data", py + ["scripts/make_data.py", *ds, *s["data"],
+                              f"hydra.run.dir={base / 'logs' / 'make_data'}"],
+                base / "logs" / "make_data", [Path(store) if store else base / "data.zarr"])
+    train_dir = base / "train"
+    train_argv = py + ["scripts/train.py", *ds, *s["train"], *s.get("data_train", []),
+                       f"hydra.run.dir={train_dir}"]
+    train = Step("train", train_argv, train_dir, [train_dir / "generator.pt"], deps=[data],
+                 resume_argv=train_argv + [f"ckpt_path={train_dir}"],
+                 can_resume=lambda: (train_dir / "checkpoints" / "last.ckpt").exists())
+    bundle = train_dir / "generator.pt"
+    sweep_dir = base / "sweep"
+    sweep = Step("sweep", py + ["scripts/sweep_gamma.py", "-m", *ds, f"bundle={bundle}", *s["sweep"],
+                                f"hydra.sweep.dir={sweep_dir}"],
+                 sweep_dir, [sweep_dir / "gamma.json"], deps=[train])
+    an_dir = base / "analysis"
+    analyze = Step("analyze", py + ["scripts/analyze.py", *ds, f"bundle={bundle}", "gamma=auto",
+                                    f"sweep={sweep_dir}", *s["analyze"],
+                                    f"hydra.run.dir={an_dir}"],
+                   an_dir, [an_dir / "summary.json"], deps=[sweep])
+    for st in (data, train, sweep, analyze):
+        st.name = f"{case}/{st.name}"
+    return [data, train, sweep, analyze]
