@@ -1,0 +1,130 @@
+"""Building blocks of the progressive GAN, for 2D images and 3D volumes alike.
+
+Every layer takes ``ndim`` (2 or 3) and works on channels-first tensors
+``[N, C, H, W]`` (2D) or ``[N, C, D, H, W]`` (3D); channels_last memory formats pass
+through unchanged. Equalized learning rate (Karras et al. 2018, §4.1): weights are stored
+as N(0, 1) samples and multiplied at run time by ``gain / sqrt(fan_in)``, so Adam's
+per-parameter step sizes act alike on every layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)  # He gain for LeakyReLU-ish activations (PGGAN default)
+LRELU_SLOPE = 0.2  # PGGAN §A.1
+
+
+def _check_ndim(ndim: int) -> int:
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {ndim}")
+    return int(ndim)
+
+
+def assert_shape(x: torch.Tensor, shape: Sequence[int | None]) -> None:
+    """Check ``x.shape`` against ``shape``; ``None`` entries match any size."""
+    if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        raise AssertionError(f"expected a tensor shaped {list(shape)}, got {list(x.shape)}")
+
+
+class EqualizedConv(nn.Module):
+    """Conv with equalized learning rate and 'same' padding (odd kernel sizes)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        ndim: int = 2,
+        gain: float = SQRT2,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.ndim = _check_ndim(ndim)
+        # [out, in, k, k(, k)], unit-variance storage; the scale is applied in forward
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *(kernel_size,) * ndim))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.scale = gain / math.sqrt(in_channels * kernel_size**ndim)
+        self.padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv2d if self.ndim == 2 else F.conv3d
+        return conv(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        o, i, *k = self.weight.shape
+        return f"{i}, {o}, kernel={k[0]}, ndim={self.ndim}, scale={self.scale:.4g}"
+
+
+class EqualizedLinear(nn.Module):
+    """Fully connected layer with equalized learning rate."""
+
+    def __init__(
+        self, in_features: int, out_features: int, gain: float = SQRT2, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))  # [out, in]
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape
+        return f"{i}, {o}, scale={self.scale:.4g}"
+
+
+class PixelNorm(nn.Module):
+    """Normalise the feature vector of every pixel (dim 1) to unit RMS (PGGAN §4.2)."""
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + self.eps)
+
+
+class MinibatchStd(nn.Module):
+    """Append one channel holding the mean over features of the per-group standard deviation
+    (PGGAN §3). Groups hold ``group_size`` samples (fewer if the batch does not divide)."""
+
+    def __init__(self, group_size: int = 4, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, *spatial = x.shape  # [N, C, *S]
+        g = min(self.group_size, n)
+        while n % g:  # shape-only control flow: static under torch.compile
+            g -= 1
+        m = n // g
+        # sample i sits in group i % m, as in the PGGAN reference code
+        y = x.float().reshape(g, m, c, *spatial)  # [G, M, C, *S]
+        y = y - y.mean(dim=0)
+        std = torch.sqrt(y.square().mean(dim=0) + self.eps)  # [M, C, *S]
+        s = std.mean(dim=list(range(1, std.dim())))  # [M]
+        s = s.to(x.dtype).reshape(1, m, 1, *(1,) * len(spatial))
+        s = s.expand(g, m, 1, *spatial).reshape(n, 1, *spatial)  # [N, 1, *S]
+        return torch.cat([x, s], dim=1)  # [N, C+1, *S]
+
+
+def upsample(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour ×2 upsampling of [N, C, *S]."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample(x: torch.Tensor) -> torch.Tensor:
+    """Average pooling by 2 along every spatial axis of [N, C, *S]."""
+    return F.avg_pool2d(x, 2) if x.dim() == 4 else F.avg_pool3d(x, 2)
+
+
+def lrelu() -> nn.LeakyReLU:
+    return nn.LeakyReLU(LRELU_SLOPE)

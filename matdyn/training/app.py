@@ -1,0 +1,258 @@
+"""Build and run a training job from the composed Hydra config (``conf/train.yaml``).
+
+This is the one place that reads the config tree and turns it into typed objects
+(DataModule, PGGANModule, callbacks, logger, Trainer); the library underneath never sees a
+DictConfig. ``scripts/train.py`` only wraps :func:`run_training`.
+
+Profiles. ``schedule=auto`` picks ``paper`` when CUDA is visible and ``quick`` otherwise and
+says so in the first log line. A profile (``conf/schedule/<name>.yaml``) gives per-stage
+filter widths, batch sizes and image counts, with per-dataset entries keyed by
+``dataset.name``; see :func:`matdyn.training.schedule.build_stages`. The top resolution is
+``dataset.train_resolution`` (paper) or ``dataset.quick_resolution`` (quick) unless
+``resolution`` is set.
+
+Multi-GPU / multi-node (DDP). ``trainer=ddp`` selects ``ddp_find_unused_parameters_true``
+(every stage is built up front, so the layers of later stages are unused until then).
+Lightning starts the other local ranks by re-running this script with the parent's
+``hydra.run.dir`` appended to the command line, so all ranks share the parent's run dir.
+On several nodes start the same command on every node with ``trainer.num_nodes=N`` and
+``trainer.devices=<gpus per node>``; under SLURM use ``srun`` (Lightning reads the SLURM
+variables), otherwise export ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` yourself, and
+pass the same ``hydra.run.dir=<shared path>`` on every node so they share one run dir.
+Only global rank 0 writes checkpoints, sample grids and the generator bundle. Schedule batch
+sizes are per process; ``images_seen`` counts images over all processes.
+
+Resume. ``ckpt_path=<file.ckpt | run dir>`` restores weights, EMA, both optimisers and
+``images_seen`` (hence stage and fade_alpha); ``init_from=<file.ckpt>`` loads G/D/EMA
+weights only and starts the schedule from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from matdyn.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("matdyn.train")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def resolve_profile(schedule: Mapping[str, Any], cuda: bool | None = None) -> tuple[str, dict, str]:
+    """(profile name, profile dict, message) for a schedule config; ``auto`` -> paper/quick."""
+    sched = _plain(schedule)
+    name = sched.get("name")
+    if name == "auto":
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        chosen = "paper" if cuda else "quick"
+        if chosen not in sched:
+            raise ConfigError(f"schedule=auto has no '{chosen}' profile; use schedule=paper or quick")
+        why = "CUDA is visible" if cuda else "no CUDA device visible"
+        return chosen, sched[chosen], f"schedule: auto -> {chosen} ({why})"
+    if name is None:
+        raise ConfigError("schedule config has no name; use schedule=paper, quick or auto")
+    return name, sched, f"schedule: {name}"
+
+
+def _value(node: DictConfig, key: str) -> Any:
+    """node[key], or None when unset or when its interpolation (e.g. ${dataset.ndim} for a
+    dataset config without that key) does not resolve: the data then decide."""
+    try:
+        return node.get(key)
+    except Exception:  # omegaconf InterpolationResolutionError and friends
+        return None
+
+
+def _top_resolution(cfg: DictConfig, profile: str) -> int:
+    if cfg.get("resolution") is not None:
+        return int(cfg.resolution)
+    key = "train_resolution" if profile == "paper" else "quick_resolution"
+    value = cfg.dataset.get(key) or cfg.dataset.get("train_resolution")
+    if value is None:
+        raise ConfigError(f"dataset '{cfg.dataset.get('name')}' sets no {key}; set resolution=<px>")
+    return int(value)
+
+
+def _make_logger(cfg: DictConfig, run_dir: Path) -> Any:
+    node = cfg.get("logger")
+    if not node:
+        return False
+    from hydra.utils import instantiate
+
+    target = str(node.get("_target_", ""))
+    if target.endswith("WandbLogger"):
+        mode = str(node.get("mode") or os.environ.get("WANDB_MODE") or "offline")
+        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+            import wandb
+
+            if not wandb.login(prompt=False):  # checks stored credentials, no network
+                raise ConfigError("W&B online logging needs an API key: run `wandb login` or set "
+                                  "WANDB_API_KEY, or use logger.mode=offline")
+    return instantiate(node, save_dir=str(run_dir), _convert_="all")
+
+
+def build(
+    cfg: DictConfig, run_dir: Path, cuda: bool | None = None, extra_callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Validate the config and build every object; returns them in a dict (plan included).
+    ``cuda`` overrides CUDA detection for ``schedule=auto``; ``extra_callbacks`` are appended."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from matdyn.cli import project_path
+    from matdyn.data.datamodule import MicroscopyDataModule
+    from matdyn.data.sources import ensure_store
+    from matdyn.training.checkpoint import AtomicCheckpointIO, load_checkpoint
+    from matdyn.training.module import PGGANModule
+    from matdyn.training.samples import StageSamples
+    from matdyn.training.schedule import ProgressiveSchedule, build_stages, total_images
+
+    # Lightning warnings that do not apply here: the schedule follows images_seen, not epochs
+    # or batch indices, so resuming mid-epoch is exact; and checkpoints taken after the
+    # optimiser steps are what we want (they match the incremented images_seen).
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps")
+    profile_name, profile, message = resolve_profile(cfg.schedule, cuda)
+    log.info(message)
+    top = _top_resolution(cfg, profile_name)
+
+    # data: make sure the store exists, load it at the top resolution
+    ensure_store(_plain(cfg.dataset), progress=bool(cfg.get("progress", True)))
+    ds = cfg.dataset
+    dm = MicroscopyDataModule(
+        project_path(ds.path), resolution=top, batch_size=1, seed=int(cfg.seed),
+        fit=ds.get("fit", "crop"), normalization=ds.get("normalization", "auto"),
+        max_frames=ds.get("max_frames"),
+    )
+    dm.setup("fit")
+
+    # model: ndim and channels come from the data; the config states what it expects
+    m = cfg.model
+    ndim = _value(m, "ndim")
+    if ndim is not None and int(ndim) != dm.ndim:
+        raise ConfigError(f"model is {ndim}D but dataset '{ds.name}' is {dm.ndim}D; use "
+                          f"model=pggan (follows the data) or model=pggan{dm.ndim}d")
+    channels = _value(m, "channels")
+    channels = dm.channels if channels is None else int(channels)
+    if channels != dm.channels:
+        raise ConfigError(f"model.channels={channels} but the dataset store has {dm.channels} "
+                          f"channel(s); set model.channels={dm.channels}")
+    stages, prof_filters, extras = build_stages(profile, str(ds.name), dm.ndim, top)
+    filters = [int(f) for f in (_plain(m.get("filters")) or prof_filters)]
+    if len(filters) < len(stages):
+        raise ConfigError(f"model.filters has {len(filters)} widths but {top} px needs "
+                          f"{len(stages)} stages; give one width per stage from 4 px")
+    filters = filters[: len(stages)]
+    ema_decay = m.get("ema_decay")
+    ema_decay = float(extras.get("ema_decay", 0.999) if ema_decay is None else ema_decay)
+    dm.set_stage(stages[0].resolution, stages[0].batch_size)
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    optimizer = instantiate(m.optimizer, _convert_="all") if m.get("optimizer") else None
+    module = PGGANModule(
+        latent_dim=int(m.latent_dim), channels=channels, ndim=dm.ndim, filters=filters,
+        mbstd_group=int(m.get("mbstd_group", 4)), normalize_latents=bool(m.get("normalize_latents", True)),
+        optimizer=optimizer, n_critic=int(m.get("n_critic", 1)), gp_weight=float(m.get("gp_weight", 10.0)),
+        drift_weight=float(m.get("drift_weight", 1e-3)), ema_decay=ema_decay, seed=int(cfg.seed),
+    )
+
+    # checkpoints: resume (full state) or init_from (weights only)
+    ckpt_path = None
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise ConfigError("set either ckpt_path (resume) or init_from (weights only), not both")
+    if cfg.get("ckpt_path"):
+        ckpt_path, ckpt = load_checkpoint(project_path(cfg.ckpt_path))
+        old = ckpt.get("hyper_parameters") or {}
+        for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group"):
+            if key in old and old[key] != module.hparams[key]:
+                raise CheckpointError(
+                    f"{ckpt_path} was trained with {key}={old[key]} but this config gives "
+                    f"{module.hparams[key]}; resume with the run's settings (see its plan.json)"
+                )
+    if cfg.get("init_from"):
+        src, ckpt = load_checkpoint(project_path(cfg.init_from))
+        module.load_weights(ckpt, source=str(src))
+
+    cb = cfg.get("callbacks") or {}
+    ckpt_cfg = dict(_plain(cb.get("checkpoint")) or {})
+    ckpt_cfg.pop("_target_", None)
+    callbacks = [
+        ProgressiveSchedule(stages),
+        StageSamples(run_dir / "samples", n=int((cb.get("samples") or {}).get("n", 16)), seed=int(cfg.seed)),
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), **ckpt_cfg),
+        *extra_callbacks,
+    ]
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_make_logger(cfg, run_dir),
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), _convert_="all",
+    )
+    plan = {
+        "profile": profile_name, "dataset": str(ds.name), "resolution": top, "ndim": dm.ndim,
+        "channels": dm.channels, "frames": dm.n_frames, "filters": filters, "ema_decay": ema_decay,
+        "stages": [s.__dict__ for s in stages], "total_images": total_images(stages),
+        "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
+        "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),
+        "ckpt_path": str(ckpt_path) if ckpt_path else None,
+    }
+    return {"dm": dm, "module": module, "trainer": trainer, "ckpt_path": ckpt_path,
+            "plan": plan, "callbacks": callbacks}
+
+
+def run_training(
+    cfg: DictConfig,
+    run_dir: str | os.PathLike,
+    cuda: bool | None = None,
+    extra_callbacks: Sequence[Any] = (),
+) -> Path | None:
+    """Train per ``cfg`` into ``run_dir``; return the generator bundle path (rank 0) or None."""
+    from matdyn.training.bundle import save_bundle
+
+    run_dir = Path(run_dir)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    if torch.cuda.is_available() and cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(str(cfg.matmul_precision))
+    parts = build(cfg, run_dir, cuda, extra_callbacks)
+    trainer, module, plan = parts["trainer"], parts["module"], parts["plan"]
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
+        log.info("plan: %s px, %d stages, %d images, G %d / D %d parameters -> %s",
+                 plan["resolution"], len(plan["stages"]), plan["total_images"],
+                 plan["generator_parameters"], plan["critic_parameters"], run_dir)
+    if cfg.get("dry_run"):
+        print(json.dumps(plan, indent=2))
+        return None
+    try:
+        trainer.fit(module, datamodule=parts["dm"], ckpt_path=parts["ckpt_path"], weights_only=True)
+        # the final state, whatever the checkpoint interval. (Ctrl-C / SIGTERM end the process
+        # inside fit; resume then continues from the last periodic checkpoint.)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+            import wandb
+
+            wandb.finish()
+    if not trainer.is_global_zero:
+        return None
+    out = save_bundle(
+        run_dir / "generator.pt", module.g_ema, module.stage, fade_alpha=module.fade_alpha,
+        normalization=module.data_info.get("normalization"), meta=module.data_info.get("meta"),
+        extra={"images_seen": module.images_seen, "profile": plan["profile"],
+               "train_resolution": plan["resolution"]},
+    )
+    print(f"generator bundle: {out}")
+    return out
+

@@ -1,0 +1,208 @@
+"""Generator bundle: the one file that sampling and analysis need from a training run.
+
+It holds the EMA generator's weights, its constructor arguments, the trained stage and
+fade_alpha, the normalisation back to physical units and the dataset metadata, as plain
+tensors / dicts / lists / str / int / float / bool, so ``torch.load(path, weights_only=True)``
+reads it without running pickle code. Separate from the Lightning resume checkpoint (which
+also holds the critic and optimiser state).
+
+>>> bundle = load_generator("outputs/train/np_diffusion/<run>/generator.pt")  # doctest: +SKIP
+>>> x = bundle(torch.randn(8, bundle.latent_dim))     # [8, C, R, R] in [-1, 1]
+>>> phys = bundle.to_physical(x)                      # physical units (e.g. phase, rad)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from matdyn.errors import CheckpointError
+from matdyn.models import Generator, stage_resolution
+
+FORMAT = "matdyn.generator"
+VERSION = 1
+
+
+def plain(value: Any) -> Any:
+    """Recursively convert to weights_only-safe plain types (tuples -> lists, numpy -> python)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return plain(value.tolist())
+    if hasattr(value, "to_dict"):
+        return plain(value.to_dict())
+    raise TypeError(f"cannot store {type(value).__name__} in a generator bundle")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save into a temporary sibling file, fsync, then os.replace (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def bundle_dict(
+    generator: Generator,
+    stage: int,
+    fade_alpha: float = 1.0,
+    normalization: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The bundle's content (see module docstring)."""
+    if not 0 <= stage < generator.num_stages:
+        raise CheckpointError(f"stage {stage} outside the generator's 0..{generator.num_stages - 1}")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": generator.config,
+        "stage": int(stage),
+        "fade_alpha": float(fade_alpha),
+        "resolution": stage_resolution(stage),
+        "normalization": plain(dict(normalization or {})),
+        "meta": plain(dict(meta or {})),
+        "extra": plain(dict(extra or {})),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
+    }
+
+
+def save_bundle(path: str | os.PathLike, generator: Generator, stage: int, **kwargs: Any) -> Path:
+    """Write a bundle atomically; keyword arguments as in :func:`bundle_dict`."""
+    return atomic_torch_save(bundle_dict(generator, stage, **kwargs), path)
+
+
+def _read(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{what} {p} not found; check the path (train with scripts/train.py)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, truncated file, unsafe pickle, ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{p} is not a readable {what} ({msg[:160]}); re-create it") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p} does not hold a {what} (found {type(obj).__name__})")
+    return obj
+
+
+class GeneratorBundle(nn.Module):
+    """A trained generator at its final stage, in eval mode, with physical-unit helpers.
+
+    ``forward(z)`` -> images [N, C, R...] clamped to [-1, 1] (the training data range);
+    ``sample(z)`` -> the same in physical units; ``to_physical(x)`` maps [-1, 1] -> physical.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        stage: int,
+        fade_alpha: float = 1.0,
+        normalization: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        clamp: bool = True,
+    ) -> None:
+        super().__init__()
+        self.generator = generator.eval().requires_grad_(False)
+        self.stage = int(stage)
+        self.fade_alpha = float(fade_alpha)
+        self.latent_dim = generator.latent_dim
+        self.channels = generator.channels
+        self.ndim = generator.ndim
+        self.resolution = stage_resolution(self.stage)
+        self.normalization = dict(normalization or {})
+        self.meta = dict(meta or {})
+        self.clamp = clamp
+        c = self.channels
+        offset = torch.as_tensor(self.normalization.get("offset", [0.0] * c), dtype=torch.float32)
+        scale = torch.as_tensor(self.normalization.get("scale", [1.0] * c), dtype=torch.float32)
+        shape = (1, -1) + (1,) * self.ndim  # broadcast over [N, C, *S]
+        self.register_buffer("offset", offset.flatten().expand(c).reshape(shape).clone(), persistent=False)
+        self.register_buffer("scale", scale.flatten().expand(c).reshape(shape).clone(), persistent=False)
+        self.eval()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.generator(z, self.stage, self.fade_alpha)  # [N, C, R...]
+        return x.clamp(-1.0, 1.0) if self.clamp else x
+
+    def to_physical(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.to(x.dtype) + self.offset.to(x.dtype)
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        return self.to_physical(self(z))
+
+    def extra_repr(self) -> str:
+        return (f"latent_dim={self.latent_dim}, channels={self.channels}, ndim={self.ndim}, "
+                f"resolution={self.resolution}")
+
+
+def load_generator(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", clamp: bool = True
+) -> GeneratorBundle:
+    """Load a bundle written by :func:`save_bundle` / :func:`export_bundle` (eval mode)."""
+    obj = _read(path, "generator bundle")
+    if obj.get("format") != FORMAT:
+        hint = " (a Lightning checkpoint? use export_bundle(ckpt, out))" if "state_dict" in obj else ""
+        raise CheckpointError(f"{path} is not a matdyn generator bundle{hint}")
+    if int(obj.get("version", 0)) > VERSION:
+        raise CheckpointError(
+            f"{path} is bundle version {obj['version']}; this matdyn reads up to {VERSION}: upgrade"
+        )
+    try:
+        generator = Generator(**obj["model"])
+        generator.load_state_dict(obj["state_dict"], strict=True)
+        bundle = GeneratorBundle(generator, int(obj["stage"]), float(obj.get("fade_alpha", 1.0)),
+                                 obj.get("normalization"), obj.get("meta"), clamp=clamp)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is an incompatible or damaged generator bundle: {msg[:160]}") from None
+    return bundle.to(map_location)
+
+
+def export_bundle(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the bundle of a Lightning checkpoint saved by :class:`PGGANModule`."""
+    ckpt = _read(ckpt_path, "checkpoint")
+    hp, sd, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict"), ckpt.get("matdyn")
+    if not isinstance(hp, dict) or not isinstance(sd, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{ckpt_path} is not a matdyn training checkpoint (missing "
+                              "hyper_parameters, state_dict or matdyn state)")
+    try:
+        generator = Generator(hp["latent_dim"], hp["channels"], hp["ndim"], hp["filters"],
+                              hp.get("normalize_latents", True))
+        ema = {k[len("g_ema."):]: v for k, v in sd.items() if k.startswith("g_ema.")}
+        generator.load_state_dict(ema, strict=True)
+    except (KeyError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt_path}: EMA generator weights do not load ({msg[:160]})") from None
+    progress = state["progress"]
+    info = state.get("data_info") or {}
+    return save_bundle(
+        out_path, generator, int(progress["stage"]), fade_alpha=float(progress["fade_alpha"]),
+        normalization=info.get("normalization"), meta=info.get("meta"),
+        extra={"images_seen": int(progress["images_seen"]), "checkpoint": str(ckpt_path),
+               "train_resolution": info.get("train_resolution")},
+    )

@@ -1,0 +1,152 @@
+"""Progressive GAN layers and networks (2D and 3D); torch only, no Lightning import."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from matdyn.models import (
+    Discriminator,
+    EqualizedConv,
+    EqualizedLinear,
+    Generator,
+    MinibatchStd,
+    PixelNorm,
+    downsample,
+    stage_resolution,
+    upsample,
+)
+
+FILTERS = [16, 16, 8]  # stages at 4, 8, 16 px
+
+
+def _nets(ndim: int, channels: int, seed: int = 0) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(seed)
+    return (Generator(latent_dim=8, channels=channels, ndim=ndim, filters=FILTERS),
+            Discriminator(channels=channels, ndim=ndim, filters=FILTERS))
+
+
+@pytest.mark.parametrize("ndim,channels", [(2, 1), (2, 2), (3, 3)])
+def test_shapes_at_every_stage_and_no_growth(ndim, channels):
+    g, d = _nets(ndim, channels)
+    keys_g, keys_d = list(g.state_dict()), list(d.state_dict())
+    z = torch.randn(4, 8)
+    for stage in range(len(FILTERS)):
+        r = stage_resolution(stage)
+        for alpha in (0.0, 0.3, 1.0):
+            x = g(z, stage, alpha)
+            assert x.shape == (4, channels, *(r,) * ndim)
+            s = d(x, stage, alpha)
+            assert s.shape == (4,) and torch.isfinite(s).all()
+    # all stages exist from the start: nothing is added by running later stages
+    assert list(g.state_dict()) == keys_g and list(d.state_dict()) == keys_d
+    assert g.max_resolution == d.max_resolution == 16
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_generator_fade_endpoints(ndim):
+    g, _ = _nets(ndim, 2)
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        for stage in (1, 2):
+            # alpha = 0: exactly the previous stage's image, nearest-upsampled
+            assert torch.equal(g(z, stage, 0.0), upsample(g(z, stage - 1, 1.0)))
+            # alpha = 1: exactly the new path (blocks up to `stage`, then its to-image layer)
+            h = g.base(g.dense(g.latent_norm(z)).view(3, FILTERS[0], *(4,) * ndim))
+            for k in range(1, stage + 1):
+                h = g.blocks[k - 1](h)
+            assert torch.equal(g(z, stage, 1.0), g.to_image[stage](h))
+            # in between: the linear blend of the two
+            mid = g(z, stage, 0.25)
+            assert torch.allclose(mid, 0.75 * g(z, stage, 0.0) + 0.25 * g(z, stage, 1.0), atol=1e-5)
+            # a tensor alpha (no recompiles under torch.compile) gives the same result
+            assert torch.allclose(g(z, stage, torch.tensor(0.25)), mid, atol=1e-6)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_discriminator_fade_endpoints(ndim):
+    _, d = _nets(ndim, 1)
+    with torch.no_grad():
+        for stage in (1, 2):
+            x = torch.randn(4, 1, *(stage_resolution(stage),) * ndim)
+            # alpha = 0: exactly the previous stage's critic on the downsampled input
+            assert torch.equal(d(x, stage, 0.0), d(downsample(x), stage - 1, 1.0))
+            # alpha = 1: exactly the new path
+            h = d.blocks[stage - 1](d.from_image[stage](x))
+            for k in range(stage - 1, 0, -1):
+                h = d.blocks[k - 1](h)
+            assert torch.equal(d(x, stage, 1.0), d.head(h).squeeze(1))
+
+
+def test_wrong_stage_or_input_is_rejected():
+    g, d = _nets(2, 1)
+    with pytest.raises(ValueError, match="stage 3"):
+        g(torch.randn(2, 8), 3)
+    with pytest.raises(AssertionError, match="expected a tensor shaped"):
+        d(torch.randn(2, 1, 8, 8), 2)  # stage 2 wants 16 px
+    with pytest.raises(ValueError, match="ndim"):
+        Generator(ndim=1)
+
+
+def test_equalized_learning_rate_scaling():
+    torch.manual_seed(0)
+    conv = EqualizedConv(64, 32, 3, ndim=2)
+    lin = EqualizedLinear(256, 128, gain=1.0)
+    conv3 = EqualizedConv(16, 8, 3, ndim=3, gain=1.0)
+    # stored weights are unit-variance; the runtime scale is gain / sqrt(fan_in)
+    for layer in (conv, lin, conv3):
+        assert abs(layer.weight.std().item() - 1.0) < 0.05
+        assert abs(layer.weight.mean().item()) < 0.05
+    assert conv.scale == pytest.approx(math.sqrt(2) / math.sqrt(64 * 9))
+    assert lin.scale == pytest.approx(1 / math.sqrt(256))
+    assert conv3.scale == pytest.approx(1 / math.sqrt(16 * 27))
+    x = torch.randn(2, 64, 8, 8)
+    assert torch.allclose(conv(x), F.conv2d(x, conv.weight * conv.scale, conv.bias, padding=1))
+    # with gain 1 a unit-variance input keeps unit variance through the layer
+    y = lin(torch.randn(4096, 256))
+    assert abs(y.std().item() - 1.0) < 0.05
+    assert conv3(torch.randn(8, 16, 8, 8, 8)).shape == (8, 8, 8, 8, 8)
+
+
+def test_pixel_norm_gives_unit_rms():
+    x = 5.0 * torch.randn(3, 7, 4, 4) + 2.0
+    y = PixelNorm()(x)
+    rms = y.square().mean(dim=1).sqrt()
+    assert torch.allclose(rms, torch.ones_like(rms), atol=1e-5)
+
+
+def test_minibatch_std_adds_one_channel():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5)
+    y = MinibatchStd(group_size=4)(x)
+    assert y.shape == (4, 4, 5, 5)
+    assert torch.equal(y[:, :3], x)
+    # one group of 4: the mean over features of the per-feature (biased) batch std
+    expected = torch.sqrt(x.var(dim=0, unbiased=False) + 1e-8).mean()
+    assert torch.allclose(y[:, 3], expected.expand(4, 5, 5), atol=1e-6)
+    # identical samples have no spread
+    same = MinibatchStd()(torch.ones(4, 2, 4, 4, 4))
+    assert same.shape == (4, 3, 4, 4, 4) and same[:, 2].abs().max() < 1e-3
+    # a batch of 6 with group 4 falls back to groups of 3 (2 groups, 2 values)
+    y6 = MinibatchStd(group_size=4)(torch.randn(6, 2, 4, 4))
+    assert y6.shape == (6, 3, 4, 4) and y6[:, 2, 0, 0].unique().numel() == 2
+
+
+def test_resampling_helpers():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(downsample(upsample(x)), x)
+    v = torch.randn(2, 3, 4, 4, 4)
+    assert upsample(v).shape == (2, 3, 8, 8, 8) and downsample(v).shape == (2, 3, 2, 2, 2)
+
+
+def test_channels_last_matches_contiguous():
+    g, d = _nets(2, 1)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        ref = d(x, 2, 0.5)
+        d_cl = d.to(memory_format=torch.channels_last)
+        out = d_cl(x.contiguous(memory_format=torch.channels_last), 2, 0.5)
+    assert torch.allclose(ref, out, atol=1e-5)

@@ -1,0 +1,390 @@
+"""WGAN-GP losses, the progressive schedule, Lightning training (2D, 3D, resume, DDP),
+the generator bundle and bad-input errors. Tiny stores (<= 16 px, 8-16 filters)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+
+from matdyn.data.store import StoreWriter
+from matdyn.errors import CheckpointError, ConfigError, MatdynError
+from matdyn.models import Generator
+from matdyn.training.app import build, resolve_profile, run_training
+from matdyn.training.bundle import export_bundle, load_generator
+from matdyn.training.checkpoint import AtomicCheckpointIO
+from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
+from matdyn.training.schedule import (
+    build_stages,
+    schedule_position,
+    total_images,
+    validate_schedule,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+PY = sys.executable
+STAGES_2D = "[[4,8,0,32],[8,8,64,32],[16,8,32,32]]"  # 4 -> 8 -> 16 px, 192 images
+
+
+def _write_store(path: Path, n: int, channels: int, spatial: tuple[int, ...], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with StoreWriter(path, spatial_shape=spatial, channel_names=[f"c{i}" for i in range(channels)],
+                     pixel_size=2.0, unit="nm", frame_interval=1.0, time_unit="s",
+                     source="test", name=path.stem) as w:
+        w.append((3.0 + rng.normal(size=(n, channels, *spatial))).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store2d(tmp_path_factory) -> Path:  # 40 frames: 5 batches of 8 per epoch
+    return _write_store(tmp_path_factory.mktemp("s2") / "tiny2d.zarr", 40, 1, (20, 20))
+
+
+@pytest.fixture(scope="module")
+def store3d(tmp_path_factory) -> Path:
+    return _write_store(tmp_path_factory.mktemp("s3") / "tiny3d.zarr", 12, 3, (16, 16, 16))
+
+
+def _cfg(store: Path, *overrides: str, ndim: int = 2, channels: int = 1, stages: str = STAGES_2D,
+         logger: str | None = None):
+    base = [
+        f"model=pggan{ndim}d", f"dataset.path={store}", "dataset.source=store", "dataset.name=tiny",
+        f"dataset.ndim={ndim}", f"dataset.channels={channels}", "schedule=quick",
+        f"+schedule.datasets.tiny.stages={stages}", "model.filters=[16,16,8]", f"logger={logger}" if logger else "~logger",
+        "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+        f"resolution={4 * 2 ** (stages.count('[') - 2)}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=base + list(overrides))
+
+
+class Probe(pl.Callback):
+    """Records (images_seen, stage, fade_alpha, batch resolution) before every batch."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, float, int]] = []
+        self.d_steps: list[float] = []
+
+    def on_train_batch_start(self, trainer, m, batch, batch_idx) -> None:
+        self.rows.append((m.images_seen, m.stage, m.fade_alpha, batch.shape[-1]))
+        state = trainer.optimizers[1].state.get(m.discriminator.head[-1].weight, {})
+        self.d_steps.append(float(state.get("step", 0)))
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+def test_gradient_penalty_of_a_linear_critic():
+    torch.manual_seed(0)
+    real, fake = torch.randn(5, 2, 4, 4), torch.randn(5, 2, 4, 4)
+    for norm in (3.0, 1.0, 0.5):
+        w = torch.randn(2, 4, 4)
+        w = w * norm / w.norm()
+
+        def critic(x, w=w):  # D(x) = w . x: gradient w everywhere, ||grad|| = ||w||
+            return (x * w).flatten(1).sum(1)
+
+        gp = gradient_penalty(critic, real, fake, weight=10.0)
+        assert gp.item() == pytest.approx(10.0 * (norm - 1.0) ** 2, rel=1e-5, abs=1e-6)
+    # the penalty is differentiable w.r.t. the critic's parameters (create_graph)
+    w = torch.full((2, 4, 4), 0.5, requires_grad=True)
+    gp = gradient_penalty(lambda x: (x * w).flatten(1).sum(1), real, fake)
+    gp.backward()
+    # d/dw 10 (||w|| - 1)^2 = 20 (||w|| - 1) w / ||w||, ||w|| = sqrt(32 * 0.25)
+    n = math.sqrt(8.0)
+    assert torch.allclose(w.grad, torch.full_like(w, 20 * (n - 1) * 0.5 / n), atol=1e-5)
+
+
+def test_wasserstein_and_drift_terms():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-1.0, 0.0])
+    assert critic_loss(real, fake).item() == pytest.approx(-0.5 - 2.0)
+    assert generator_loss(fake).item() == pytest.approx(0.5)
+    assert drift_penalty(real).item() == pytest.approx(1e-3 * 5.0)
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+def test_schedule_position_visits_every_stage_in_order():
+    stages = validate_schedule([(4, 8, 0, 50), (8, 8, 100, 50), (16, 4, 80, 40)], 16)
+    total = total_images(stages)
+    assert total == 320
+    seen = []
+    for n in range(total + 10):
+        stage, alpha = schedule_position(n, stages)
+        seen.append(stage)
+        if stage == 0:
+            assert alpha == 1.0
+        elif n < 50 + 100 and stage == 1:
+            assert alpha == pytest.approx((n - 50) / 100)  # fade-in: 0 -> 1
+        elif stage == 2 and 200 <= n < 280:
+            assert alpha == pytest.approx((n - 200) / 80)
+        else:
+            assert alpha == 1.0  # stabilisation
+    assert seen == sorted(seen) and set(seen) == {0, 1, 2}
+    assert schedule_position(50, stages) == (1, 0.0) and schedule_position(10**9, stages) == (2, 1.0)
+
+
+@pytest.mark.parametrize(
+    "stages,top,match",
+    [
+        ([(4, 8, 0, 10), (16, 8, 10, 10)], 16, "skips a resolution"),
+        ([(8, 8, 0, 10)], 8, "stage 0 must be 4"),
+        ([(4, 8, 0, 10), (8, 8, 10, 10)], 16, "ends at 8 px"),
+        ([(4, 8, 5, 10)], 4, "nothing to fade from"),
+        ([(4, 8, 0, 10)], 12, "not a power of two"),
+        ([(4, 0, 0, 10)], 4, "batch_size"),
+        ([(4, 8, 0, 0)], 4, "positive sum"),
+        ([(4, 8)], 4, "is not \\[resolution"),
+        ([], 4, "no stages"),
+    ],
+)
+def test_schedule_validation_errors(stages, top, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_schedule(stages, top)
+
+
+def test_every_dataset_and_profile_resolves():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for ds in ("np_diffusion", "ta_chart", "brass_clump"):
+            for sched in ("paper", "quick", "auto"):
+                cfg = compose("train", overrides=[f"dataset={ds}", f"schedule={sched}",
+                                                  "trainer=ddp", "logger=wandb"])
+                name, prof, msg = resolve_profile(cfg.schedule, cuda=False)
+                assert name == ("quick" if sched == "auto" else sched) and name in msg
+                top = cfg.dataset.train_resolution if name == "paper" else cfg.dataset.quick_resolution
+                stages, filters, extras = build_stages(prof, ds, cfg.dataset.ndim, top)
+                assert stages[-1].resolution == top and len(filters) == len(stages)
+                assert 0 < extras["ema_decay"] < 1
+                assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
+                assert cfg.model.ndim == cfg.dataset.ndim  # the default model follows the data
+                assert cfg.logger.mode in ("offline", "disabled")  # honours WANDB_MODE
+        assert resolve_profile(cfg.schedule, cuda=True)[0] == "paper"
+        cfg = compose("train", overrides=["dataset=ta_chart", "schedule=paper"])
+        _, filters, _ = build_stages(cfg.schedule, "ta_chart", 2, 128)
+        assert filters == [512, 512, 512, 512, 256, 128]  # paper §S1 widths x1
+        _, filters, _ = build_stages(cfg.schedule, "np_diffusion", 2, 128)
+        assert filters == [256, 256, 256, 256, 128, 64]  # x0.5
+
+
+# -- training ----------------------------------------------------------------------------------
+
+def _metrics(run_dir: Path) -> list[dict[str, str]]:
+    (path,) = run_dir.glob("csv/version_*/metrics.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_2d_through_two_transitions_and_bundle(store2d, tmp_path):
+    cfg = _cfg(store2d, logger="csv")
+    out = run_training(cfg, tmp_path, cuda=False)
+    assert out == tmp_path / "generator.pt" and out.is_file()
+    rows = _metrics(tmp_path)
+    stages = [float(r["train/stage"]) for r in rows if r.get("train/stage")]
+    assert stages[0] == 0 and stages[-1] == 2 and sorted(stages) == stages and 1.0 in stages
+    for key in ("train/loss_d", "train/loss_g", "train/gp", "train/wdist"):
+        vals = [float(r[key]) for r in rows if r.get(key)]
+        assert vals and all(math.isfinite(v) for v in vals)
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "samples").glob("*.png")) == \
+        ["stage0", "stage1", "stage2"]
+    assert (tmp_path / "plan.json").is_file()
+
+    # the bundle: plain types only, reproduces the EMA generator of the last checkpoint exactly
+    raw = torch.load(out, weights_only=True)
+    assert raw["stage"] == 2 and raw["resolution"] == 16 and raw["extra"]["images_seen"] == 192
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    g = Generator(hp["latent_dim"], hp["channels"], hp["ndim"], hp["filters"])
+    g.load_state_dict({k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("g_ema.")})
+    bundle = load_generator(out)
+    assert not bundle.training
+    assert (bundle.latent_dim, bundle.channels, bundle.ndim, bundle.resolution) == (32, 1, 2, 16)
+    assert bundle.meta["pixel_size"] == 2.0 and bundle.meta["channel_names"] == ["c0"]
+    z = torch.randn(6, 32)
+    with torch.no_grad():
+        x = bundle(z)
+        assert torch.equal(x, g(z, 2, 1.0).clamp(-1, 1))
+        norm = raw["normalization"]
+        assert torch.allclose(bundle.sample(z), x * norm["scale"][0] + norm["offset"][0])
+    # export from the Lightning checkpoint gives the same generator
+    again = load_generator(export_bundle(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "g2.pt"))
+    with torch.no_grad():
+        assert torch.equal(again(z), x)
+
+
+def test_train_3d_through_two_transitions(store3d, tmp_path):
+    stages = "[[4,4,0,12],[8,4,12,12],[16,4,12,12]]"
+    cfg = _cfg(store3d, "model.filters=[8,8,4]", ndim=3, channels=3, stages=stages, logger="csv")
+    out = run_training(cfg, tmp_path, cuda=False)
+    rows = _metrics(tmp_path)
+    assert {float(r["train/stage"]) for r in rows if r.get("train/stage")} == {0.0, 1.0, 2.0}
+    assert all(math.isfinite(float(r["train/loss_d"])) for r in rows if r.get("train/loss_d"))
+    bundle = load_generator(out)
+    with torch.no_grad():
+        x = bundle(torch.randn(2, 32))
+    assert x.shape == (2, 3, 16, 16, 16) and x.abs().max() <= 1.0
+    assert len(list((tmp_path / "samples").glob("stage2_16px*.png"))) == 1
+
+
+def test_resume_mid_fade_in_continues_exactly(store2d, tmp_path):
+    # run 1: checkpoint every 2 iterations (4 optimiser steps), "killed" after 7 iterations;
+    # the last checkpoint is from iteration 6: 48 images, stage 1 (8 px) at alpha 16/64
+    cfg = _cfg(store2d, "trainer.max_steps=14", "callbacks.checkpoint.every_n_train_steps=4")
+    parts = build(cfg, tmp_path / "run1", cuda=False)
+    assert isinstance(parts["trainer"].strategy.checkpoint_io, AtomicCheckpointIO)
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"])
+    assert parts["module"].images_seen == 56
+    progress = torch.load(tmp_path / "run1/checkpoints/last.ckpt", weights_only=True)["matdyn"]["progress"]
+    assert progress["images_seen"] == 48 and progress["stage"] == 1 and progress["fade_alpha"] == 0.25
+
+    # run 2: resume from the run dir; same position, optimiser state restored, no stage repeated
+    cfg = _cfg(store2d, f"ckpt_path={tmp_path / 'run1'}")
+    probe = Probe()
+    parts = build(cfg, tmp_path / "run2", cuda=False, extra_callbacks=[probe])
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"], ckpt_path=parts["ckpt_path"],
+                         weights_only=True)
+    first = probe.rows[0]
+    assert first == (48, 1, 0.25, 8) and probe.d_steps[0] == 6.0
+    seen = [r[0] for r in probe.rows]
+    assert seen == list(range(48, 192, 8))  # every batch once, nothing skipped or repeated
+    assert [r[1] for r in probe.rows] == sorted(r[1] for r in probe.rows) and probe.rows[-1][1] == 2
+    assert parts["module"].images_seen == 192
+
+    # init_from: the same weights, a fresh schedule
+    cfg = _cfg(store2d, f"init_from={tmp_path / 'run1/checkpoints/last.ckpt'}")
+    parts = build(cfg, tmp_path / "run3", cuda=False)
+    sd = torch.load(tmp_path / "run1/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, sd[k]) for k, v in parts["module"].state_dict().items())
+    assert parts["module"].images_seen == 0 and parts["ckpt_path"] is None
+
+
+DDP_SCRIPT = """
+import os, torch, hydra, pytorch_lightning as pl
+from matdyn.cli import guarded, hydra_output_dir
+from matdyn.training.app import run_training
+
+class Dump(pl.Callback):
+    def on_train_end(self, trainer, m):
+        torch.save({{"sd": m.state_dict(), "progress": m.progress(), "world": trainer.world_size}},
+                   hydra_output_dir() / f"rank{{trainer.global_rank}}.pt")
+
+@hydra.main(version_base="1.3", config_path="{conf}", config_name="train")
+@guarded
+def main(cfg):
+    torch.set_num_threads(1)
+    run_training(cfg, hydra_output_dir(), cuda=False, extra_callbacks=[Dump()])
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(store2d, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(conf=CONF)))
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    cmd = [PY, str(script), f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "model=pggan2d", f"dataset.path={store2d}", "dataset.source=store",
+           "dataset.name=tiny", "dataset.channels=1", "resolution=8", "schedule=quick",
+           "+schedule.datasets.tiny.stages=[[4,4,0,16],[8,4,16,16]]", "model.filters=[8,8]",
+           "~logger", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # both ranks wrote into the parent's run dir
+    r0, r1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    # 2 processes x batch 4 per step: 48 images = 6 steps, across the 4 -> 8 px transition
+    assert r0["progress"] == r1["progress"] and r0["progress"]["images_seen"] == 48
+    assert r0["progress"]["stage"] == 1
+    assert all(torch.equal(v, r1["sd"][k]) for k, v in r0["sd"].items())
+    assert (run_dir / "generator.pt").is_file() and "generator bundle:" in proc.stdout
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_bad_inputs_give_one_line_errors(store2d, store3d, tmp_path):
+    cases = [
+        (_cfg(store2d, "model.channels=2"), ConfigError, "channel"),
+        (_cfg(store2d, "resolution=12"), ConfigError, "power of two"),
+        (_cfg(store2d, stages="[[4,8,0,32],[16,8,32,32]]"), ConfigError, "skips"),
+        (_cfg(store3d, "model=pggan2d", "model.filters=[8,8]", ndim=3, channels=3,
+              stages="[[4,4,0,8],[8,4,8,8]]"), ConfigError, "pggan3d"),
+        (_cfg(store2d, f"ckpt_path={tmp_path / 'nope.ckpt'}"), CheckpointError, "not found"),
+        (_cfg(store2d, f"ckpt_path={tmp_path}"), CheckpointError, "last.ckpt"),
+    ]
+    # a checkpoint of another architecture
+    run_training(_cfg(store2d, "model.filters=[8,8]", stages="[[4,8,0,8],[8,8,8,8]]"),
+                 tmp_path / "small", cuda=False)
+    cases.append((_cfg(store2d, f"ckpt_path={tmp_path / 'small'}", stages="[[4,8,0,8],[8,8,8,8]]"),
+                  CheckpointError, "filters=[8, 8]"))
+    cases.append((_cfg(store2d, f"init_from={tmp_path / 'small'}"), CheckpointError, "does not fit"))
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    cases.append((_cfg(store2d, f"init_from={bad}"), CheckpointError, "not a readable"))
+    one = _write_store(tmp_path / "one.zarr", 1, 1, (8, 8))
+    cases.append((_cfg(one, stages="[[4,8,0,8],[8,8,8,8]]"), MatdynError, "frame"))
+    for cfg, err, match in cases:
+        with pytest.raises(err) as info:
+            build(cfg, tmp_path / "never", cuda=False)
+        msg = str(info.value)
+        assert "\n" not in msg and (match is None or match in msg), msg
+    assert not (tmp_path / "never").exists()
+
+
+def test_bundle_errors(store2d, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_generator(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_generator(junk)
+    torch.save({"state_dict": {}, "epoch": 1}, tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointError, match="export_bundle"):
+        load_generator(tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointError, match="not a matdyn training checkpoint"):
+        export_bundle(tmp_path / "lightning.ckpt", tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.ones(3)}, path)
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):  # the write fails half-way
+        io.save_checkpoint({"w": torch.zeros(3), "bad": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))  # intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+def test_dry_run_writes_the_plan_only(store2d, tmp_path, capsys):
+    assert run_training(_cfg(store2d, "dry_run=true"), tmp_path, cuda=False) is None
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["total_images"] == 192 and plan["filters"] == [16, 16, 8]
+    assert plan["profile"] == "quick" and '"total_images": 192' in capsys.readouterr().out
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "generator.pt").exists()
+
+
+def test_script_prints_error_and_exits_2(tmp_path):
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    cmd = [PY, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
+           "dataset.source=store", f"dataset.path={tmp_path / 'missing.zarr'}", "~logger"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "missing.zarr" in last
+    assert "Traceback" not in proc.stderr
