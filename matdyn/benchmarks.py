@@ -1,0 +1,229 @@
+"""Performance measurements behind ``scripts/bench.py`` (targets live here, not in tests).
+
+Everything is measured in one process, alternating variants within each repeat so that
+machine noise hits all variants alike; we report medians and ratios to the plain eager
+fp32 NCHW path. FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (see
+:func:`count_flops`).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from matdyn.models.pggan import Discriminator, Generator, stage_resolution
+from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
+
+#: generator-inference variants; "bf16" = bf16 autocast, kept for sampling only after the
+#: descriptor-agreement test (tests/test_bench.py) passed
+GEN_VARIANTS = ("eager", "channels_last", "bf16", "bf16_channels_last", "compile", "bf16_compile")
+TRAIN_VARIANTS = ("eager", "channels_last", "bf16")
+
+
+def _timeit(fn: Callable[[], Any], min_time: float = 0.5, max_iters: int = 50) -> float:
+    """Seconds per call (after one warm-up call), averaged over >= min_time."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time or n >= max_iters:
+            return dt / n
+
+
+def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul GFLOP/s (median), the practical compute ceiling of this machine."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ts = [_timeit(lambda: a @ b, min_time=0.3) for _ in range(repeats)]
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
+class _DispatchFlops(TorchDispatchMode):
+    """FLOPs of every dispatched op with a formula in torch's flop registry.
+
+    ``FlopCounterMode`` also tracks modules with backward hooks, which breaks
+    ``autograd.grad(create_graph=True)`` (the gradient penalty); this counts the same
+    registry formulas without the module tracker.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` (convolutions and matmuls, forward and backward)."""
+    with _DispatchFlops() as fc:
+        fn()
+    return fc.total
+
+
+def _autocast(bf16: bool, device: str):
+    return torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _memory_format(ndim: int):
+    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+
+
+def make_generator_fn(gen: Generator, stage: int, variant: str, device: str = "cpu"
+                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A latents -> images function for one inference variant (inference_mode inside)."""
+    g = gen.to(device).eval()
+    bf16 = variant.startswith("bf16")
+    if "channels_last" in variant:
+        g = g.to(memory_format=_memory_format(gen.ndim))
+    fwd: Callable[..., torch.Tensor] = g
+    if variant.endswith("compile"):
+        fwd = torch.compile(g, dynamic=False)
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(bf16, device):
+            return fwd(z, stage, 1.0).float()
+
+    return run
+
+
+def bench_generator(gen: Generator, stage: int, batch: int, variants: Sequence[str],
+                    repeats: int = 3, device: str = "cpu") -> dict[str, Any]:
+    z = torch.randn(batch, gen.latent_dim, device=device)
+    fns = {v: make_generator_fn(gen, stage, v, device) for v in variants}
+    def plain_forward() -> None:  # inference_mode hides ops from dispatch modes: count under no_grad
+        with torch.no_grad():
+            gen(z, stage, 1.0)
+
+    flops = count_flops(plain_forward)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(repeats):  # alternate variants inside each repeat
+        for v, fn in fns.items():
+            times[v].append(_timeit(lambda fn=fn: fn(z)))
+    out: dict[str, Any] = {"resolution": stage_resolution(stage), "batch": batch,
+                           "gflop_per_image": flops / batch / 1e9 if flops else None}
+    for v in variants:
+        t = statistics.median(times[v])
+        out[v] = {"img_s": batch / t}
+        if flops:
+            out[v]["gflop_s"] = flops / t / 1e9
+    if "eager" in variants:
+        for v in variants:
+            out[v]["speedup"] = out[v]["img_s"] / out["eager"]["img_s"]
+    return out
+
+
+def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tensor, stage: int,
+                 alpha: float, bf16: bool = False, device: str = "cpu") -> None:
+    """One critic step + one generator step of WGAN-GP (the training hot path)."""
+    n = real.shape[0]
+    z = torch.randn(n, G.latent_dim, device=device)
+    with _autocast(bf16, device):
+        with torch.no_grad():
+            fake = G(z, stage, alpha)
+        real_s, fake_s = D(real, stage, alpha), D(fake.float(), stage, alpha)
+        loss_d = critic_loss(real_s.float(), fake_s.float()) + drift_penalty(real_s.float())
+    gp = gradient_penalty(lambda x: D(x, stage, alpha).float(), real, fake.float().detach())
+    opt_d.zero_grad(set_to_none=True)
+    (loss_d + gp).backward()
+    opt_d.step()
+    with _autocast(bf16, device):
+        loss_g = generator_loss(D(G(z, stage, alpha), stage, alpha).float())
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+
+
+def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int, batch: int,
+                   variants: Sequence[str], repeats: int = 3, device: str = "cpu"
+                   ) -> dict[str, Any]:
+    res = stage_resolution(stage)
+    setups = {}
+    for v in variants:
+        torch.manual_seed(0)
+        G = Generator(32, channels, ndim, filters).to(device)
+        D = Discriminator(channels, ndim, filters).to(device)
+        real = torch.randn(batch, channels, *(res,) * ndim, device=device)
+        if "channels_last" in v:
+            fmt = _memory_format(ndim)
+            G, D, real = G.to(memory_format=fmt), D.to(memory_format=fmt), real.contiguous(memory_format=fmt)
+        opt_g = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.0, 0.99), eps=1e-8)
+        opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.99), eps=1e-8)
+        setups[v] = (G, D, opt_g, opt_d, real, v.startswith("bf16"))
+    G, D, og, od, real, _ = setups[variants[0]]
+    flops = count_flops(lambda: wgan_gp_step(G, D, og, od, real, stage, 0.5, device=device))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for v, (G, D, og, od, real, bf16) in setups.items():
+            times[v].append(_timeit(lambda: wgan_gp_step(G, D, og, od, real, stage, 0.5, bf16, device),
+                                    min_time=0.5, max_iters=20))
+    out: dict[str, Any] = {"resolution": res, "batch": batch,
+                           "gflop_per_step": flops / 1e9}
+    for v in variants:
+        t = statistics.median(times[v])
+        out[v] = {"img_s": batch / t, "gflop_s": flops / t / 1e9}
+    if "eager" in variants:
+        for v in variants:
+            out[v]["speedup"] = out[v]["img_s"] / out["eager"]["img_s"]
+    gc.collect()
+    return out
+
+
+def bench_pipeline(gen_fn: Callable[[torch.Tensor], torch.Tensor], latent_dim: int, batch: int,
+                   n_refs: int, n_samples: int, repeats: int = 3, metrics: str = "np"
+                   ) -> dict[str, Any]:
+    """Variation pipeline (generation + descriptors + reducers) vs bare generation, img/s."""
+    import tempfile
+
+    from matdyn.descriptors.differences import AreaDifference, EntropyDifference, MetricFilter
+    from matdyn.descriptors.particles import Binarizer
+    from matdyn.sampling.engine import VariationEngine
+    from matdyn.sampling.reducers import FilteredMean, SampleMetrics
+    from matdyn.sampling.samplers import UniformSampler
+
+    class _G(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.latent_dim = latent_dim
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return gen_fn(z)
+
+    g = _G()
+    n_images = n_refs * (n_samples + 1)
+    z = torch.randn(batch, latent_dim)
+
+    def bare() -> None:
+        for _ in range(0, n_images, batch):
+            gen_fn(z)
+
+    def pipeline() -> None:
+        mets = [EntropyDifference(), AreaDifference(Binarizer(dark=True, sigma=1.0), min_area=6)]
+        keep = MetricFilter(upper={"entropy_diff": 0.2})
+        with tempfile.TemporaryDirectory() as d:
+            VariationEngine(g, UniformSampler(1.0), n_refs=n_refs, n_samples=n_samples,
+                            metrics=mets, reducers=[SampleMetrics(), FilteredMean(keep)],
+                            batch_size=batch, progress=False, output="raw").run(d)
+
+    tb, tp = [], []
+    gen_fn(z)  # warm-up
+    for _ in range(repeats):
+        t0 = time.perf_counter(); bare(); tb.append(time.perf_counter() - t0)  # noqa: E702
+        t0 = time.perf_counter(); pipeline(); tp.append(time.perf_counter() - t0)  # noqa: E702
+    b, p = n_images / statistics.median(tb), n_images / statistics.median(tp)
+    return {"batch": batch, "images": n_images, "bare_img_s": b, "pipeline_img_s": p,
+            "ratio": p / b}

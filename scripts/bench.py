@@ -1,0 +1,150 @@
+"""Performance benchmarks; prints one JSON document.
+
+    python scripts/bench.py                      # everything (several minutes on 2 cores)
+    python scripts/bench.py --sections ceiling,generate --resolutions 64
+    python scripts/bench.py --smoke              # seconds: tiny sizes, checks the script runs
+
+Measure on a quiet machine (/proc/loadavg < 0.5): ratios are taken within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from matdyn.benchmarks import (
+    GEN_VARIANTS,
+    TRAIN_VARIANTS,
+    bench_generator,
+    bench_pipeline,
+    bench_training,
+    make_generator_fn,
+    matmul_ceiling,
+)
+from matdyn.models.pggan import Generator
+
+# paper widths (Section S1 via the issue): 512..32 x0.5 for NP (2D) and clumps (3D)
+PAPER_2D = [256, 256, 256, 256, 128, 64, 32, 16]
+PAPER_3D = [256, 256, 256, 256, 128, 64, 32, 16]
+PAPER_BATCH_2D = [16, 16, 16, 16, 8, 4]   # NP per-stage batch sizes
+PAPER_BATCH_3D = [8, 8, 4, 2]
+QUICK_2D = [64, 64, 32, 16, 16]
+QUICK_3D = [32, 32, 16]
+QUICK_BATCH_2D = [32, 32, 32, 16, 16]
+QUICK_BATCH_3D = [16, 16, 8]
+
+
+def _rss_child(m: int, n: int) -> None:
+    """Run a variation pipeline with M references and print the peak RSS (KiB)."""
+    from matdyn.benchmarks import bench_pipeline as bp
+
+    g = Generator(32, 1, 2, QUICK_2D)
+    fn = make_generator_fn(g, 4, "eager")
+    bp(fn, 32, 64, m, n, repeats=1)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rss")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--gen-variants", default=",".join(GEN_VARIANTS))
+    ap.add_argument("--train-variants", default=",".join(TRAIN_VARIANTS))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script runs")
+    ap.add_argument("--rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.rss_child:
+        _rss_child(*a.rss_child)
+        return
+    sections = set(a.sections.split(","))
+    gv = [v for v in a.gen_variants.split(",") if v]
+    tv = [v for v in a.train_variants.split(",") if v]
+    out: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "loadavg": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if a.smoke:
+        a.repeats = 1
+    t_start = time.perf_counter()
+
+    if "ceiling" in sections:
+        out["ceiling_gflop_s"] = matmul_ceiling(512 if a.smoke else 2048, a.repeats)
+        print(f"ceiling: {out['ceiling_gflop_s']:.0f} GFLOP/s", file=sys.stderr)
+
+    if "train" in sections:
+        configs = [("quick_2d", QUICK_2D, QUICK_BATCH_2D, 1, 2), ("quick_3d", QUICK_3D, QUICK_BATCH_3D, 3, 3),
+                   ("paper_2d", PAPER_2D[:5], PAPER_BATCH_2D, 1, 2), ("paper_3d", PAPER_3D[:3], PAPER_BATCH_3D, 3, 3)]
+        if a.smoke:
+            configs = [("smoke_2d", [8, 8], [4, 4], 1, 2), ("smoke_3d", [4, 4], [2, 2], 3, 3)]
+        out["train"] = {}
+        for name, filt, bs, ch, nd in configs:
+            rows = []
+            for stage in range(len(filt)):
+                r = bench_training(filt, ch, nd, stage, bs[stage], tv, a.repeats)
+                if "ceiling_gflop_s" in out:
+                    for v in tv:
+                        r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
+                rows.append(r)
+                print(f"train {name} {r['resolution']}: " + ", ".join(
+                    f"{v} {r[v]['img_s']:.1f} img/s" for v in tv), file=sys.stderr)
+            out["train"][name] = rows
+
+    if "generate" in sections:
+        configs = [("paper_2d", PAPER_2D, 1, 2, [16, 32, 64, 128]), ("quick_2d", QUICK_2D, 1, 2, [64]),
+                   ("paper_3d", PAPER_3D, 3, 3, [16]), ("quick_3d", QUICK_3D, 3, 3, [16])]
+        batch = 256
+        if a.smoke:
+            configs, batch = [("smoke_2d", [8, 8, 8], 1, 2, [16])], 8
+        out["generate"] = {}
+        for name, filt, ch, nd, ress in configs:
+            rows = []
+            for res in ress:
+                stage = res.bit_length() - 3
+                g = Generator(32, ch, nd, filt[: stage + 1])
+                b = batch if res < 128 and nd == 2 else 64 if nd == 2 else 32
+                r = bench_generator(g, stage, b, gv, a.repeats)
+                if "ceiling_gflop_s" in out:
+                    for v in gv:
+                        r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
+                rows.append(r)
+                print(f"generate {name} {res}: " + ", ".join(
+                    f"{v} {r[v]['img_s']:.1f}" for v in gv), file=sys.stderr)
+            out["generate"][name] = rows
+
+    if "pipeline" in sections:
+        g = Generator(32, 1, 2, QUICK_2D if not a.smoke else [8, 8, 8])
+        stage = g.num_stages - 1
+        best = "bf16" if "bf16" in gv else "eager"
+        out["pipeline"] = {}
+        for v in dict.fromkeys(["eager", best]):
+            fn = make_generator_fn(g, stage, v)
+            out["pipeline"][v] = bench_pipeline(fn, 32, 256 if not a.smoke else 16,
+                                                40 if not a.smoke else 4, 63 if not a.smoke else 7,
+                                                a.repeats)
+            print(f"pipeline {v}: {out['pipeline'][v]}", file=sys.stderr)
+
+    if "rss" in sections:
+        ms = (200, 2000) if not a.smoke else (10, 40)
+        rss = {}
+        for m in ms:
+            r = subprocess.run([sys.executable, __file__, "--rss-child", str(m), "4", "--threads", "1"],
+                               capture_output=True, text=True, check=True)
+            rss[m] = int(r.stdout.strip().splitlines()[-1]) / 1024
+        out["rss_mib"] = {str(k): v for k, v in rss.items()}
+        out["rss_ratio"] = rss[ms[1]] / rss[ms[0]]
+        print(f"rss: {out['rss_mib']} ratio {out['rss_ratio']:.3f}", file=sys.stderr)
+
+    out["elapsed_s"] = time.perf_counter() - t_start
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
