@@ -92,3 +92,17 @@ def test_shuffle_is_seeded(tmp_path):
     c = next(iter(MicroscopyDataModule(p, 16, batch_size=4, seed=4).train_dataloader()))
     torch.testing.assert_close(a, b)
     assert not torch.equal(a, c)
+
+
+def test_ranks_get_disjoint_batches(tmp_path, monkeypatch):
+    from matdyn.data import datamodule as dmod
+
+    p = _store(tmp_path / "a.zarr", n=12)
+    seen = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dmod._StageBatchSampler, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
+        dm = MicroscopyDataModule(p, 16, batch_size=3, seed=1)
+        batches = list(dm._sampler or dm.train_dataloader().batch_sampler)
+        assert len(batches) == 2 and all(len(b) == 3 for b in batches)
+        seen.append({i for b in batches for i in b})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12

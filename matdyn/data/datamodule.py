@@ -87,16 +87,28 @@ class _StageBatchSampler(Sampler[list[int]]):
         self.dm = dm
         self.epoch = 0
 
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return max(1, self.dm.n_frames // min(self.dm.batch_size, self.dm.n_frames))
+        _, world = self._rank_world()
+        n = max(1, self.dm.n_frames // world)
+        return max(1, n // min(self.dm.batch_size, n))
 
     def __iter__(self) -> Iterator[list[int]]:
+        # same permutation on every rank (same seed and epoch); each rank takes its own slice,
+        # so DDP processes see disjoint real images (batch_size is per process)
         g = torch.Generator().manual_seed(self.dm.seed * 1_000_003 + self.epoch)
         self.epoch += 1
+        rank, world = self._rank_world()
         order = torch.randperm(self.dm.n_frames, generator=g).tolist()
+        order = order[rank : len(order) - len(order) % world : world] if world > 1 else order
         i = 0
         while True:
-            bs = min(self.dm.batch_size, self.dm.n_frames)
+            bs = min(self.dm.batch_size, len(order))
             if i + bs > len(order):
                 return  # drop the incomplete tail: minibatch-stddev needs full batches
             yield order[i : i + bs]
