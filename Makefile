@@ -36,6 +36,9 @@ demo: install ## the main job end to end on the embedded default (synthetic NP d
 lint: install ## ruff
 	$(VENV)/bin/ruff check matdyn scripts tests
 
+reproduce-paper: install ## all three case studies end to end + report (SCALE=quick|paper)
+	$(PY) scripts/reproduce.py --scale $(SCALE) --out outputs/paper
+
 bench: install ## performance benchmarks (JSON on stdout)
 	$(PY) scripts/bench.py
 
