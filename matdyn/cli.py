@@ -16,15 +16,34 @@ T = TypeVar("T")
 log = logging.getLogger("matdyn")
 
 
+def matdyn_cause(err: BaseException | None) -> MatdynError | None:
+    """The MatdynError behind ``err``, following explicit ``raise ... from`` links.
+
+    Hydra's ``instantiate`` re-raises constructor errors as ``InstantiationException(...)
+    from err``; this finds our error inside such wrappers (None if there is none).
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MatdynError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
+
+
 def guarded(task: Callable[..., T]) -> Callable[..., T]:
-    """Turn a MatdynError into one `error: ...` line on stderr and exit status 2."""
+    """Turn a MatdynError (also one wrapped by Hydra's instantiate) into one
+    `error: ...` line on stderr and exit status 2."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return task(*args, **kwargs)
-        except MatdynError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        except Exception as e:
+            cause = matdyn_cause(e)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr, flush=True)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from matdyn.descriptors.latent import expected_per_dimension_distance
 from matdyn.errors import ConfigError
 
 
@@ -45,13 +46,19 @@ class InversionResult:
 def gamma_for_distance(per_dim_distance: float, latent_dim: int) -> float:
     """γ whose uniform perturbation U[−γ, γ]^d has mean ‖ε‖/d equal to `per_dim_distance`.
 
-    For ε ~ U[−γ, γ]^d, E‖ε‖² = d·γ²/3, so E‖ε‖ ≈ γ·√(d/3) for large d and
-    γ ≈ per_dim_distance · d / √(d/3) = per_dim_distance · √(3d).
+    Exact inverse of :func:`matdyn.descriptors.latent.expected_per_dimension_distance`,
+    which is linear in γ: E‖ε‖/d = γ·√(d/3)·(1 − 1/(10d))/d, i.e. for large d
+    γ ≈ per_dim_distance · √(3d).
+
+    Note: this reads a latent distance as ‖ε‖. Distances between inverted latents compared
+    on the √d sphere (what a pixel-normalising generator sees) are chords, shorter than
+    the ‖ε‖ of a perturbation with the same angular step; :mod:`matdyn.analysis.sweep`
+    also reports the γ matched through the angle.
 
     >>> round(gamma_for_distance(0.102, 32), 2)
     1.0
     """
-    return float(per_dim_distance) * math.sqrt(3.0 * latent_dim)
+    return float(per_dim_distance) / expected_per_dimension_distance(1.0, int(latent_dim))
 
 
 def invert(

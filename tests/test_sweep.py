@@ -1,0 +1,329 @@
+"""γ sweep: the γ choice rules, real-frame ordering, inversion mapping, and the Hydra
+entry points end to end (two-γ multirun + aggregation callback, aggregate script,
+missing jobs, bad γ, bad bundle) on a tiny generator and a tiny synthetic store."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matdyn.analysis import sweep as sw
+from matdyn.analysis.sweep import (
+    CalibrationSpec,
+    ResizedFrames,
+    RuleSpec,
+    consecutive_sequence,
+    expected_jobs,
+    gamma_at_acceptance,
+    gamma_at_bound,
+    gamma_from_angle,
+    inversion_calibration,
+    metrics_from_spec,
+    run_sweep_job,
+)
+from matdyn.errors import AnalysisError, CheckpointError, ConfigError
+from matdyn.sampling.samplers import UniformSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+GAMMAS = np.arange(0.25, 2.01, 0.25)
+
+
+# ----------------------------------------------------------------------------- γ choice
+def test_bound_rule_interpolates_first_crossing():
+    typical = 0.1 * GAMMAS**2  # monotone; 0.15625 at 1.25, 0.225 at 1.5
+    c = gamma_at_bound(GAMMAS, typical, 0.2)
+    assert c.clipped is None and c.bracket == (1.25, 1.5)
+    assert c.gamma == pytest.approx(1.25 + (0.2 - 0.15625) / (0.225 - 0.15625) * 0.25)
+    # order of the jobs does not matter; without interpolation: last swept γ under the bound
+    perm = np.random.default_rng(0).permutation(GAMMAS.size)
+    assert gamma_at_bound(GAMMAS[perm], typical[perm], 0.2).gamma == pytest.approx(c.gamma)
+    assert gamma_at_bound(GAMMAS, typical, 0.2, interpolate=False).gamma == 1.25
+    assert gamma_at_bound(GAMMAS, 0.1 * GAMMAS, 0.1).gamma == pytest.approx(1.0)  # exact hit
+
+
+def test_bound_rule_clips_with_a_message():
+    lo = gamma_at_bound(GAMMAS, 0.1 * GAMMAS, 0.01)
+    assert (lo.gamma, lo.clipped) == (0.25, "low") and "smaller γ" in lo.message
+    hi = gamma_at_bound(GAMMAS, 0.1 * GAMMAS, 5.0)
+    assert (hi.gamma, hi.clipped) == (2.0, "high") and "larger γ" in hi.message
+    with pytest.raises(AnalysisError, match="not finite at γ = \\[0.5\\]"):
+        gamma_at_bound([0.25, 0.5], [0.1, np.nan], 0.2)
+    with pytest.raises(AnalysisError, match="distinct"):
+        gamma_at_bound([0.5, 0.5], [0.1, 0.2], 0.15)
+
+
+def test_acceptance_rule_largest_gamma_above_target():
+    acc = 1.0 - 0.4 * GAMMAS  # 0.5 at γ = 1.25
+    assert gamma_at_acceptance(GAMMAS, acc, 0.5).gamma == pytest.approx(1.25)
+    assert gamma_at_acceptance(GAMMAS, acc, 0.45).gamma == pytest.approx(1.375)
+    assert gamma_at_acceptance(GAMMAS, acc, 0.45, interpolate=False).gamma == 1.25
+    # noisy curve: the largest γ that still meets the target wins
+    c = gamma_at_acceptance([0.5, 1.0, 1.5, 2.0], [0.9, 0.45, 0.55, 0.3], 0.5)
+    assert c.bracket == (1.5, 2.0) and c.gamma == pytest.approx(1.5 + 0.05 / 0.25 * 0.5)
+    assert gamma_at_acceptance(GAMMAS, acc, 0.99).clipped == "low"
+    assert gamma_at_acceptance(GAMMAS, np.ones_like(GAMMAS), 0.5).clipped == "high"
+
+
+def test_rule_and_calibration_settings_are_checked():
+    assert RuleSpec.from_mapping({"bound_stat": "p95"}).bound_stat == "p95"
+    with pytest.raises(ConfigError, match="unknown key"):
+        RuleSpec.from_mapping({"bound_sta": "p95"})
+    with pytest.raises(ConfigError, match="bound_stat"):
+        RuleSpec(bound_stat="median")
+    with pytest.raises(ConfigError, match="target"):
+        RuleSpec(name="acceptance", target=1.5)
+    with pytest.raises(ConfigError, match="calibration.method"):
+        CalibrationSpec.from_mapping({"method": "magic"})
+
+
+def test_metrics_from_spec():
+    assert [m.name for m in metrics_from_spec("auto", "ta_chart", 2)] == ["shape_diff"]
+    assert [m.name for m in metrics_from_spec(None, "brass_clump", 3)] == ["shape_diff", "density_diff"]
+    ms = metrics_from_spec(
+        [{"_target_": "matdyn.descriptors.differences.EntropyDifference", "bins": 64}], "x", 2
+    )
+    assert ms[0].bins == 64
+    with pytest.raises(ConfigError, match="_target_"):
+        metrics_from_spec([{"bins": 3}], "x", 2)
+    with pytest.raises(ConfigError, match="'auto'"):
+        metrics_from_spec("entropy", "x", 2)
+
+
+def test_expected_jobs_expands_the_sweep():
+    jobs = expected_jobs(["bundle=b.pt", "sampler.gamma=0.5,1.0", "seed=0,1"])
+    assert len(jobs) == 4 and ["bundle=b.pt", "sampler.gamma=1.0", "seed=1"] in jobs
+
+
+# ----------------------------------------------------------------------------- real frames
+def test_consecutive_sequence_by_labels():
+    aug = np.array([0, 1, 1, 0, 1, 1, 0])
+    s = consecutive_sequence({"is_augmented": aug}, 7)
+    assert s.indices.tolist() == [0, 3, 6] and s.groups is None
+    lab = {"particle_id": np.array([2, 1, 2, 1]), "stage_days": np.array([14.0, 3.0, 3.0, 0.0])}
+    s = consecutive_sequence(lab, 4)
+    assert s.indices.tolist() == [3, 1, 2, 0] and s.groups.tolist() == [1, 1, 2, 2]
+    with pytest.raises(AnalysisError, match="at least two"):
+        consecutive_sequence({"is_augmented": np.array([0, 1])}, 2)
+
+
+class _ArrayStore:
+    """Store stand-in: load() ranges and zarr-like oindex on a numpy array."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.images = self
+
+    @property
+    def oindex(self):
+        return self
+
+    def __getitem__(self, idx):
+        return self.x[idx]
+
+    def load(self, start=0, stop=None):
+        return self.x[start:stop]
+
+    def __len__(self):
+        return len(self.x)
+
+
+def test_resized_frames_sparse_and_dense_reads_agree():
+    x = np.random.default_rng(0).random((40, 1, 12, 16)).astype(np.float32)
+    src = ResizedFrames(_ArrayStore(x), np.arange(40), 4)
+    full = src.load()
+    assert full.shape == (40, 1, 4, 4)  # centre crop to 12 x 12, then 3x3 area pooling
+    np.testing.assert_allclose(full[0, 0, 0, 0], x[0, 0, :3, 2:5].mean(), rtol=1e-6)
+    for idx in ([39, 0], [5, 6, 4], [30, 2, 30]):  # sparse (oindex) and dense paths
+        np.testing.assert_array_equal(ResizedFrames(_ArrayStore(x), np.array(idx), 4).load(), full[idx])
+
+
+# ----------------------------------------------------------------------------- inversion mapping
+def test_gamma_from_angle_inverts_atan():
+    assert gamma_from_angle(math.atan(1 / math.sqrt(3))) == pytest.approx(1.0)
+    assert gamma_from_angle(math.atan(0.4), "gaussian") == pytest.approx(0.4)
+    with pytest.raises(AnalysisError):
+        gamma_from_angle(2.0)
+
+
+class _Bundle:
+    latent_dim = 32
+    stage, fade_alpha = 0, 1.0
+    offset = torch.zeros(1, 1, 1, 1)
+    scale = torch.ones(1, 1, 1, 1)
+
+    def generator(self, z, stage, alpha):  # pragma: no cover - invert is replaced below
+        raise AssertionError
+
+
+def test_inversion_mapping_recovers_gamma_from_true_latents(monkeypatch):
+    """With a perfect inversion (the true latents), pairs z, z + ε with ε ~ U[-γ, γ]^d give
+    back γ through the angle; the plain distance reading underestimates it (chord < ‖ε‖)."""
+    from matdyn.sampling import inversion
+
+    d, gamma, pairs = 32, 1.0, 200
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(pairs, d, generator=g)
+    z1 = z0 + UniformSampler(gamma).sample(pairs, d, g)
+    z = torch.stack([z0, z1], 1).reshape(-1, d)  # z0_0, z1_0, z0_1, z1_1, ...
+    groups = np.repeat(np.arange(pairs), 2)
+    monkeypatch.setattr(
+        inversion, "invert",
+        lambda *a, **k: inversion.InversionResult(z, torch.zeros(len(z)), torch.zeros(len(z), 1, 1, 1)),
+    )
+    frames = np.zeros((len(z), 1, 1, 1), np.float32)
+    spec = CalibrationSpec(method="inversion", stat="mean")
+    out = inversion_calibration(_Bundle(), frames, groups, spec)
+    assert out["n_pairs"] == pairs and out["mapping"] == "angular"
+    assert out["gamma"] == out["gamma_angular"] == pytest.approx(gamma, rel=0.05)
+    assert out["gamma_distance"] < 0.95 * out["gamma_angular"]
+    # on the measured sweep curve (angles of γ = 0.5 .. 2 for d = 32) the answer agrees
+    angles = [math.atan(gg / math.sqrt(3)) * 1.005 for gg in GAMMAS]
+    out2 = inversion_calibration(_Bundle(), frames, groups, spec, gammas=GAMMAS, angular_steps=angles)
+    assert out2["gamma_angular"] == pytest.approx(gamma, rel=0.05) and not out2["notes"]
+    out3 = inversion_calibration(_Bundle(), frames, groups, CalibrationSpec(mapping="distance", stat="mean"))
+    assert out3["gamma"] == out3["gamma_distance"]
+
+
+# ----------------------------------------------------------------------------- entry points
+def _env() -> dict[str, str]:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MPLBACKEND="Agg",
+               HYDRA_FULL_ERROR="0")
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _tiny_bundle(path: Path, channels: int = 1) -> Path:
+    from matdyn.models import Generator
+    from matdyn.training.bundle import save_bundle
+
+    torch.manual_seed(0)
+    g = Generator(latent_dim=8, channels=channels, ndim=2, filters=[16, 16, 8])
+    return save_bundle(path, g, stage=2, meta={"name": "np_diffusion"})  # 16 x 16 images
+
+
+def _job_args(tmp: Path, bundle: Path, *extra: str) -> list[str]:
+    return [
+        "-m", "dataset=np_diffusion", f"bundle={bundle}",
+        "dataset.synthetic.n_frames=8", "dataset.synthetic.size=48", f"dataset.path={tmp / 'np.zarr'}",
+        "n_refs=4", "n_samples=4", "progress=false", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A finished two-γ multirun (basic launcher) with its aggregation."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    bundle = _tiny_bundle(tmp / "g.pt")
+    out = tmp / "multirun"
+    proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler.gamma=0.5,1.0", f"hydra.sweep.dir={out}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, bundle, out, proc
+
+
+def test_two_gamma_multirun_writes_jobs_and_gamma_json(sweep):
+    tmp, bundle, out, proc = sweep
+    jobs = {json.loads((out / n / "metrics.json").read_text())["gamma"]: out / n for n in ("0", "1")}
+    assert set(jobs) == {0.5, 1.0}
+    job = json.loads((jobs[1.0] / "metrics.json").read_text())
+    assert job["n_refs"] == 4 and job["metric_names"] == ["entropy_diff", "area_diff"]
+    assert job["per_dim_distance_mean"] == pytest.approx(job["per_dim_distance_expected"], rel=0.25)
+    assert {"median", "mean", "p95", "typical", "per_reference_median"} <= set(job["metrics"]["area_diff"])
+    assert (jobs[1.0] / "variations" / "manifest.json").is_file()  # resumable engine results
+
+    g = json.loads((out / "gamma.json").read_text())
+    assert g["rule"] == "bound" and g["calibration"] == "continuity" and g["inversion"] is None
+    assert g["metric"] == "entropy_diff" and g["bound_stat"] == "max"
+    assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["max"])
+    assert g["baseline"]["resolution"] == 16 and g["baseline"]["n_pairs"] == 7
+    assert 0.5 <= g["gamma"] <= 1.0 and g["gamma"] == g["continuity"]["gamma"]
+    assert [r["gamma"] for r in g["per_gamma"]] == [0.5, 1.0]
+    for r in g["per_gamma"]:
+        assert set(r["acceptance"]) == {"entropy_diff", "area_diff", "all", "filter"}
+        assert 0.0 <= r["acceptance"]["filter"] <= 1.0
+    # the chosen γ is where the typical entropy difference meets the bound (or a clipped end)
+    typ = [r["metrics"]["entropy_diff"]["typical"] for r in g["per_gamma"]]
+    assert g["gamma"] == pytest.approx(gamma_at_bound([0.5, 1.0], typ, g["bound"]).gamma)
+    assert (out / "continuity.png").stat().st_size > 0 and (out / "continuity.svg").is_file()
+    assert "gamma:" in proc.stdout
+
+
+def test_aggregate_script_with_overrides_and_inversion(sweep, tmp_path):
+    _, _, out, _ = sweep
+    d = tmp_path / "copy"
+    shutil.copytree(out, d)
+    (d / "gamma.json").unlink()
+    proc = _run("aggregate_sweep.py", f"dir={d}", "rule.bound_stat=p95", "calibration=inversion",
+                "calibration.steps=5", "calibration.restarts=1", "calibration.n_frames=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = json.loads((d / "gamma.json").read_text())
+    assert g["bound_stat"] == "p95" and g["calibration"] == "inversion"
+    assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["p95"])
+    inv = g["inversion"]
+    assert inv["n_frames"] == 4 and inv["n_pairs"] == 3 and inv["gamma"] == g["gamma"]
+    assert {"gamma_angular", "gamma_distance", "per_dim_distance", "angle_deg"} <= set(inv)
+    assert "inversion γ" in proc.stdout and "continuity γ" in proc.stdout
+
+
+def test_aggregate_refuses_a_sweep_with_a_missing_job(sweep, tmp_path):
+    _, _, out, _ = sweep
+    d = tmp_path / "broken"
+    shutil.copytree(out, d)
+    (d / "gamma.json").unlink()
+    (d / "1" / "metrics.json").unlink()
+    proc = _run("aggregate_sweep.py", f"dir={d}")
+    assert proc.returncode == 2
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "missing γ = 1.0" in err[0] and "Traceback" not in proc.stderr
+    assert not (d / "gamma.json").exists()
+    assert _run("aggregate_sweep.py", f"dir={tmp_path / 'nowhere'}").returncode == 2
+
+
+def test_nonpositive_gamma_is_a_clear_error(sweep, tmp_path):
+    tmp, bundle, _, _ = sweep
+    proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler.gamma=0", f"hydra.sweep.dir={tmp_path}"))
+    assert proc.returncode == 2
+    assert "error: UniformSampler.gamma must be finite and > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_bundles_are_clear_errors(sweep, tmp_path):
+    tmp, _, _, _ = sweep
+    ds = {"name": "np_diffusion", "path": str(tmp / "np.zarr"), "ndim": 2, "channels": 1}
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a bundle")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        run_sweep_job(ds, junk, UniformSampler(1.0), tmp_path / "job")
+    two = _tiny_bundle(tmp_path / "two.pt", channels=2)
+    with pytest.raises(CheckpointError, match="2 channel"):
+        run_sweep_job(ds, two, UniformSampler(1.0), tmp_path / "job")
+    with pytest.raises(CheckpointError, match="not found"):
+        run_sweep_job(ds, tmp_path / "none.pt", UniformSampler(1.0), tmp_path / "job")
+
+
+def test_joblib_launcher(sweep, tmp_path):
+    tmp, bundle, out, _ = sweep
+    d = tmp_path / "joblib"
+    proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler.gamma=0.5,1.0", f"hydra.sweep.dir={d}",
+                                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((out / "gamma.json").read_text())
+    b = json.loads((d / "gamma.json").read_text())
+    assert b["gamma"] == pytest.approx(a["gamma"])  # same seeds, same jobs: same answer
+
+
+def test_module_exports():
+    assert set(sw.__all__) <= set(dir(sw))
