@@ -118,14 +118,19 @@ def run_analysis(
         raise ConfigError(f"analysis config {type(analysis).__name__} has no case module with run()")
     bundle_path = project_path(bundle_path)
     gen = load_generator(bundle_path)
-    trained_on = str(gen.meta.get("dataset", ""))
-    if trained_on and trained_on != dataset.get("name"):
-        raise AnalysisError(
-            f"{bundle_path} was trained on dataset '{trained_on}' but the analysis is for "
-            f"'{dataset.get('name')}'; pass the matching dataset=... or bundle=..."
-        )
     ensure_store(dataset, progress=progress)
     store = open_store(project_path(dataset["path"]), validate=False)
+    trained_on = str(gen.meta.get("name", ""))
+    if trained_on and trained_on != store.meta.name:
+        raise AnalysisError(
+            f"{bundle_path} was trained on store '{trained_on}' but the analysis reads store "
+            f"'{store.meta.name}' ({store.path}); pass the matching dataset=... or bundle=..."
+        )
+    if gen.channels != store.meta.channels or gen.ndim != store.meta.ndim:
+        raise AnalysisError(
+            f"{bundle_path} makes {gen.channels}-channel {gen.ndim}D images but store "
+            f"'{store.meta.name}' holds {store.meta.channels}-channel {store.meta.ndim}D frames"
+        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = gen.to(device)

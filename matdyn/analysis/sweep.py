@@ -347,7 +347,7 @@ class ResizedFrames:
     def load(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         import torch
 
-        from matdyn.data.datamodule import resize_frames, square_frames
+        from matdyn.data.transforms import resize_frames, square_frames
 
         x = torch.from_numpy(np.ascontiguousarray(self._read(self.indices[start:stop])))
         x = resize_frames(square_frames(x, self.fit), self.resolution)  # type: ignore[arg-type]

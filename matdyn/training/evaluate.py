@@ -102,7 +102,7 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
 def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLike, *,
                     n: int = 1000, seed: int = 0, fit: str = "crop") -> dict[str, Any]:
     """Fidelity summary of a bundle against the store it was trained on (n frames each)."""
-    from matdyn.data.datamodule import resize_frames, square_frames
+    from matdyn.data.transforms import resize_frames, square_frames
     from matdyn.data.store import open_store
     from matdyn.training.bundle import load_generator
 
