@@ -37,7 +37,7 @@ lint: install ## ruff
 	$(VENV)/bin/ruff check matdyn scripts tests
 
 reproduce-paper: install ## all three case studies end to end + report (SCALE=quick|paper)
-	$(PY) scripts/reproduce.py --scale $(SCALE) --out outputs/paper
+	$(PY) scripts/reproduce.py --scale $(SCALE) --out outputs/paper --keep-going
 
 bench: install ## performance benchmarks (JSON on stdout)
 	$(PY) scripts/bench.py

@@ -70,13 +70,48 @@ def _write_marker(step: Step, seconds: float) -> None:
     os.replace(tmp, step.workdir / MARKER)
 
 
+FAILED = ".matdyn-step-failed.json"
+
+
+def _run_streaming(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command, passing its stderr through live (progress bars keep animating) while
+    keeping the tail, so a failure can be explained in one line."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    tail = b""
+    while True:
+        chunk = proc.stderr.read1(65536)
+        if not chunk:
+            break
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-8192:]
+    rc = proc.wait()
+    lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines()
+             if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return rc, (errors[-1] if errors else (lines[-1] if lines else ""))
+
+
 def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
-              env: dict[str, str] | None = None) -> list[StepResult]:
-    """Run steps in order, skipping fresh ones; stop at the first failure (MatdynError)."""
+              keep_going: bool = False, env: dict[str, str] | None = None) -> list[StepResult]:
+    """Run steps in order, skipping fresh ones.
+
+    On a failure the step's reason is written to ``<workdir>/.matdyn-step-failed.json`` (the
+    report shows it). With ``keep_going`` the steps that depend on the failed one are
+    skipped and the others still run; otherwise the first failure raises MatdynError.
+    """
     results: list[StepResult] = []
     run_env = {**os.environ, **(env or {})}
+    failed: set[int] = set()
     for i, step in enumerate(steps, 1):
         head = f"[{i}/{len(steps)}] {step.name}"
+        if any(id(d) in failed for d in step.deps):
+            failed.add(id(step))
+            _write_failure(step, "not run: an earlier step of this case failed")
+            print(f"{head}: not run (an earlier step failed)", flush=True)
+            results.append(StepResult(step.name, "not run", 0.0))
+            continue
         if not force and step.is_fresh():
             print(f"{head}: up to date, skipped ({step.workdir})", flush=True)
             results.append(StepResult(step.name, "skipped", 0.0))
@@ -89,19 +124,31 @@ def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
         if dry_run:
             results.append(StepResult(step.name, "dry-run", 0.0))
             continue
+        (step.workdir / FAILED).unlink(missing_ok=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(argv, cwd=ROOT, env=run_env)
+        rc, last = _run_streaming(argv, run_env)
         dt = time.perf_counter() - t0
         missing = [str(o) for o in step.outputs if not o.exists()]
-        if proc.returncode != 0 or missing:
+        if rc != 0 or missing:
             results.append(StepResult(step.name, "failed", dt))
-            why = f"exit status {proc.returncode}" if proc.returncode else f"missing {missing}"
-            raise MatdynError(f"step '{step.name}' failed ({why}) after {dt:.0f} s; "
-                              "fix the cause and run the same command again to resume")
+            why = f"exit status {rc}" if rc else f"missing {missing}"
+            reason = f"step '{step.name}' failed ({why}{': ' + last if last else ''})"
+            _write_failure(step, reason)
+            if not keep_going:
+                raise MatdynError(f"{reason} after {dt:.0f} s; fix the cause and run the same "
+                                  "command again to resume")
+            print(f"{head}: FAILED — {reason}", file=sys.stderr, flush=True)
+            failed.add(id(step))
+            continue
         _write_marker(step, dt)
         print(f"{head}: done in {dt:.0f} s", flush=True)
         results.append(StepResult(step.name, "ran", dt))
     return results
+
+
+def _write_failure(step: Step, reason: str) -> None:
+    step.workdir.mkdir(parents=True, exist_ok=True)
+    (step.workdir / FAILED).write_text(json.dumps({"step": step.name, "reason": reason}))
 
 
 # ---------------------------------------------------------------------------------- plans
@@ -155,6 +202,17 @@ SCALES: dict[str, dict[str, dict[str, list[str]]]] = {
 }
 
 
+def merge_overrides(overrides: list[str]) -> list[str]:
+    """Hydra overrides with later ones replacing earlier ones of the same key (Hydra itself
+    refuses a key given twice)."""
+    out: dict[str, str] = {}
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        out.pop(key, None)
+        out[key] = o
+    return list(out.values())
+
+
 def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
                extra: dict[str, list[str]] | None = None, python: str = sys.executable
                ) -> list[Step]:
@@ -165,7 +223,7 @@ def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
         raise ConfigError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     s = {k: list(v) for k, v in SCALES[scale][case].items()}
     for k, v in (extra or {}).items():
-        s.setdefault(k, []).extend(v)
+        s[k] = merge_overrides(s.get(k, []) + list(v))
     base = root / case
     if store:  # real data: use the given store instead of the synthetic stand-in
         ds = [f"dataset={case}", "dataset.source=store", f"dataset.path={store}"]

@@ -12,5 +12,5 @@ import sys
 from reproduce import main  # scripts/ is on sys.path when run as a script
 
 if __name__ == "__main__":
-    sys.exit(main(["--scale", "quick", "--cases", "np_diffusion", "--out", "outputs/demo",
+    sys.exit(main(["--scale", "quick", "--cases", "np_diffusion", "--out", "outputs/demo", "--keep-going",
                    *sys.argv[1:]]))

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[], metavar="CASE:STEP:OVERRIDE",
                     help="extra Hydra override for one step, e.g. np_diffusion:train:num_threads=1")
     ap.add_argument("--force", action="store_true", help="rerun every step")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="after a failed step, still run the other cases and write the report")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     a = ap.parse_args(argv)
     try:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             steps += case_steps(case, a.scale, root, store=stores.get(case), extra=extra.get(case))
         t0 = time.perf_counter()
-        results = run_steps(steps, force=a.force, dry_run=a.dry_run)
+        results = run_steps(steps, force=a.force, dry_run=a.dry_run, keep_going=a.keep_going)
         if a.dry_run:
             return 0
         from matdyn.report import build_report
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         timings = {r.name: r.seconds for r in results if r.status == "ran"}
         md, page = build_report(root, cases, scale=a.scale, timings=timings)
         print(f"\nreport: {md}\n        {page}\n(total {time.perf_counter() - t0:.0f} s)")
+        failed = [r.name for r in results if r.status in ("failed", "not run")]
+        if failed:
+            print(f"error: steps failed or not run: {', '.join(failed)} (see the report)",
+                  file=sys.stderr)
+            return 1
         return 0
     except (MatdynError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,98 @@
+"""A tiny end-to-end reproduction (data -> train -> sweep -> analysis) and its report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matdyn.pipeline import case_steps, merge_overrides
+from matdyn.report import ROWS, Row, build_report, dig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "np_diffusion:data:dataset.synthetic.n_frames=24", "np_diffusion:data:dataset.synthetic.size=48",
+    "np_diffusion:train:resolution=16", "np_diffusion:train:model.filters=[16,16,8]",
+    "np_diffusion:train:+schedule.datasets.np_diffusion.stages=[[4,8,0,48],[8,8,48,48],[16,8,48,96]]",
+    "np_diffusion:train:~logger", "np_diffusion:train:eval_frames=24", "np_diffusion:train:num_threads=1",
+    "np_diffusion:sweep:n_refs=4", "np_diffusion:sweep:n_samples=4", "np_diffusion:sweep:sampler.gamma=0.5,1.0",
+    "np_diffusion:sweep:progress=false", "np_diffusion:sweep:logger.wandb=false",
+    "np_diffusion:analyze:analysis.n_refs=4", "np_diffusion:analyze:analysis.n_samples=6",
+    "np_diffusion:analyze:analysis.n_fidelity=16", "np_diffusion:analyze:analysis.baseline_frames=16",
+    "np_diffusion:analyze:analysis.depth_frames=8", "np_diffusion:analyze:progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("repro")
+    argv = [sys.executable, "scripts/reproduce.py", "--cases", "np_diffusion", "--out", str(out),
+            "--keep-going"] + [f"--extra={e}" for e in TINY]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+def _rows(md: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| quantity") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_tiny_reproduction_writes_complete_report(tiny_run):
+    out, proc = tiny_run
+    assert (out / "report.md").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (out / "np_diffusion" / "train" / "generator.pt").is_file(), proc.stderr[-2000:]
+    assert (out / "np_diffusion" / "sweep" / "gamma.json").is_file(), proc.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "synthetic stand-ins" in md
+    rows = _rows(md)
+    for row in ROWS["np_diffusion"]:
+        assert row.label in rows, row.label
+        ours = rows[row.label][2]
+        # every value is a number or says why it is missing
+        assert re.search(r"\d", ours) or ours.startswith("not computed:"), (row.label, ours)
+    numeric = [r for r in ROWS["np_diffusion"] if re.search(r"\d", rows[r.label][2])
+               and not rows[r.label][2].startswith("not computed")]
+    assert len(numeric) >= 2  # at least the training and sweep numbers exist on a tiny run
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2
+    assert not re.search(r'<img src="(?!data:)', page)  # self-contained
+
+
+def test_rerun_skips_finished_steps(tiny_run):
+    out, _ = tiny_run
+    argv = [sys.executable, "scripts/reproduce.py", "--cases", "np_diffusion", "--out", str(out),
+            "--keep-going", "--dry-run"] + [f"--extra={e}" for e in TINY]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("up to date, skipped") >= 3, proc.stdout
+
+
+def test_failed_step_is_explained_in_report(tmp_path):
+    (tmp_path / "np_diffusion" / "analysis").mkdir(parents=True)
+    (tmp_path / "np_diffusion" / "analysis" / ".matdyn-step-failed.json").write_text(
+        '{"reason": "step \'np_diffusion/analyze\' failed (exit status 2: error: all samples rejected)"}')
+    md, _ = build_report(tmp_path, ["np_diffusion"])
+    text = md.read_text()
+    assert "not computed: step 'np_diffusion/analyze' failed" in text
+    assert "all samples rejected" in text
+
+
+def test_row_and_override_helpers():
+    assert dig({"a": {"b": 2}}, "a.b") == 2
+    assert str(dig({"a": {}}, "a.b")).startswith("not computed: `a.b` absent")
+    assert str(dig({}, "train.x")).startswith("not computed: no train output")
+    assert Row("x", "1", "=yes").cells({}) == ["x", "1", "yes", "—"]
+    assert merge_overrides(["n=1", "m=2", "n=3", "+s.t=[1]"]) == ["m=2", "n=3", "+s.t=[1]"]
+    steps = case_steps("np_diffusion", "quick", Path("/tmp/x"), extra={"sweep": ["n_refs=2"]})
+    sweep = [s for s in steps if s.name.endswith("sweep")][0]
+    assert "n_refs=2" in sweep.argv and "n_refs=48" not in sweep.argv
+    # the key changes with the command and with upstream steps
+    other = case_steps("np_diffusion", "quick", Path("/tmp/x"), extra={"train": ["seed=1"]})
+    assert other[0].key == steps[0].key and other[1].key != steps[1].key and other[3].key != steps[3].key
