@@ -8,6 +8,7 @@ fp32 NCHW path. FLOPs are counted with the formulas of ``torch.utils.flop_counte
 
 from __future__ import annotations
 
+import copy
 import gc
 import statistics
 import time
@@ -23,8 +24,11 @@ from matdyn.models.pggan import Discriminator, Generator, stage_resolution
 from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
 
 #: generator-inference variants; "bf16" = bf16 autocast, kept for sampling only after the
-#: descriptor-agreement test (tests/test_bench.py) passed
+#: descriptor-agreement test (tests/test_precision.py) passed
 GEN_VARIANTS = ("eager", "channels_last", "bf16", "bf16_channels_last", "compile", "bf16_compile")
+#: the same paths through GeneratorBundle (what sampling and analysis run): "bundle" = fp32 with
+#: memory_format="auto", "_bf16" = precision="bf16", "_compile" = compile=True
+BUNDLE_VARIANTS = ("bundle", "bundle_bf16", "bundle_compile", "bundle_bf16_compile")
 TRAIN_VARIANTS = ("eager", "channels_last", "bf16")
 
 
@@ -85,8 +89,26 @@ def _memory_format(ndim: int):
 
 def make_generator_fn(gen: Generator, stage: int, variant: str, device: str = "cpu"
                       ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A latents -> images function for one inference variant (inference_mode inside)."""
-    g = gen.to(device).eval()
+    """A latents -> images function for one inference variant (inference_mode inside).
+
+    Each variant works on its own copy of `gen` (a memory-format change is in place and
+    would otherwise leak into the variants built before it)."""
+    g = copy.deepcopy(gen).to(device).eval()
+    if variant.startswith("bundle"):
+        from matdyn.training.bundle import GeneratorBundle
+
+        if variant not in BUNDLE_VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; bundle variants: {BUNDLE_VARIANTS}")
+        bundle = GeneratorBundle(g, stage, 1.0, precision="bf16" if "bf16" in variant else "fp32",
+                                 compile=variant.endswith("compile")).to(device)
+
+        def run_bundle(z: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return bundle(z)
+
+        return run_bundle
+    if variant not in GEN_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {GEN_VARIANTS + BUNDLE_VARIANTS}")
     bf16 = variant.startswith("bf16")
     if "channels_last" in variant:
         g = g.to(memory_format=_memory_format(gen.ndim))
@@ -168,8 +190,8 @@ def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int,
     flops = count_flops(lambda: wgan_gp_step(G, D, og, od, real, stage, 0.5, device=device))
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
-        for v, (G, D, og, od, real, bf16) in setups.items():
-            times[v].append(_timeit(lambda: wgan_gp_step(G, D, og, od, real, stage, 0.5, bf16, device),
+        for v, setup in setups.items():
+            times[v].append(_timeit(lambda s=setup: wgan_gp_step(*s[:5], stage, 0.5, s[5], device),
                                     min_time=0.5, max_iters=20))
     out: dict[str, Any] = {"resolution": res, "batch": batch,
                            "gflop_per_step": flops / 1e9}

@@ -150,3 +150,28 @@ def test_channels_last_matches_contiguous():
         d_cl = d.to(memory_format=torch.channels_last)
         out = d_cl(x.contiguous(memory_format=torch.channels_last), 2, 0.5)
     assert torch.allclose(ref, out, atol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_fade_branch_is_skipped_at_alpha_one_without_changing_the_result(ndim):
+    g, _ = _nets(ndim, 1)
+    calls = []
+    g.to_image[1].register_forward_hook(lambda *_: calls.append(1))
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        skipped = g(z, 2, 1.0)
+        assert calls == []  # the previous stage's to-image layer did not run
+        blended = g(z, 2, torch.tensor(1.0))  # a tensor alpha always blends (static graphs)
+    assert calls == [1] and torch.equal(skipped, blended)
+
+
+def test_bf16_autocast_keeps_a_float32_output_layer():
+    g, _ = _nets(2, 1)
+    z = torch.randn(4, 8)
+    with torch.no_grad():
+        ref = g(z, 2, 0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = g(z, 2, 0.5)
+    assert out.dtype == torch.float32  # full grey-level resolution, not bf16's 256 per octave
+    assert torch.allclose(out, ref, atol=0.1) and not torch.equal(out, ref)
+    assert out.flatten().unique().numel() > 0.9 * out.numel()

@@ -173,8 +173,17 @@ def test_every_dataset_and_profile_resolves():
         cfg = compose("train", overrides=["dataset=ta_chart", "schedule=paper"])
         _, filters, _ = build_stages(cfg.schedule, "ta_chart", 2, 128)
         assert filters == [512, 512, 512, 512, 256, 128]  # paper §S1 widths x1
-        _, filters, _ = build_stages(cfg.schedule, "np_diffusion", 2, 128)
+        stages, filters, _ = build_stages(cfg.schedule, "np_diffusion", 2, 128)
         assert filters == [256, 256, 256, 256, 128, 64]  # x0.5
+        # per-case batch sizes of paper Section S1 (issue #3)
+        assert [s.batch_size for s in stages] == [16, 16, 16, 16, 8, 4]
+        chart, _, _ = build_stages(cfg.schedule, "ta_chart", 2, 256)
+        assert [s.batch_size for s in chart] == [32, 32, 32, 32, 32, 16, 8]
+        cfg3 = compose("train", overrides=["dataset=brass_clump", "schedule=paper"])
+        clumps, _, _ = build_stages(cfg3.schedule, "brass_clump", 3, 32)
+        assert [s.batch_size for s in clumps] == [8, 8, 4, 2]
+        # W&B is the default logger (tests run with WANDB_MODE=disabled, set in conftest.py)
+        assert cfg.logger._target_.endswith("WandbLogger") and cfg.perf.compile is False
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -210,10 +219,14 @@ def test_train_2d_through_two_transitions_and_bundle(store2d, tmp_path):
     assert not bundle.training
     assert (bundle.latent_dim, bundle.channels, bundle.ndim, bundle.resolution) == (32, 1, 2, 16)
     assert bundle.meta["pixel_size"] == 2.0 and bundle.meta["channel_names"] == ["c0"]
+    assert all(v.is_contiguous() for v in raw["state_dict"].values())  # trained channels_last
+    assert json.loads((tmp_path / "plan.json").read_text())["perf"]["channels_last"] is True  # auto, 2D
     z = torch.randn(6, 32)
     with torch.no_grad():
-        x = bundle(z)
-        assert torch.equal(x, g(z, 2, 1.0).clamp(-1, 1))
+        x = bundle(z)  # memory_format auto: channels_last, equal up to float rounding
+        exact = load_generator(out, memory_format="contiguous")(z)
+        assert torch.equal(exact, g(z, 2, 1.0).clamp(-1, 1))
+        assert torch.allclose(x, exact, atol=1e-4) and x.dtype == torch.float32
         norm = raw["normalization"]
         assert torch.allclose(bundle.sample(z), x * norm["scale"][0] + norm["offset"][0])
     # export from the Lightning checkpoint gives the same generator
@@ -312,6 +325,27 @@ def test_ddp_two_cpu_processes_stay_in_sync(store2d, tmp_path):
 
 
 # -- bad input ---------------------------------------------------------------------------------
+
+def test_speed_options_keep_parameters_and_state_dict_keys():
+    from matdyn.training.app import resolve_channels_last
+    from matdyn.training.module import PGGANModule
+
+    plain = PGGANModule(8, 1, 2, [8, 8])
+    fast = PGGANModule(8, 1, 2, [8, 8], channels_last=True, compile=True)  # compiles lazily
+    assert list(fast.state_dict()) == list(plain.state_dict())  # no compiled-module prefixes
+    assert fast.generator.blocks[0][1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.g_ema.to_image[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert "channels_last" not in fast.hparams and "compile" not in fast.hparams  # runtime only
+    assert fast.sample(2).is_contiguous()
+    vol = PGGANModule(8, 3, 3, [4, 4], channels_last=True)
+    assert vol.discriminator.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert resolve_channels_last("auto", cuda=False, ndim=2)
+    assert not resolve_channels_last("auto", cuda=False, ndim=3)
+    assert resolve_channels_last("auto", cuda=True, ndim=3, precision="bf16-mixed")
+    assert resolve_channels_last(False, cuda=True, ndim=2) is False
+    with pytest.raises(ConfigError, match="perf.channels_last"):
+        resolve_channels_last("yes", cuda=False, ndim=2)
+
 
 def test_bad_inputs_give_one_line_errors(store2d, store3d, tmp_path):
     cases = [

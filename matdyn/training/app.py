@@ -84,6 +84,24 @@ def _top_resolution(cfg: DictConfig, profile: str) -> int:
     return int(value)
 
 
+def resolve_channels_last(value: Any, cuda: bool, ndim: int, precision: str = "32-true") -> bool:
+    """``perf.channels_last``: true / false, or ``auto`` = on for 2D; for 3D only on CUDA with
+    16-bit mixed precision. Quick CPU A/B (busy 2-core machine, WGAN-GP steps): 2D +35-50 %
+    at 32-64 px, +-2 % at 16 px; 3D at 16 px -2 % to -26 % (slower channels_last_3d
+    backward). CUDA choices follow the usual tensor-core advice, not measured here.
+
+    >>> resolve_channels_last("auto", cuda=False, ndim=2)
+    True
+    >>> resolve_channels_last("auto", cuda=False, ndim=3)
+    False
+    """
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return ndim == 2 or (bool(cuda) and "16" in str(precision))
+    raise ConfigError(f"perf.channels_last must be true, false or auto, got {value!r}")
+
+
 def _make_logger(cfg: DictConfig, run_dir: Path) -> Any:
     node = cfg.get("logger")
     if not node:
@@ -161,11 +179,20 @@ def build(
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     optimizer = instantiate(m.optimizer, _convert_="all") if m.get("optimizer") else None
+    perf = cfg.get("perf") or {}
+    on_cuda = (torch.cuda.is_available() if cuda is None else bool(cuda)) and \
+        str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    channels_last = resolve_channels_last(perf.get("channels_last", False), on_cuda, dm.ndim,
+                                          str(cfg.trainer.get("precision", "32-true")))
+    compile_nets = perf.get("compile", False)
+    if not isinstance(compile_nets, bool):
+        raise ConfigError(f"perf.compile must be true or false, got {compile_nets!r}")
     module = PGGANModule(
         latent_dim=int(m.latent_dim), channels=channels, ndim=dm.ndim, filters=filters,
         mbstd_group=int(m.get("mbstd_group", 4)), normalize_latents=bool(m.get("normalize_latents", True)),
         optimizer=optimizer, n_critic=int(m.get("n_critic", 1)), gp_weight=float(m.get("gp_weight", 10.0)),
         drift_weight=float(m.get("drift_weight", 1e-3)), ema_decay=ema_decay, seed=int(cfg.seed),
+        channels_last=channels_last, compile=compile_nets,
     )
 
     # checkpoints: resume (full state) or init_from (weights only)
@@ -205,6 +232,8 @@ def build(
         "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
         "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),
         "ckpt_path": str(ckpt_path) if ckpt_path else None,
+        "perf": {"channels_last": channels_last, "compile": compile_nets,
+                 "precision": str(cfg.trainer.get("precision", "32-true"))},
     }
     return {"dm": dm, "module": module, "trainer": trainer, "ckpt_path": ckpt_path,
             "plan": plan, "callbacks": callbacks}

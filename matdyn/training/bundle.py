@@ -7,26 +7,56 @@ reads it without running pickle code. Separate from the Lightning resume checkpo
 also holds the critic and optimiser state).
 
 >>> bundle = load_generator("outputs/train/np_diffusion/<run>/generator.pt")  # doctest: +SKIP
->>> x = bundle(torch.randn(8, bundle.latent_dim))     # [8, C, R, R] in [-1, 1]
->>> phys = bundle.to_physical(x)                      # physical units (e.g. phase, rad)
+>>> x = bundle(torch.randn(8, bundle.latent_dim))  # doctest: +SKIP
+>>> phys = bundle.to_physical(x)  # doctest: +SKIP
+
+(x: [8, C, R, R] in [-1, 1]; phys: physical units, e.g. phase in rad.)
+
+Inference fast path (:class:`GeneratorBundle` arguments, also of :func:`load_generator`);
+outputs are always contiguous float32 [N, C, *S], whatever runs inside:
+
+* ``precision="bf16"``: bf16 autocast (weights stay fp32, so the state_dict is unchanged;
+  the 1×1 output layer runs in fp32). About 1.4-2x faster generation on CPUs with AVX-512
+  BF16 (measured on our busy 2-core machine) and on recent GPUs. ``tests/test_precision.py``
+  checks it against fp32 on the same latents (random-init 2D and 3D generators with the
+  output calibrated to the data range): |Δ entropy| (256 bins over [-1, 1]) median
+  <= 0.02 bits, max <= 0.05 bits; total particle area relative difference median <= 2 %,
+  90th percentile <= 5 %; mask IoU median >= 0.98, min >= 0.95; per-channel mass
+  <= 1 %. A briefly trained NP generator (32 px, 75 s on CPU; 256 latents) gave entropy
+  median 0.009 bits, area median 0.8 % (90th percentile 2.8 %), IoU median 0.99 but min
+  0.935: pixel values differ by ~0.003 (median), which flips pixels at mask edges, and a
+  one-pixel change is a large fraction of a small particle. Population statistics agree;
+  single images do not exactly, so fp32 stays the default.
+* ``memory_format="auto"`` (default): channels_last (2D) / channels_last_3d (3D), which
+  generated 5-70 % faster than contiguous on our CPU (fp32 and bf16; busy machine, so the
+  spread is noise-wide) and is what GPU tensor cores want; 3D in fp32 on CUDA stays
+  contiguous (not measured). ``"channels_last"`` / ``"contiguous"`` force one.
+  channels_last changes fp32 outputs by float rounding (~1e-5), not more.
+* ``compile=True``: ``torch.compile(dynamic=False)`` on the first call (≈ 20 s on CPU).
+  stage and fade_alpha are constants of the bundle, so one graph serves every call; a
+  batch smaller than the first one is zero-padded to it (no recompile; the generator has
+  no cross-sample ops), a larger one compiles once more.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from matdyn.errors import CheckpointError
+from matdyn.errors import CheckpointError, ConfigError
 from matdyn.models import Generator, stage_resolution
 
 FORMAT = "matdyn.generator"
 VERSION = 1
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def plain(value: Any) -> Any:
@@ -87,7 +117,9 @@ def bundle_dict(
         "normalization": plain(dict(normalization or {})),
         "meta": plain(dict(meta or {})),
         "extra": plain(dict(extra or {})),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
+        # contiguous copies: a channels_last training run stores the usual layout
+        "state_dict": {k: v.detach().cpu().contiguous().clone()
+                       for k, v in generator.state_dict().items()},
     }
 
 
@@ -110,11 +142,36 @@ def _read(path: str | os.PathLike, what: str) -> dict[str, Any]:
     return obj
 
 
+def resolve_memory_format(
+    memory_format: str, ndim: int, device_type: str = "cpu", precision: str = "fp32"
+) -> torch.memory_format:
+    """The memory format that a bundle's generator runs in (see the module docstring).
+
+    >>> resolve_memory_format("auto", 2)
+    torch.channels_last
+    >>> resolve_memory_format("auto", 3, "cuda")
+    torch.contiguous_format
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    last = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    if memory_format == "channels_last":
+        return last
+    if memory_format == "contiguous":
+        return torch.contiguous_format
+    if ndim == 3 and device_type == "cuda" and precision != "bf16":
+        return torch.contiguous_format  # fp32 NDHWC conv3d kernels on GPUs: not measured
+    return last
+
+
 class GeneratorBundle(nn.Module):
     """A trained generator at its final stage, in eval mode, with physical-unit helpers.
 
     ``forward(z)`` -> images [N, C, R...] clamped to [-1, 1] (the training data range);
     ``sample(z)`` -> the same in physical units; ``to_physical(x)`` maps [-1, 1] -> physical.
+    ``precision`` ("fp32" | "bf16"), ``memory_format`` ("auto" | "channels_last" |
+    "contiguous") and ``compile`` choose the inference path (module docstring); the output
+    is float32 in every case. Gradients flow to ``z`` on every path (latent inversion).
     """
 
     def __init__(
@@ -125,8 +182,14 @@ class GeneratorBundle(nn.Module):
         normalization: Mapping[str, Any] | None = None,
         meta: Mapping[str, Any] | None = None,
         clamp: bool = True,
+        precision: str = "fp32",
+        memory_format: str = "auto",
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        resolve_memory_format(memory_format, generator.ndim)  # validates the name
         self.generator = generator.eval().requires_grad_(False)
         self.stage = int(stage)
         self.fade_alpha = float(fade_alpha)
@@ -137,6 +200,12 @@ class GeneratorBundle(nn.Module):
         self.normalization = dict(normalization or {})
         self.meta = dict(meta or {})
         self.clamp = clamp
+        self.precision = precision
+        self.memory_format = memory_format
+        self.use_compile = bool(compile)  # (nn.Module.compile is a method)
+        self._prepared_on: torch.device | None = None  # device the layout was chosen for
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._compiled_batch = 0
         c = self.channels
         offset = torch.as_tensor(self.normalization.get("offset", [0.0] * c), dtype=torch.float32)
         scale = torch.as_tensor(self.normalization.get("scale", [1.0] * c), dtype=torch.float32)
@@ -145,9 +214,36 @@ class GeneratorBundle(nn.Module):
         self.register_buffer("scale", scale.flatten().expand(c).reshape(shape).clone(), persistent=False)
         self.eval()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.generator(z, self.stage, self.fade_alpha)  # [N, C, R...]
+    def _prepare(self, device: torch.device) -> None:
+        """Lay the weights out for `device` (once per device) and drop any compiled graph."""
+        fmt = resolve_memory_format(self.memory_format, self.ndim, device.type, self.precision)
+        self.generator.to(memory_format=fmt)
+        self._compiled, self._compiled_batch = None, 0
+        self._prepared_on = device
+
+    def _generate(self, z: torch.Tensor) -> torch.Tensor:
+        bf16 = self.precision == "bf16"
+        ctx = torch.autocast(z.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with ctx:
+            x = self.generator(z, self.stage, self.fade_alpha)  # [N, C, R...]
+        x = x.float().contiguous()
         return x.clamp(-1.0, 1.0) if self.clamp else x
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self._prepared_on != self.offset.device:
+            self._prepare(self.offset.device)
+        if not self.use_compile:
+            return self._generate(z)
+        n = z.shape[0]
+        if self._compiled is None:
+            self._compiled = torch.compile(self._generate, dynamic=False)
+            self._compiled_batch = n
+        if 0 < n < self._compiled_batch:  # pad to the compiled batch: samples are independent
+            # keep z's kind (inference tensor or not): graphs are guarded on it
+            with torch.inference_mode(z.is_inference()):
+                z = torch.cat([z, z.new_zeros(self._compiled_batch - n, *z.shape[1:])])
+            return self._compiled(z)[:n]
+        return self._compiled(z)
 
     def to_physical(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.to(x.dtype) + self.offset.to(x.dtype)
@@ -157,13 +253,20 @@ class GeneratorBundle(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, channels={self.channels}, ndim={self.ndim}, "
-                f"resolution={self.resolution}")
+                f"resolution={self.resolution}, precision={self.precision}, "
+                f"memory_format={self.memory_format}, compile={self.use_compile}")
 
 
 def load_generator(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", clamp: bool = True
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    clamp: bool = True,
+    precision: str = "fp32",
+    memory_format: str = "auto",
+    compile: bool = False,
 ) -> GeneratorBundle:
-    """Load a bundle written by :func:`save_bundle` / :func:`export_bundle` (eval mode)."""
+    """Load a bundle written by :func:`save_bundle` / :func:`export_bundle` (eval mode);
+    ``precision`` / ``memory_format`` / ``compile`` as in :class:`GeneratorBundle`."""
     obj = _read(path, "generator bundle")
     if obj.get("format") != FORMAT:
         hint = " (a Lightning checkpoint? use export_bundle(ckpt, out))" if "state_dict" in obj else ""
@@ -176,7 +279,8 @@ def load_generator(
         generator = Generator(**obj["model"])
         generator.load_state_dict(obj["state_dict"], strict=True)
         bundle = GeneratorBundle(generator, int(obj["stage"]), float(obj.get("fade_alpha", 1.0)),
-                                 obj.get("normalization"), obj.get("meta"), clamp=clamp)
+                                 obj.get("normalization"), obj.get("meta"), clamp=clamp,
+                                 precision=precision, memory_format=memory_format, compile=compile)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is an incompatible or damaged generator bundle: {msg[:160]}") from None
