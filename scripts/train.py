@@ -30,7 +30,9 @@ def main(cfg: DictConfig) -> None:
         from matdyn.training.evaluate import evaluate_bundle
 
         summary = evaluate_bundle(bundle, project_path(cfg.dataset.path), n=n_eval,
-                                  seed=int(cfg.seed), fit=str(cfg.dataset.get("fit", "crop")))
+                                  seed=int(cfg.seed), fit=str(cfg.dataset.get("fit", "crop")),
+                                  # particle areas only mean something for particle data (§3.3.1)
+                                  particles=cfg.dataset.name == "np_diffusion")
         write_json_atomic(run_dir / "summary.json", summary)
         pa = summary.get("particle_area_w1", {})
         if "generated_vs_real" in pa:

@@ -100,10 +100,14 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
 
 
 def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLike, *,
-                    n: int = 1000, seed: int = 0, fit: str = "crop") -> dict[str, Any]:
-    """Fidelity summary of a bundle against the store it was trained on (n frames each)."""
-    from matdyn.data.transforms import resize_frames, square_frames
+                    n: int = 1000, seed: int = 0, fit: str = "crop",
+                    particles: bool | None = None) -> dict[str, Any]:
+    """Fidelity summary of a bundle against the store it was trained on (n frames each).
+
+    ``particles``: compare dark-particle areas (NP-like data); None = any 1-channel 2D store.
+    """
     from matdyn.data.store import open_store
+    from matdyn.data.transforms import resize_frames, square_frames
     from matdyn.training.bundle import load_generator
 
     bundle = load_generator(bundle_path)
@@ -115,7 +119,8 @@ def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLik
     gen = generate_frames(bundle, n, seed=seed)
     pixel = float(bundle.normalization.get("pixel_size", store.meta.pixel_size))
     summary = fidelity_summary(gen, real, channel_names=list(store.meta.channel_names),
-                               pixel_size=pixel, unit=store.meta.unit, seed=seed)
+                               pixel_size=pixel, unit=store.meta.unit, seed=seed,
+                               particles=particles)
     summary.update(bundle=str(Path(bundle_path)), resolution=bundle.resolution,
                    pixel_size=pixel, unit=store.meta.unit)
     return summary
