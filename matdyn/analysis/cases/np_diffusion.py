@@ -60,7 +60,9 @@ Steps of :func:`run`:
 6. **Clustering (Fig. 6c/d).** ``features`` of the averaged traces, scaled per column
    (``scaling``, paper: range), Euclidean; HAC cut into ``n_modes`` clusters with average
    linkage (paper) and the robust variants ``trimmed`` (average linkage after setting aside
-   rows with |z| > ``trim_z``, then nearest centre) and ``ward``. Clusters are named:
+   rows with |z| > ``trim_z``, then nearest centre) and ``ward``, which cluster
+   ``robust_features`` (default anisotropy + rms displacement: tortuosity is ~1 for nearly
+   every trace of the stand-in, FINDINGS.md). Clusters are named:
    highest mean anisotropy → directed, then larger mean diffusion area → free, → confined.
 7. **Ground truth** (synthetic stores only, ``summary["recovery"]``): a trace's planted
    mode is the store's ``region_map`` (cropped and nearest-neighbour resized like the
@@ -183,6 +185,9 @@ class Config:
     # clustering (§3.3.2: scaled distance, HAC average linkage, 3 modes)
     n_modes: int = 3
     features: Sequence[str] = ("anisotropy", "tortuosity")  # the paper's two descriptors
+    # features of the robust variants (trimmed, ward); empty: same as `features`. Tortuosity
+    # is ~1 for nearly every trace here (FINDINGS.md); rms displacement separates the modes
+    robust_features: Sequence[str] = ("anisotropy", "rms_displacement")
     scaling: str | None = "range"
     methods: Sequence[str] = ("average", "trimmed", "ward")  # paper first, robust variants
     trim_z: float = 2.0
@@ -192,6 +197,7 @@ class Config:
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
+        self.robust_features = tuple(self.robust_features or ())
         self.methods = tuple(self.methods)
         if isinstance(self.area_normalize, str) and self.area_normalize.lower() in ("none", "null"):
             self.area_normalize = None
@@ -258,7 +264,7 @@ class Config:
             raise ConfigError(
                 f"analysis.noise_corr_ratio must be in [0, 1), got {self.noise_corr_ratio}"
             )
-        bad = [f for f in self.features if f not in _FEATURES]
+        bad = [f for f in (*self.features, *self.robust_features) if f not in _FEATURES]
         if not self.features or bad:
             raise ConfigError(
                 f"analysis.features must be a non-empty subset of {_FEATURES}, got {list(self.features)}"
@@ -994,23 +1000,28 @@ def _cluster(
     ``mode_<method>`` columns. Returns (summary, results, table index of the clustered rows)."""
     avg = table[table.source == "averaged"]
     feats = list(cfg.features)
-    X = avg[feats].to_numpy(dtype=np.float64)
-    finite = np.isfinite(X).all(axis=1)
+    robust_feats = list(cfg.robust_features) or feats
+    every = list(dict.fromkeys(feats + robust_feats))
+    finite = np.isfinite(avg[every].to_numpy(dtype=np.float64)).all(axis=1)
+    X_by = {"paper": avg[feats].to_numpy(dtype=np.float64),
+            "robust": avg[robust_feats].to_numpy(dtype=np.float64)}
     if finite.sum() < cfg.n_modes:
         raise AnalysisError(
-            f"only {int(finite.sum())} of {len(avg)} averaged traces have finite {feats}; need "
+            f"only {int(finite.sum())} of {len(avg)} averaged traces have finite {every}; need "
             f">= n_modes={cfg.n_modes}: all-noise generator, or raise n_refs / lower trace_threshold"
         )
     rows = avg.index.to_numpy()[finite]
     sub = table.loc[rows]
     aniso, area = sub["anisotropy"].to_numpy(), sub["diffusion_area"].to_numpy()
-    shown = list(dict.fromkeys(["anisotropy", "tortuosity"] + feats))
+    shown = list(dict.fromkeys(["anisotropy", "tortuosity"] + every))
     units = {"diffusion_area": ctx.area_unit, "rms_displacement": ctx.length_unit}
-    described = list(dict.fromkeys(feats + ["anisotropy", "tortuosity", "diffusion_area"]))
+    described = list(dict.fromkeys(every + ["anisotropy", "tortuosity", "diffusion_area"]))
     methods: dict[str, Any] = {}
     results: dict[str, HACResult] = {}
     # one clustering per method: the paper's average linkage and the robust variants
     for method in cfg.methods:
+        method_feats = feats if method == "average" else robust_feats
+        X = X_by["paper" if method == "average" else "robust"]
         try:
             if method == "trimmed":
                 res = trimmed_hac(
@@ -1036,6 +1047,7 @@ def _cluster(
                 f"mean_{f}": _f(sel[f].mean()) for f in described
             }
         methods[method] = {
+            "features": method_feats,
             "sizes": [int((res.labels == c).sum()) for c in sorted(names)],
             "modes": modes,
             "n_trimmed": int((~res.kept).sum()),
@@ -1044,7 +1056,7 @@ def _cluster(
         if len(res.linkage):
             fig = dendrogram_figure(res.linkage, k=cfg.n_modes, xlabel="NP variations")
             ctx.save(
-                _titled(fig, f"Fig. 6c: HAC ({label}) on scaled {', '.join(feats)}"),
+                _titled(fig, f"Fig. 6c: HAC ({label}) on scaled {', '.join(method_feats)}"),
                 f"fig6c_dendrogram_{method}",
             )
         fig = cluster_boxplots(
@@ -1058,6 +1070,7 @@ def _cluster(
         )
     summary = {
         "features": feats,
+        "robust_features": robust_feats,
         "scaling": cfg.scaling or "none",
         "n_modes": int(cfg.n_modes),
         "n_traces": int(finite.sum()),
