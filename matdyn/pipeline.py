@@ -36,9 +36,14 @@ class Step:
     resume_argv: list[str] | None = None  # command to use when a partial run can be resumed
     can_resume: Any = None             # callable() -> bool
 
+    config_name: str | None = None     # Hydra primary config of the entry point (conf/<name>.yaml)
+
     @property
     def key(self) -> str:
+        """Content hash of the command, the step's resolved config and its upstream keys."""
         h = hashlib.sha256(json.dumps(self.argv).encode())
+        if self.config_name:
+            h.update(resolved_config_text(self.config_name, self.argv).encode())
         for d in self.deps:
             h.update(d.key.encode())
         return h.hexdigest()[:16]
@@ -53,6 +58,45 @@ class Step:
     def is_fresh(self) -> bool:
         m = self.marker()
         return bool(m and m.get("key") == self.key and all(o.exists() for o in self.outputs))
+
+
+_CONFIG_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def resolved_config_text(config_name: str, argv: list[str]) -> str:
+    """The entry point's composed config (unresolved YAML) for the overrides in `argv`.
+
+    Composed in-process with Hydra's compose API, so a changed default in ``conf/`` (e.g. an
+    analysis threshold) changes the key of exactly the steps that read it. Launcher-only
+    overrides (``-m``, ``hydra.*``) and sweep lists (``a=1,2``, already in the command) are
+    left out of the composition.
+    """
+    overrides = tuple(
+        a for a in argv
+        if "=" in a and not a.startswith(("hydra.", "-")) and not _is_sweep(a)
+    )
+    cache_key = (config_name, overrides)
+    if cache_key not in _CONFIG_CACHE:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        _CONFIG_CACHE[cache_key] = OmegaConf.to_yaml(cfg, resolve=False)
+    return _CONFIG_CACHE[cache_key]
+
+
+def _is_sweep(override: str) -> bool:
+    value = override.split("=", 1)[1]
+    depth = 0
+    for ch in value:  # a comma outside brackets makes a sweep list
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
 
 
 @dataclass
@@ -232,23 +276,25 @@ def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
     py = [python]
     data = Step("data", py + ["scripts/make_data.py", *ds, *s["data"],
                               f"hydra.run.dir={base / 'logs' / 'make_data'}"],
-                base / "logs" / "make_data", [Path(store) if store else base / "data.zarr"])
+                base / "logs" / "make_data", [Path(store) if store else base / "data.zarr"],
+                config_name="make_data")
     train_dir = base / "train"
     train_argv = py + ["scripts/train.py", *ds, *s["train"], *s.get("data_train", []),
                        f"hydra.run.dir={train_dir}"]
     train = Step("train", train_argv, train_dir, [train_dir / "generator.pt"], deps=[data],
                  resume_argv=train_argv + [f"ckpt_path={train_dir}"],
-                 can_resume=lambda: (train_dir / "checkpoints" / "last.ckpt").exists())
+                 can_resume=lambda: (train_dir / "checkpoints" / "last.ckpt").exists(),
+                 config_name="train")
     bundle = train_dir / "generator.pt"
     sweep_dir = base / "sweep"
     sweep = Step("sweep", py + ["scripts/sweep_gamma.py", "-m", *ds, f"bundle={bundle}", *s["sweep"],
                                 f"hydra.sweep.dir={sweep_dir}"],
-                 sweep_dir, [sweep_dir / "gamma.json"], deps=[train])
+                 sweep_dir, [sweep_dir / "gamma.json"], deps=[train], config_name="sweep")
     an_dir = base / "analysis"
     analyze = Step("analyze", py + ["scripts/analyze.py", *ds, f"bundle={bundle}", "gamma=auto",
                                     f"sweep={sweep_dir}", *s["analyze"],
                                     f"hydra.run.dir={an_dir}"],
-                   an_dir, [an_dir / "summary.json"], deps=[sweep])
+                   an_dir, [an_dir / "summary.json"], deps=[sweep], config_name="analyze")
     for st in (data, train, sweep, analyze):
         st.name = f"{case}/{st.name}"
     return [data, train, sweep, analyze]

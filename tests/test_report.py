@@ -96,3 +96,22 @@ def test_row_and_override_helpers():
     # the key changes with the command and with upstream steps
     other = case_steps("np_diffusion", "quick", Path("/tmp/x"), extra={"train": ["seed=1"]})
     assert other[0].key == steps[0].key and other[1].key != steps[1].key and other[3].key != steps[3].key
+
+
+def test_step_key_follows_resolved_config(monkeypatch):
+    """A changed default in conf/ (not on the command line) changes the key of the steps that
+    read it, and only those."""
+    from matdyn import pipeline
+
+    base = case_steps("np_diffusion", "quick", Path("/tmp/x"))
+    keys = [s.key for s in base]
+    real = pipeline.resolved_config_text
+
+    def patched(name: str, argv: list[str]) -> str:
+        text = real(name, argv)
+        return text + "changed: 1\n" if name == "analyze" else text
+
+    monkeypatch.setattr(pipeline, "resolved_config_text", patched)
+    again = case_steps("np_diffusion", "quick", Path("/tmp/x"))
+    assert [s.key for s in again][:3] == keys[:3] and again[3].key != keys[3]
+    assert pipeline._is_sweep("sampler.gamma=0.5,1.0") and not pipeline._is_sweep("f=[1,2]")
