@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from matdyn.report import build_report
 
-        timings = {r.name: r.seconds for r in results if r.status == "ran"}
+        # seconds each step took when it last ran (kept in its marker, so resumed or skipped
+        # steps still show their time)
+        timings = {st.name: float(m["seconds"]) for st in steps
+                   if (m := st.marker()) is not None and "seconds" in m}
         md, page = build_report(root, cases, scale=a.scale, timings=timings)
         print(f"\nreport: {md}\n        {page}\n(total {time.perf_counter() - t0:.0f} s)")
         failed = [r.name for r in results if r.status in ("failed", "not run")]
