@@ -255,3 +255,23 @@ def test_clumps_store(tmp_path):
     # a store is never overwritten by accident
     with pytest.raises(StoreError, match="exists"):
         brass_clump.generate(path, n_particles=1, progress=False)
+
+
+def test_generate_streams_with_bounded_memory(tmp_path):
+    """Peak Python-heap memory while writing a store does not grow with the number of frames
+    (frames are rendered and appended chunk by chunk)."""
+    import tracemalloc
+
+    from matdyn.data.synthetic import np_diffusion
+
+    peaks = {}
+    for n in (128, 1024):
+        tracemalloc.start()
+        np_diffusion.generate(tmp_path / f"s{n}.zarr", n_frames=n, size=48, seed=0,
+                              progress=False, chunk_frames=64)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    frame_bytes = 48 * 48 * 4
+    # 8x the frames: the peak stays within a few chunks, far below 1024 frames in memory
+    assert peaks[1024] < 1.5 * peaks[128] + 64 * frame_bytes
+    assert peaks[1024] < 1024 * frame_bytes * 2
