@@ -248,7 +248,7 @@ def test_filters_rejecting_everything_report_the_distribution(store, tmp_path):
 
 @pytest.mark.parametrize("gen", [NoiseGenerator(channels=1), NoiseGenerator(ndim=2)])
 def test_wrong_channels_or_ndim(store, tmp_path, gen):
-    with pytest.raises(AnalysisError, match="3D generator with 3 channels"):
+    with pytest.raises(AnalysisError, match="3D 3-channel generator"):
         case.run(gen, store, case.Config(**SMALL), gamma=GAMMA, out_dir=tmp_path, progress=False)
 
 

@@ -343,7 +343,7 @@ def test_noise_generator_is_an_error(store, tmp_path):
 @pytest.mark.parametrize("kw", [{"channels": 3}, {"ndim": 3}])
 def test_wrong_channels_or_ndim_is_an_error(store, tmp_path, kw):
     gen = NPOracle(store.truth_attrs, **kw)
-    with pytest.raises(AnalysisError, match="1-channel 2D generator"):
+    with pytest.raises(AnalysisError, match="2D 1-channel generator"):
         case.run(gen, store, small_config(), gamma=GAMMA, out_dir=tmp_path, progress=False)
 
 

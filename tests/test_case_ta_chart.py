@@ -270,7 +270,7 @@ def test_threshold_rejecting_everything_reports_the_distribution(store, tmp_path
 
 @pytest.mark.parametrize("gen", [NoiseGenerator(channels=3), NoiseGenerator(ndim=3, resolution=8)])
 def test_wrong_channels_or_ndim(store, tmp_path, gen):
-    with pytest.raises(AnalysisError, match="2D one-channel"):
+    with pytest.raises(AnalysisError, match="2D 1-channel"):
         case.run(gen, store, case.Config(**SMALL), gamma=1.0, out_dir=tmp_path, progress=False)
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from matdyn.analysis.cases import require_shapes
 from matdyn.analysis.clustering import adjusted_rand, hac, mds_embedding, order_groups, trimmed_hac
 from matdyn.analysis.fidelity import (
     sliced_wasserstein,
@@ -250,19 +251,8 @@ def _generate(generator: Any, z: torch.Tensor, batch_size: int) -> np.ndarray:
 
 
 def _check(generator: Any, store: Any) -> None:
-    ndim, ch = getattr(generator, "ndim", None), getattr(generator, "channels", None)
-    if ndim != 3 or ch != len(CHANNELS):
-        raise AnalysisError(
-            f"the brass-clump case needs a 3D generator with {len(CHANNELS)} channels "
-            f"({', '.join(CHANNELS)}), got ndim={ndim}, channels={ch}; pass a generator trained "
-            "on the brass_clump dataset"
-        )
-    meta = store.meta
-    if meta.ndim != 3 or meta.channels != len(CHANNELS):
-        raise AnalysisError(
-            f"the brass-clump case needs a store of 3D volumes with {len(CHANNELS)} channels, got "
-            f"{meta.channels} channel(s) of shape {meta.spatial_shape}; pass the brass_clump store"
-        )
+    require_shapes(generator, store, case=CASE, channels=len(CHANNELS), ndim=3,
+                   what=", ".join(CHANNELS))
     for attr in ("latent_dim", "resolution"):
         if not isinstance(getattr(generator, attr, None), int):
             raise AnalysisError(f"the generator has no integer `{attr}`; pass a GeneratorBundle")

@@ -83,6 +83,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from matdyn.analysis.cases import require_shapes
 from matdyn.analysis.clustering import HACResult, adjusted_rand, auc, hac, trimmed_hac
 from matdyn.analysis.continuity import consecutive_differences, summarize
 from matdyn.analysis.fidelity import (
@@ -310,18 +311,7 @@ def _stats(values: Any) -> dict[str, Any]:
 
 def _check_inputs(generator: Any, store: Any) -> tuple[int, int]:
     """(resolution, latent_dim) after checking that generator and store hold 2D phase images."""
-    ch, nd = getattr(generator, "channels", None), getattr(generator, "ndim", None)
-    if ch != 1 or nd != 2:
-        raise AnalysisError(
-            f"the NP-diffusion case needs a 1-channel 2D generator (phase images), this one has "
-            f"channels={ch}, ndim={nd}; use the analysis of its own case (e.g. analysis=brass_clump)"
-        )
-    meta = store.meta
-    if meta.channels != 1 or meta.ndim != 2:
-        raise AnalysisError(
-            f"the NP-diffusion case needs a store of 1-channel 2D frames, {store.path} has "
-            f"{meta.channels} channel(s) of {meta.ndim}D; pick the matching dataset"
-        )
+    require_shapes(generator, store, case=CASE, channels=1, ndim=2, what="phase images")
     res = int(getattr(generator, "resolution", 0))
     dim = int(getattr(generator, "latent_dim", 0))
     if res < 8 or dim < 1:

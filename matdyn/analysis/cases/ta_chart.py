@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from matdyn.analysis.cases import require_shapes
 from matdyn.analysis.fidelity import (
     sliced_wasserstein,
     split_half_baseline,
@@ -691,21 +692,7 @@ def _generate(generator: Any, z: torch.Tensor, batch_size: int) -> np.ndarray:
 
 
 def _check_generator(generator: Any, store: Any) -> None:
-    ndim, ch = getattr(generator, "ndim", None), getattr(generator, "channels", None)
-    if ndim != 2 or ch != 1:
-        raise AnalysisError(
-            f"the Ta-chart case needs a 2D one-channel (phase) generator, got ndim={ndim}, "
-            f"channels={ch}; pass a generator trained on the ta_chart dataset"
-        )
-    meta = store.meta
-    if meta.ndim != 2 or meta.channels != 1:
-        raise AnalysisError(
-            f"the Ta-chart case needs a store of 2D one-channel frames, got {meta.channels} "
-            f"channel(s) of shape {meta.spatial_shape}; pass the ta_chart store"
-        )
-    for attr in ("latent_dim", "resolution"):
-        if not isinstance(getattr(generator, attr, None), int):
-            raise AnalysisError(f"the generator has no integer `{attr}`; pass a GeneratorBundle")
+    require_shapes(generator, store, case=CASE, channels=1, ndim=2, what="phase images")
 
 
 def _stats(v: np.ndarray) -> dict[str, float]:
