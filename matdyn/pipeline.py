@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from matdyn.errors import ConfigError, MatdynError
+from matdyn.io import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".matdyn-step.json"
@@ -107,11 +108,9 @@ class StepResult:
 
 
 def _write_marker(step: Step, seconds: float) -> None:
-    step.workdir.mkdir(parents=True, exist_ok=True)
-    tmp = step.workdir / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"key": step.key, "argv": step.argv, "seconds": round(seconds, 1),
-                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
-    os.replace(tmp, step.workdir / MARKER)
+    write_json_atomic(step.workdir / MARKER, {"key": step.key, "argv": step.argv,
+                                              "seconds": round(seconds, 1),
+                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 FAILED = ".matdyn-step-failed.json"
@@ -191,8 +190,7 @@ def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
 
 
 def _write_failure(step: Step, reason: str) -> None:
-    step.workdir.mkdir(parents=True, exist_ok=True)
-    (step.workdir / FAILED).write_text(json.dumps({"step": step.name, "reason": reason}))
+    write_json_atomic(step.workdir / FAILED, {"step": step.name, "reason": reason})
 
 
 # ---------------------------------------------------------------------------------- plans

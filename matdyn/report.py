@@ -12,11 +12,12 @@ import base64
 import html
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from matdyn.io import atomic_write_text
 
 Value = Any
 Getter = Callable[[Mapping[str, Any]], Value]
@@ -274,7 +275,7 @@ def build_report(root: str | os.PathLike, cases: list[str] | None = None, *,
             "blockquote{background:#fff7e0;border-left:4px solid #e0a000;margin:0;padding:.5em 1em}"
             "img{max-width:100%}figure{margin:1.5em 0}figcaption{font-style:italic;color:#444}"
             "</style></head><body>" + "\n".join(body) + "</body></html>")
-    return _atomic_write(root / "report.md", "\n".join(md) + "\n"), _atomic_write(root / "report.html", page)
+    return atomic_write_text(root / "report.md", "\n".join(md) + "\n"), atomic_write_text(root / "report.html", page)
 
 
 def _md_block_to_html(text: str) -> str:
@@ -291,12 +292,3 @@ def _md_block_to_html(text: str) -> str:
         t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
         (quote if is_quote else paras).append(f"<p>{t}</p>")
     return (f"<blockquote>{''.join(quote)}</blockquote>" if quote else "") + "".join(paras)
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path

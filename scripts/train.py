@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     n_eval = int(cfg.get("eval_frames", 1000))  # paper §3.3.1: 1000 generated vs observed frames
     is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
     if bundle is not None and n_eval > 0 and is_main and not cfg.get("dry_run", False):
-        from matdyn.analysis.run import write_json_atomic
+        from matdyn.io import write_json_atomic
         from matdyn.training.evaluate import evaluate_bundle
 
         summary = evaluate_bundle(bundle, project_path(cfg.dataset.path), n=n_eval,

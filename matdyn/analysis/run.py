@@ -4,57 +4,22 @@ figure can be regenerated) and log everything to W&B."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger("matdyn.analysis")
 
 #: γ the paper settled on per case, used when no sweep is given (§3.2, §3.3.1, §3.4.1)
 PAPER_GAMMA = {"ta_chart": 1.0, "np_diffusion": 1.0, "brass_clump": 0.5}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _jsonable(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def resolve_gamma(gamma: Any, sweep: str | os.PathLike | None, case: str) -> tuple[float, str]:

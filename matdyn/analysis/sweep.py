@@ -576,7 +576,7 @@ def run_gamma_job(
     The engine checkpoints into ``<out_dir>/variations``: a rerun resumes. Returns the
     summary written to metrics.json (``objective`` = typical value of the first metric).
     """
-    from matdyn.analysis.run import write_json_atomic
+    from matdyn.io import write_json_atomic
     from matdyn.sampling.engine import VariationEngine
     from matdyn.sampling.reducers import LatentStats, SampleMetrics
 
@@ -658,8 +658,8 @@ def run_sweep_job(
     resolved_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Library entry of ``scripts/sweep_gamma.py`` (one γ job)."""
-    from matdyn.analysis.run import file_sha256
     from matdyn.cli import project_path
+    from matdyn.io import file_sha256
     from matdyn.training.bundle import load_generator
 
     gamma = getattr(sampler, "scale", None)
@@ -882,10 +882,10 @@ def aggregate_sweep(
 ) -> dict[str, Any]:
     """Read every γ job, compare with consecutive real frames, choose γ and write
     ``<sweep_dir>/gamma.json`` and ``continuity.{png,svg}``. Returns the gamma.json dict."""
-    from matdyn.analysis.run import file_sha256, write_json_atomic
     from matdyn.cli import project_path
     from matdyn.data.sources import ensure_store
     from matdyn.data.store import open_store
+    from matdyn.io import file_sha256, write_json_atomic
     from matdyn.sampling.engine import load_results
     from matdyn.training.bundle import load_generator
     from matdyn.viz.figures import continuity_curves, save_figure

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import zarr
 
 from matdyn.errors import StoreError
+from matdyn.io import to_jsonable
 
 FORMAT_VERSION = 1
 #: frames per zarr chunk are chosen so one chunk holds about this many bytes
@@ -65,19 +65,6 @@ class StoreMeta:
         d["channel_names"] = list(self.channel_names)
         d["spatial_shape"] = list(self.spatial_shape)
         return d
-
-
-def _json_ready(value: Any) -> Any:
-    """Convert numpy scalars/arrays nested in dicts/lists into JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _frame_chunk(spatial_shape: tuple[int, ...], channels: int) -> int:
@@ -233,7 +220,7 @@ class StoreWriter:
         for key, arr in self._truth.items():
             self._write_array(f"truth/{key}", arr)
         self._group.attrs.update(
-            _json_ready(
+            to_jsonable(
                 {
                     "matdyn_format": FORMAT_VERSION,
                     "name": self.name,

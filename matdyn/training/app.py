@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from matdyn.errors import CheckpointError, ConfigError
+from matdyn.io import write_json_atomic
 
 log = logging.getLogger("matdyn.train")
 
@@ -257,7 +258,7 @@ def run_training(
     trainer, module, plan = parts["trainer"], parts["module"], parts["plan"]
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
+        write_json_atomic(run_dir / "plan.json", plan)
         log.info("plan: %s px, %d stages, %d images, G %d / D %d parameters -> %s",
                  plan["resolution"], len(plan["stages"]), plan["total_images"],
                  plan["generator_parameters"], plan["critic_parameters"], run_dir)

@@ -62,6 +62,7 @@ from matdyn.descriptors.composition import channel_mass
 from matdyn.descriptors.differences import IoU, MassDeviation, MetricFilter
 from matdyn.descriptors.particles import Binarizer
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.io import to_jsonable
 from matdyn.sampling.engine import VariationEngine, variation_latents
 from matdyn.sampling.reducers import (
     IQRVariance,
@@ -687,7 +688,7 @@ def run(
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 scalars[f"analysis/{CASE}/{k}"] = v
         log({k: float(v) for k, v in scalars.items()})
-    return _plain(summary)
+    return to_jsonable(summary)
 
 
 def _fidelity(
@@ -833,15 +834,3 @@ def _render_groups(
         out[gname] = (i, np.stack(imgs), titles)
     return out
 
-
-def _plain(x: Any) -> Any:
-    """JSON-able copy: numpy scalars/arrays -> python."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x

@@ -88,6 +88,7 @@ from matdyn.descriptors.registration import (
     transform_points,
 )
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.io import to_jsonable
 from matdyn.sampling.engine import VariationEngine, variation_latents
 from matdyn.sampling.reducers import Reducer, ReferenceBlock, RunInfo, VariationBatch
 from matdyn.sampling.samplers import UniformSampler
@@ -1115,7 +1116,7 @@ def run(
             f"analysis/{CASE}/rotation_max_step": sequences["rotation"]["steps"]["max"],
         }
         log({k: float(v) for k, v in scalars.items()})
-    return _plain(summary)
+    return to_jsonable(summary)
 
 
 def _unpack(packed: np.ndarray, size: int) -> np.ndarray:
@@ -1338,15 +1339,3 @@ def _recovery(
         }
     return out
 
-
-def _plain(x: Any) -> Any:
-    """JSON-able copy: numpy scalars/arrays -> python, NaN kept as float."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
