@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from matdyn.analysis.continuity import ContinuityBaseline, consecutive_differences, summarize
+from matdyn.data.frames import FrameSequence, ObservedFrames, consecutive_sequence
 from matdyn.descriptors.differences import (
     AreaDifference,
     DensityDifference,
@@ -259,99 +260,7 @@ def metrics_from_spec(spec: Any, dataset: str | None, ndim: int) -> list[Differe
 
 
 # ----------------------------------------------------------------------------- real frames
-@dataclass(frozen=True)
-class FrameSequence:
-    """Store frames in temporal order; consecutive entries of one group are compared."""
-
-    indices: np.ndarray  # [n] store frame indices
-    groups: np.ndarray | None  # [n] group ids (pairs never cross groups) or None
-    description: str
-
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def head(self, n: int | None) -> FrameSequence:
-        if n is None or n >= len(self):
-            return self
-        g = None if self.groups is None else self.groups[:n]
-        return FrameSequence(self.indices[:n], g, self.description)
-
-    def window(self, start: int, n: int) -> FrameSequence:
-        g = None if self.groups is None else self.groups[start : start + n]
-        return FrameSequence(self.indices[start : start + n], g, self.description)
-
-
-def consecutive_sequence(labels: Mapping[str, np.ndarray], n_frames: int) -> FrameSequence:
-    """Which frames are consecutive in time, from the store's per-frame labels.
-
-    ``is_augmented`` (Ta chart): only the original, non-augmented frames, in store order.
-    ``particle_id`` (brass clumps, with ``stage_days``): frames sorted by particle, then
-    stage; only consecutive stages of the same particle are compared. Otherwise: all
-    frames in store order (a time series such as the NP video).
-
-    >>> s = consecutive_sequence({"particle_id": np.array([1, 0, 1, 0]),
-    ...                           "stage_days": np.array([3, 3, 0, 0])}, 4)
-    >>> s.indices.tolist(), s.groups.tolist()
-    ([3, 1, 2, 0], [0, 0, 1, 1])
-    """
-    idx = np.arange(int(n_frames))
-    groups = None
-    parts = []
-    if "is_augmented" in labels:
-        aug = np.asarray(labels["is_augmented"]).astype(bool)
-        idx = idx[~aug[idx]]
-        parts.append("non-augmented frames")
-    if "particle_id" in labels:
-        pid = np.asarray(labels["particle_id"])[idx]
-        if "stage_days" in labels:
-            order = np.lexsort((np.asarray(labels["stage_days"])[idx], pid))
-            parts.append("consecutive stages of each particle")
-        else:
-            order = np.argsort(pid, kind="stable")
-            parts.append("consecutive frames of each particle")
-        idx, groups = idx[order], pid[order]
-    if idx.size < 2:
-        raise AnalysisError(
-            f"only {idx.size} usable frame(s) for consecutive differences; the store needs "
-            "at least two consecutive frames"
-        )
-    return FrameSequence(idx, groups, ", ".join(parts) or "all frames in store order")
-
-
-class ResizedFrames:
-    """Frames of a store in a given order, made square (``fit``) and resized to the
-    generator's resolution exactly as the training data module does; a frame source for
-    :func:`matdyn.analysis.continuity.consecutive_differences`."""
-
-    def __init__(self, store: Any, indices: np.ndarray, resolution: int, fit: str = "crop") -> None:
-        if fit not in ("crop", "pad"):
-            raise ConfigError(f"dataset.fit must be 'crop' or 'pad', got {fit!r}")
-        self.store = store
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.resolution = int(resolution)
-        self.fit = fit
-
-    def __len__(self) -> int:
-        return int(self.indices.size)
-
-    def _read(self, idx: np.ndarray) -> np.ndarray:
-        if idx.size == 0:
-            return self.store.load(0, 0)
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        if hi - lo <= 4 * idx.size:  # dense enough: read the span, then pick
-            return self.store.load(lo, hi)[idx - lo]
-        uniq = np.unique(idx)
-        block = np.asarray(self.store.images.oindex[uniq], dtype=np.float32)
-        return block[np.searchsorted(uniq, idx)]
-
-    def load(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        import torch
-
-        from matdyn.data.transforms import resize_frames, square_frames
-
-        x = torch.from_numpy(np.ascontiguousarray(self._read(self.indices[start:stop])))
-        x = resize_frames(square_frames(x, self.fit), self.resolution)  # type: ignore[arg-type]
-        return x.numpy().astype(np.float32, copy=False)
+ResizedFrames = ObservedFrames  # the shared loader (matdyn.data.frames)
 
 
 def real_baseline(
