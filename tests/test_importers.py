@@ -52,7 +52,7 @@ def test_png_sequence_and_multipage_tiff(tmp_path):
         iio.imwrite(d / f"{i:03d}.png", im)
     s = open_store(import_frames(d, tmp_path / "p.zarr", pixel_size=1.0, progress=False))
     np.testing.assert_array_equal(s.load()[:, 0], imgs.astype(np.float32))
-    tifffile.imwrite(tmp_path / "stack.tif", imgs.astype(np.float32))
+    tifffile.imwrite(tmp_path / "stack.tif", imgs.astype(np.float32), photometric="minisblack")
     t = open_store(import_frames(tmp_path / "stack.tif", tmp_path / "t.zarr", pixel_size=1.0, progress=False))
     np.testing.assert_array_equal(t.load()[:, 0], imgs.astype(np.float32))
 

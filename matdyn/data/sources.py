@@ -18,14 +18,36 @@ log = logging.getLogger("matdyn.data")
 
 def synthetic_fingerprint(kwargs: Mapping[str, Any]) -> str:
     """Content hash of a synthetic generator's settings (target + kwargs)."""
-    blob = json.dumps({k: kwargs[k] for k in sorted(kwargs)}, sort_keys=True, default=str)
+    kw = plain_config(dict(kwargs))
+    blob = json.dumps({k: kw[k] for k in sorted(kw)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plain_config(obj: Any) -> Any:
+    """A config value as plain Python: DictConfig/ListConfig (at any depth) -> dict/list.
+
+    Hydra overrides such as ``'+dataset.synthetic.lane_offsets_px=[35.0,55.0]'`` arrive as
+    OmegaConf containers; library code (JSON attrs, numpy) needs plain lists and dicts.
+    """
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return obj
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Mapping):
+        return {k: plain_config(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_config(v) for v in obj)
+    return obj
 
 
 def _instantiate_generator(spec: Mapping[str, Any], path: Path, progress: bool) -> None:
     from hydra.utils import instantiate
 
-    instantiate(dict(spec), path=str(path), overwrite=True, progress=progress)
+    # _convert_="all": the generator gets plain lists/dicts, never ListConfig/DictConfig
+    instantiate(plain_config(dict(spec)), path=str(path), overwrite=True, progress=progress,
+                _convert_="all")
 
 
 def ensure_store(
@@ -44,7 +66,7 @@ def ensure_store(
     """
     from matdyn.cli import project_path
 
-    ds = dict(dataset)
+    ds = plain_config(dict(dataset))
     target = project_path(path or ds.get("path") or "")
     if not str(ds.get("path") or path or ""):
         raise ConfigError("dataset.path is empty; set dataset.path=<store.zarr>")
