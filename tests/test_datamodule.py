@@ -50,7 +50,65 @@ def test_3d_multichannel_and_physical_roundtrip(tmp_path):
     from matdyn.data.store import open_store
 
     raw = torch.from_numpy(open_store(tmp_path / "v.zarr").load())
-    torch.testing.assert_close(dm.to_physical(x), raw, atol=1e-5, rtol=1e-5)
+    # percentile scaling (default): exact inverse for values inside the limits, clipped outside
+    lims = torch.tensor(dm.normalization["limits"]).view(1, 3, 2, 1, 1, 1)
+    inside = (raw >= lims[:, :, 0]) & (raw <= lims[:, :, 1])
+    assert dm.normalization["mode"] == "percentile" and dm.normalization["percentiles"] == [0.01, 99.99]
+    assert int((~inside).sum()) == sum(dm.normalization["clipped"]) > 0
+    torch.testing.assert_close(dm.to_physical(x)[inside], raw[inside], atol=1e-5, rtol=1e-5)
+    mm = MicroscopyDataModule(tmp_path / "v.zarr", resolution=8, normalization="minmax")
+    torch.testing.assert_close(mm.to_physical(mm.images_at(8)), raw, atol=1e-5, rtol=1e-5)
+
+
+def _hot_store(path, n=5, spatial=(64, 64)):
+    """Values in 477..576 (16-bit camera counts) with one hot pixel of 65535 (issue 10)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(477, 577, size=(n, 1, *spatial)).astype(np.float32)
+    x[2, 0, 10, 12] = 65535.0
+    with StoreWriter(path, spatial_shape=spatial, channel_names=["phase"], pixel_size=1.0) as w:
+        w.append(x)
+    return path, x
+
+
+def test_hot_pixel_does_not_dominate_scaling(tmp_path, caplog):
+    path, raw = _hot_store(tmp_path / "hot.zarr")
+    with caplog.at_level("WARNING", logger="matdyn.data"):
+        dm = MicroscopyDataModule(path, resolution=64, normalization="auto")
+        x = dm.images_at(64)
+    n = dm.normalization
+    assert n["limits"] == [[477.0, 576.0]] and n["clipped"] == [1] and n["range"] == [[477.0, 65535.0]]
+    inside = torch.from_numpy(raw) <= 576
+    assert float(x[inside].min()) == -1.0 and float(x[inside].max()) == 1.0  # full [-1, 1] used
+    assert float(x[2, 0, 10, 12]) == 1.0  # the hot pixel saturates
+    torch.testing.assert_close(dm.to_physical(x)[inside], torch.from_numpy(raw)[inside])
+    warn = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warn) == 1 and "1 pixel(s)" in warn[0] and "frame 2 pixel (10, 12)" in warn[0]
+    assert "[477, 576]" in warn[0] and "0.01-99.99 percentile" in warn[0]
+    # the old min/max mode: 99.99 % of pixels squeezed into [-1, -0.997]
+    mm = MicroscopyDataModule(path, resolution=64, normalization="minmax")
+    assert float(mm.images_at(64)[inside].max()) == pytest.approx(-0.997, abs=1e-3)
+
+
+def test_no_warning_without_outliers(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="matdyn.data"):
+        dm = MicroscopyDataModule(_store(tmp_path / "g.zarr", n=40), resolution=16)
+        dm.setup()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    (lo, hi), (vmin, vmax) = dm.normalization["limits"][0], dm.normalization["range"][0]
+    assert vmax - vmin < 2 * (hi - lo)
+
+
+def test_bundle_inverts_percentile_normalization(tmp_path):
+    from matdyn.models.pggan import Generator
+    from matdyn.training.bundle import load_generator, save_bundle
+
+    path, _ = _hot_store(tmp_path / "hot.zarr", n=3, spatial=(16, 16))
+    dm = MicroscopyDataModule(path, resolution=16)
+    x = dm.images_at(16)
+    g = Generator(latent_dim=4, channels=1, ndim=2, filters=(8, 8))
+    b = load_generator(save_bundle(tmp_path / "g.pt", g, 0, normalization=dm.normalization))
+    assert b.normalization["limits"] == dm.normalization["limits"]
+    torch.testing.assert_close(b.to_physical(x), dm.to_physical(x))
 
 
 def test_norm_term_convention(tmp_path):
@@ -58,6 +116,13 @@ def test_norm_term_convention(tmp_path):
     dm.setup()
     assert dm.normalization["mode"] == "norm_term"
     assert dm.normalization["offset"] == [2.0] and dm.normalization["scale"] == [2.0]
+
+
+def test_bad_normalization_settings(tmp_path):
+    with pytest.raises(ConfigError, match="normalization must be"):
+        MicroscopyDataModule(tmp_path / "x.zarr", resolution=16, normalization="zscore")
+    with pytest.raises(ConfigError, match="percentiles must be"):
+        MicroscopyDataModule(tmp_path / "x.zarr", resolution=16, percentiles=(99, 1))
 
 
 def test_square_and_resize_helpers():

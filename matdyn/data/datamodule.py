@@ -10,6 +10,7 @@ batch without rebuilding the dataloader (Lightning issues #19286, #21448).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from matdyn.data.scaling import PERCENTILES, outlier_message, robust_limits
 from matdyn.data.store import StoreMeta, open_store
 from matdyn.data.transforms import Fit, is_power_of_two, resize_frames, square_frames  # noqa: F401
 from matdyn.errors import ConfigError, StoreError
 
-Norm = Literal["auto", "minmax", "norm_term"]
+Norm = Literal["auto", "percentile", "minmax", "norm_term"]
+log = logging.getLogger("matdyn.data")
 
 
 class _StageBatchSampler(Sampler[list[int]]):
@@ -70,10 +73,15 @@ class MicroscopyDataModule(pl.LightningDataModule):
         batch_size: initial batch size (changed by :meth:`set_stage`).
         seed: shuffling seed (epoch e uses a stream derived from seed and e).
         fit: how non-square frames become square: centre ``crop`` or ``pad``.
-        normalization: ``minmax`` maps each channel's data range to [-1, 1];
+        normalization: ``percentile`` maps each channel's robust limits (the
+            ``percentiles``, default 0.01 % / 99.99 %) to [-1, 1] and clips beyond them, so
+            a few outlier pixels cannot dictate the scale (a one-line warning says when they
+            would have); ``minmax`` maps each channel's full data range to [-1, 1];
             ``norm_term`` uses the store's ``norm_term`` (the paper authors' convention
-            (x - norm) / norm); ``auto`` picks ``norm_term`` when the store has one.
+            (x - norm) / norm); ``auto`` picks ``norm_term`` when the store has one, else
+            ``percentile``.
         max_frames: load only the first frames (quick experiments).
+        percentiles: (low, high) percentiles in % for ``percentile`` scaling.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class MicroscopyDataModule(pl.LightningDataModule):
         fit: Fit = "crop",
         normalization: Norm = "auto",
         max_frames: int | None = None,
+        percentiles: tuple[float, float] = PERCENTILES,
     ) -> None:
         super().__init__()
         if not is_power_of_two(int(resolution)) or resolution < 4:
@@ -95,6 +104,13 @@ class MicroscopyDataModule(pl.LightningDataModule):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if fit not in ("crop", "pad"):
             raise ConfigError(f"fit must be 'crop' or 'pad', got {fit!r}")
+        if normalization not in ("auto", "percentile", "minmax", "norm_term"):
+            raise ConfigError(f"normalization must be auto, percentile, minmax or norm_term, "
+                              f"got {normalization!r}")
+        lo_p, hi_p = (float(p) for p in percentiles)
+        if not 0 <= lo_p < hi_p <= 100:
+            raise ConfigError(f"percentiles must be 0 <= low < high <= 100, got {percentiles}")
+        self.percentiles = (lo_p, hi_p)
         self.path = str(path)
         self.resolution = int(resolution)
         self.batch_size = int(batch_size)
@@ -152,39 +168,60 @@ class MicroscopyDataModule(pl.LightningDataModule):
             x = torch.from_numpy(store.load(i, min(n, i + step)))
             chunks.append(resize_frames(square_frames(x, self.fit), self.resolution))
         data = torch.cat(chunks)  # [N, C, *spatial] physical units
-        offset, scale = self._norm_params(data, store.meta)
+        mode = self._resolved_norm(store.meta)
+        offset, scale, info = self._norm_params(data, store.meta, mode)
         shape = (1, -1) + (1,) * self.meta.ndim
         data = (data - offset.view(shape)) / scale.view(shape)
+        if mode == "percentile":
+            data = data.clamp_(-1.0, 1.0)  # outliers saturate; in-range values invert exactly
         self.normalization = {
-            "mode": self._resolved_norm(store.meta),
+            "mode": mode,
             "offset": offset.tolist(),
             "scale": scale.tolist(),
             "pixel_size": self.pixel_size,
             "unit": store.meta.unit,
+            **info,
         }
         self._data = {self.resolution: data.contiguous()}
 
     def _resolved_norm(self, meta: StoreMeta) -> str:
         if self.normalization_mode == "auto":
-            return "norm_term" if "norm_term" in meta.extra else "minmax"
+            return "norm_term" if "norm_term" in meta.extra else "percentile"
         return self.normalization_mode
 
-    def _norm_params(self, data: torch.Tensor, meta: StoreMeta) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = self._resolved_norm(meta)
+    def _norm_params(self, data: torch.Tensor, meta: StoreMeta,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """offset, scale with x_n = (x - offset) / scale, and what to record beside them."""
         c = data.shape[1]
         if mode == "norm_term":
             if "norm_term" not in meta.extra:
                 raise StoreError(f"{self.path}: normalization='norm_term' but the store has no "
-                                 "norm_term attribute; use normalization=minmax")
+                                 "norm_term attribute; use normalization=percentile")
             norm = torch.as_tensor(meta.extra["norm_term"], dtype=torch.float32).flatten()
             norm = norm.expand(c) if norm.numel() == 1 else norm
             # paper authors' convention: x_n = (x - norm) / norm  =>  offset = scale = norm
-            return norm.clone(), norm.abs().clamp_min(1e-12).clone()
-        flat = data.transpose(0, 1).reshape(c, -1)
-        lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+            return norm.clone(), norm.abs().clamp_min(1e-12).clone(), {}
+        step = 256
+        arr = data.numpy()
+        lims = robust_limits((arr[i: i + step] for i in range(0, len(arr), step)), len(arr),
+                             self.percentiles)
+        info: dict[str, Any] = {"range": [[lim.vmin, lim.vmax] for lim in lims]}
+        if mode == "minmax":
+            lo = torch.tensor([lim.vmin for lim in lims], dtype=torch.float32)
+            hi = torch.tensor([lim.vmax for lim in lims], dtype=torch.float32)
+        else:
+            lo = torch.tensor([lim.lo for lim in lims], dtype=torch.float32)
+            hi = torch.tensor([lim.hi for lim in lims], dtype=torch.float32)
+            info.update(percentiles=list(self.percentiles),
+                        limits=[[lim.lo, lim.hi] for lim in lims],
+                        clipped=[lim.n_out for lim in lims])
+            msg = outlier_message(lims, self.meta.channel_names if self.meta else [],
+                                  self.path, self.percentiles)
+            if msg:
+                log.warning(msg)
         offset = (hi + lo) / 2
         scale = ((hi - lo) / 2).clamp_min(1e-12)
-        return offset, scale
+        return offset, scale, info
 
     def images_at(self, resolution: int) -> torch.Tensor:
         """The whole dataset at `resolution` in [-1, 1] (average-pooled from the top resolution)."""
