@@ -147,9 +147,9 @@ def test_compressed_tiff(tmp_path, compression, ndim):
 
 
 def test_missing_codec_names_package():
-    from matdyn.data.importers.readers import _fail
+    from matdyn.data.importers.readers import fail
 
-    e = _fail("a.tif", "TIFF", ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"))
+    e = fail("a.tif", "TIFF", ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"))
     assert str(e) == ("a.tif: compressed TIFF needs the 'imagecodecs' package; install it with "
                       "`pip install imagecodecs`")
 

@@ -2,10 +2,14 @@
 (scaling to [-1, 1]).
 
 Min/max scaling lets one hot pixel decide the range: a single 65535 in a stack whose values
-lie in 477–576 squeezes every other pixel into ~1.5 % of [-1, 1]. Percentile limits
-(default 0.01 % / 99.99 %, i.e. the 1-in-10 000 tails per channel) ignore a few such pixels;
-values outside the limits are clipped when training and the way back to physical units,
-``x = x_n * scale + offset``, stays exact inside them.
+lie in 477–576 squeezes every other pixel into ~0.3 % of [-1, 1]. The limits here start from
+percentiles (default 0.01 % / 99.99 %, the 1-in-10 000 tails per channel). A tail that
+reaches no further than ``OUTLIER_TAIL`` (half) of the percentile range beyond its
+percentile is part of the distribution (noise tails, sparse bright structures) and keeps
+its data extreme as the limit, so data without outliers scale exactly as with min/max.
+A tail reaching further is an outlier tail: its limit is the percentile, values beyond are
+clipped when training, and the way back to physical units, ``x = x_n * scale + offset``,
+stays exact inside the limits.
 
 Percentiles use numpy's default linear interpolation (``np.percentile(method="linear")``),
 computed exactly in one streaming pass by keeping only the tail values they need.
@@ -20,16 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 
 PERCENTILES = (0.01, 99.99)  # % ; 1 pixel in 10 000 per tail may be an outlier
-DOMINATED = 2.0  # warn when the min/max range exceeds the percentile range by this factor
+OUTLIER_TAIL = 0.5  # a tail beyond its percentile longer than this x the percentile range
 
 
 @dataclass
 class ChannelLimits:
-    """Limits of one channel: percentile ``lo``/``hi``, full ``vmin``/``vmax``, ``n_out``
-    values outside [lo, hi] of ``n`` in all, ``where`` = (frame, *pixel) of the most extreme."""
+    """Limits of one channel: scaling limits ``lo``/``hi`` (percentile on an outlier side,
+    data extreme otherwise), percentiles ``p_lo``/``p_hi``, data ``vmin``/``vmax``, ``n_out``
+    values outside [lo, hi] of ``n`` in all, ``where`` = (frame, *pixel) of the most extreme
+    outlier (or of the maximum when there is none)."""
 
     lo: float
     hi: float
+    p_lo: float
+    p_hi: float
     vmin: float
     vmax: float
     n_out: int
@@ -38,8 +46,8 @@ class ChannelLimits:
 
     @property
     def dominated(self) -> bool:
-        """Whether min/max scaling would be dictated by the values outside [lo, hi]."""
-        return (self.vmax - self.vmin) > DOMINATED * max(self.hi - self.lo, 1e-30) and self.n_out > 0
+        """Whether outliers would have dictated min/max scaling (an outlier tail exists)."""
+        return self.lo > self.vmin or self.hi < self.vmax
 
 
 class _Tails:
@@ -82,11 +90,16 @@ class _Tails:
             i0 = math.floor(pos)
             i1 = min(i0 + 1, self.n - 1)
             lo_hi.append(at(i0) + (pos - i0) * (at(i1) - at(i0)))
-        lo, hi = lo_hi
+        p_lo, p_hi = lo_hi
+        span = max(p_hi - p_lo, 1e-12 * max(abs(p_lo), abs(p_hi), 1.0))
+        lo_out = (p_lo - self.vmin) > OUTLIER_TAIL * span
+        hi_out = (self.vmax - p_hi) > OUTLIER_TAIL * span
+        lo = p_lo if lo_out else self.vmin
+        hi = p_hi if hi_out else self.vmax
         n_out = int((small < lo).sum() + (large > hi).sum())
-        far_hi = (self.vmax - hi) >= (lo - self.vmin)
-        return ChannelLimits(lo, hi, self.vmin, self.vmax, n_out, self.n,
-                             self.at_max if far_hi else self.at_min)
+        far_hi = hi_out and (self.vmax - p_hi >= p_lo - self.vmin or not lo_out)
+        where = self.at_max if far_hi or not lo_out else self.at_min
+        return ChannelLimits(lo, hi, p_lo, p_hi, self.vmin, self.vmax, n_out, self.n, where)
 
 
 def _where(flat_index: int, shape: tuple[int, ...], offset: int) -> tuple[int, ...]:
@@ -102,6 +115,8 @@ def robust_limits(chunks: Iterable[np.ndarray], n_frames: int,
     >>> lim = robust_limits([x], 5)[0]
     >>> (lim.lo, lim.hi, lim.n_out, lim.where, lim.dominated)
     (500.0, 500.0, 1, (2, 10, 12), True)
+    >>> robust_limits([np.linspace(0, 1, 10**5).reshape(10, 1, 100, 100)], 10)[0].hi  # no outliers
+    1.0
     """
     tails: list[_Tails] = []
     offset = 0
@@ -130,5 +145,5 @@ def outlier_message(limits: Sequence[ChannelLimits], names: Sequence[str], sourc
     if not parts:
         return None
     return (f"{source}: outliers would dominate min/max scaling; training uses the "
-            f"{percentiles[0]:g}-{percentiles[1]:g} percentile limits and clips beyond them: "
-            + "; ".join(parts))
+            f"{percentiles[0]:g}-{percentiles[1]:g} percentile limits and clips beyond them "
+            "(normalization=minmax keeps them): " + "; ".join(parts))

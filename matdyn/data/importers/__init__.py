@@ -35,6 +35,7 @@ from matdyn.data.importers.readers import (
     PIL_SUFFIXES,
     PIMS_SUFFIXES,
     TIFF_SUFFIXES,
+    fail,
     read_hdf5,
     read_npy_frame,
     read_npy_stack,
@@ -58,6 +59,18 @@ def _natural_key(p: Path) -> list:
 
 def _file_blocks(p: Path, *, axes: str | None, ndim: int, h5_key: str, n_names: int | None,
                  in_folder: bool) -> Iterator[Block]:
+    """Blocks of one file; any reader failure becomes one ImportDataError line naming it."""
+    try:
+        yield from _reader_blocks(p, axes=axes, ndim=ndim, h5_key=h5_key, n_names=n_names,
+                                  in_folder=in_folder)
+    except ImportDataError:
+        raise
+    except Exception as e:  # a reader library's own error on a damaged/odd file
+        raise fail(p, f"{p.suffix or 'file'} file", e) from None
+
+
+def _reader_blocks(p: Path, *, axes: str | None, ndim: int, h5_key: str, n_names: int | None,
+                   in_folder: bool) -> Iterator[Block]:
     """Blocks of one file, by suffix."""
     suffix = p.suffix.lower()
     if suffix == ".npy":
@@ -219,6 +232,9 @@ def import_frames(
     first, origin = next(frames, (None, None))
     if first is None:
         raise ImportDataError(f"{src}: contains zero frames")
+    if 0 in first.shape:
+        raise ImportDataError(f"{origin}: frame shape {tuple(first.shape)} (channels, *spatial) "
+                              "has an empty dimension; check the file or pass axes=")
     names = [str(n) for n in channel_names] if channel_names else (
         ["phase"] if first.shape[0] == 1 else [f"ch{i}" for i in range(first.shape[0])]
     )

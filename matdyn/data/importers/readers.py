@@ -13,6 +13,7 @@ pieces with the axis letters the container says (or that can be inferred unambig
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ _PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB":
                 "HSV": "RGB", "1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
 
 
-def _fail(path: Path | str, what: str, e: Exception) -> ImportDataError:
+def fail(path: Path | str, what: str, e: Exception) -> ImportDataError:
     msg = str(e).splitlines()[0] if str(e) else ""
     if "imagecodecs" in msg:
         return ImportDataError(
@@ -71,7 +72,7 @@ def read_tiff(path: Path, axes: str | None, ndim: int) -> Iterator[Block]:
     try:
         tif = tifffile.TiffFile(path)
     except Exception as e:
-        raise _fail(path, "TIFF", e) from None
+        raise fail(path, "TIFF", e) from None
     with tif:
         series = list(tif.series)
         if not series:
@@ -81,7 +82,7 @@ def read_tiff(path: Path, axes: str | None, ndim: int) -> Iterator[Block]:
             try:
                 arr = s.asarray()
             except Exception as e:
-                raise _fail(origin, "TIFF", e) from None
+                raise fail(origin, "TIFF", e) from None
             ax = axes or s.axes
             if axes is None and arr.ndim != len(ax):  # squeezed shape vs axes: trust the array
                 ax = s.get_axes(squeeze=True) if hasattr(s, "get_axes") else ax
@@ -96,7 +97,7 @@ def read_pil(path: Path, axes: str | None) -> Iterator[Block]:
         im = Image.open(path)
         im.load()
     except Exception as e:
-        raise _fail(path, "image", e) from None
+        raise fail(path, "image", e) from None
     with im:
         n = int(getattr(im, "n_frames", 1) or 1)
         for i, fr in enumerate(ImageSequence.Iterator(im)):
@@ -113,7 +114,7 @@ def read_npy_frame(path: Path, axes: str | None, ndim: int, n_names: int | None)
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise _fail(path, ".npy", e) from None
+        raise fail(path, ".npy", e) from None
     ax = axes or infer_frame_axes(arr.shape, ndim, n_names, str(path))
     return Block(arr, ax, str(path))
 
@@ -123,7 +124,7 @@ def read_npy_stack(path: Path, axes: str | None, ndim: int, n_names: int | None)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as e:
-        raise _fail(path, ".npy", e) from None
+        raise fail(path, ".npy", e) from None
     yield from _lazy_stack(arr, axes, ndim, n_names, str(path))
 
 
@@ -160,7 +161,7 @@ def read_hdf5(path: Path, key: str, axes: str | None, ndim: int,
     try:
         fh = h5py.File(path, "r")
     except Exception as e:
-        raise _fail(path, "HDF5", e) from None
+        raise fail(path, "HDF5", e) from None
     with fh:
         if key not in fh or not isinstance(fh[key], h5py.Dataset):
             names = []
@@ -171,7 +172,7 @@ def read_hdf5(path: Path, key: str, axes: str | None, ndim: int,
         try:
             yield from _lazy_stack(fh[key], axes, ndim, n_names, f"{path}:{key}")
         except (OSError, ValueError, TypeError) as e:
-            raise _fail(path, "HDF5 data", e) from None
+            raise fail(path, "HDF5 data", e) from None
 
 
 def read_pims(path: Path, axes: str | None) -> Iterator[Block]:
@@ -189,18 +190,24 @@ def read_pims(path: Path, axes: str | None) -> Iterator[Block]:
         ) from None
     try:
         if suffix in VIDEO_SUFFIXES:
+            import av
+
+            av.open(str(path)).close()  # a damaged file fails here, before pims' reader exists
             reader = pims.PyAVReaderIndexed(str(path))
         else:
-            reader = pims.open(str(path))
+            cls = {".cine": pims.Cine, ".seq": pims.NorpixSeq, ".spe": pims.SpeStack}[suffix]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pims warns about header/file-size mismatches
+                reader = cls(str(path))
     except Exception as e:
-        raise _fail(path, f"{suffix} file", e) from None
+        raise fail(path, f"{suffix} file", e) from None
     try:
         n = len(reader)
         for i in range(n):
             try:
                 arr = np.asarray(reader[i])
             except Exception as e:
-                raise _fail(f"{path} (frame {i})", f"{suffix} frame", e) from None
+                raise fail(f"{path} (frame {i})", f"{suffix} frame", e) from None
             ax = axes or ("YX" if arr.ndim == 2 else "YXS")
             yield Block(arr, ax, f"{path} (frame {i})")
     finally:
