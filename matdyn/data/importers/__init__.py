@@ -148,6 +148,7 @@ class ImportSummary:
     vmax: float = float("-inf")
     notes: Notes = field(default_factory=Notes)
     warning: str | None = None
+    report: bool = True
 
     def line(self) -> str:
         extra = []
@@ -196,6 +197,7 @@ def import_frames(
         channels: keep only these channel indices (applied before ``grey``).
         summary: filled with what was understood (frames, channels, shape, dtype, range,
             axes) and the outlier warning, if any; ``summary.line()`` is the one-line report.
+            Without it, the outlier warning goes to the ``matdyn.data`` logger.
 
     Errors: :class:`ImportDataError` with one line naming the file and the fix.
 
@@ -228,6 +230,7 @@ def import_frames(
     blocks, extra = _blocks(src, axes=axes, ndim=ndim, h5_key=h5_key, pattern=pattern,
                             n_names=n_names)
     s = summary if summary is not None else ImportSummary()
+    s.report = summary is None  # without a summary object, the outlier warning is logged
     frames = _frames(blocks, ndim, grey, channels, s)
     first, origin = next(frames, (None, None))
     if first is None:
@@ -326,5 +329,5 @@ def _check_outliers(out: Path, s: ImportSummary) -> None:
     n = len(store)
     lims = robust_limits((store.load(i, min(n, i + step)) for i in range(0, n, step)), n)
     s.warning = outlier_message(lims, s.channels, str(out))
-    if s.warning:
+    if s.warning and s.report:
         log.warning(s.warning)
