@@ -289,3 +289,22 @@ def test_summary_line(tmp_path):
     assert s.line() == (f"imported 3 frames, 1 channel(s) [phase], 2D 8x9 px, dtype uint16, values "
                         f"[{fr.min()}, {fr.max()}], axes QYX (Q->frames)")
     assert s.warning is None
+
+
+def test_large_tiff_series_read_in_page_slices(tmp_path, monkeypatch):
+    from matdyn.data.importers import readers
+
+    monkeypatch.setattr(readers, "TIFF_READ_BYTES", 300)  # force the sliced path
+    calls = []
+    real = tifffile.TiffFile.asarray
+    monkeypatch.setattr(tifffile.TiffFile, "asarray",
+                        lambda self, *a, **k: calls.append(k.get("key")) or real(self, *a, **k))
+    data = RNG.integers(0, 60000, (5, 4, 2, 10, 12), dtype=np.uint16)  # T Z C Y X
+    tifffile.imwrite(tmp_path / "h.tif", data, imagej=True, metadata={"axes": "TZCYX"})
+    x, _ = _imp(tmp_path / "h.tif", tmp_path, ndim=3)
+    np.testing.assert_array_equal(x, np.transpose(data, (0, 2, 1, 3, 4)))
+    assert len(calls) == 5 and calls[1] == slice(8, 16)  # one T index (8 pages) at a time
+    rgb = RNG.integers(0, 255, (6, 10, 12, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    x, _ = _imp(tmp_path / "rgb.tif", tmp_path)
+    np.testing.assert_array_equal(x, np.moveaxis(rgb, -1, 1))

@@ -209,3 +209,24 @@ def infer_frame_axes(shape: tuple[int, ...], ndim: int, n_names: int | None,
         f"({lead}{sp} or with a channel axis); pass axes= (e.g. axes={lead or 'T'}C{sp}) or "
         f"{'ndim=3 for volumes' if ndim == 2 else 'ndim=2 for images'}"
     )
+
+
+def infer_stack_axes(shape: tuple[int, ...], ndim: int, n_names: int | None, origin: str) -> str:
+    """Axis letters of a stack without metadata (one .npy file, an HDF5 dataset).
+
+    ``ndim`` dims: one frame; ``ndim + 1``: frames of one channel, unless the last axis is
+    channel-sized (<= 4) and the others are not — then it may be one frame with channels
+    last, and the error names both ``axes=``; ``ndim + 2``: frames with a channel axis
+    (see :func:`infer_frame_axes`).
+    """
+    sp = SPATIAL[-ndim:]
+    if len(shape) == ndim:
+        return sp
+    if len(shape) == ndim + 1:
+        if shape[-1] <= SMALL_CHANNELS < min(shape[:-1]):
+            raise ImportDataError(
+                f"{origin}: shape {tuple(shape)} is ambiguous for ndim={ndim}; pass axes=T{sp} "
+                f"({shape[0]} frames) or axes={sp}C (one frame, {shape[-1]} channels last)"
+            )
+        return "T" + sp
+    return infer_frame_axes(shape, ndim, n_names, origin, lead="T")

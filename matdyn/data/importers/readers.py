@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from matdyn.data.importers.axes import (
-    SMALL_CHANNELS,
     Block,
     check_axes,
     infer_frame_axes,
+    infer_stack_axes,
     roles,
 )
 from matdyn.errors import ImportDataError
@@ -36,6 +36,7 @@ VIDEO_SUFFIXES = (".mov", ".avi", ".mp4", ".mkv")
 CAMERA_SUFFIXES = (".cine", ".seq", ".spe")
 PIMS_SUFFIXES = VIDEO_SUFFIXES + CAMERA_SUFFIXES
 _CHUNK = 64  # frames per block for stacks (bounded memory)
+TIFF_READ_BYTES = 256 * 2**20  # TIFF series larger than this are read in slices of pages
 # PIL modes: which ones convert before reading, and their axes afterwards
 _PIL_CONVERT = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB",
                 "HSV": "RGB", "1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
@@ -79,14 +80,31 @@ def read_tiff(path: Path, axes: str | None, ndim: int) -> Iterator[Block]:
             raise ImportDataError(f"{path}: TIFF holds no images")
         for k, s in enumerate(series):
             origin = f"{path} (series {k})" if len(series) > 1 else str(path)
+            ax = axes or s.axes
             try:
-                arr = s.asarray()
+                yield from _series_blocks(tif, k, s, ax, ndim, origin)
+            except ImportDataError:
+                raise
             except Exception as e:
                 raise fail(origin, "TIFF", e) from None
-            ax = axes or s.axes
-            if axes is None and arr.ndim != len(ax):  # squeezed shape vs axes: trust the array
-                ax = s.get_axes(squeeze=True) if hasattr(s, "get_axes") else ax
-            yield Block(arr, ax, origin)
+
+
+def _series_blocks(tif, k: int, s, ax: str, ndim: int, origin: str) -> Iterator[Block]:
+    """One TIFF series; a large one in slices of its leading frame axis, page by page."""
+    shape = tuple(s.shape)
+    page_size = int(np.prod(s.keyframe.shape, dtype=np.int64))
+    n_pages = int(np.prod(shape, dtype=np.int64)) // max(1, page_size)
+    big = s.nbytes > TIFF_READ_BYTES and len(shape) == len(ax) and len(shape) > 1
+    if (not big or len(s.pages) != n_pages or n_pages % shape[0]
+            or not _leading_is_frames(check_axes(ax, shape, origin), ndim, origin)):
+        yield Block(s.asarray(), ax, origin)
+        return
+    per = n_pages // shape[0]  # pages per index of the leading axis
+    step = max(1, TIFF_READ_BYTES // max(1, s.nbytes // shape[0]))
+    for i in range(0, shape[0], step):
+        j = min(shape[0], i + step)
+        arr = tif.asarray(series=k, key=slice(i * per, j * per))
+        yield Block(arr.reshape(j - i, *shape[1:]), ax, origin)
 
 
 def read_pil(path: Path, axes: str | None) -> Iterator[Block]:
@@ -131,20 +149,7 @@ def read_npy_stack(path: Path, axes: str | None, ndim: int, n_names: int | None)
 def _lazy_stack(arr, axes: str | None, ndim: int, n_names: int | None, origin: str) -> Iterator[Block]:
     """A stack without metadata: ``[N, *spatial]``, ``[N, C|..., *spatial]`` or ``axes=``."""
     shape = tuple(arr.shape)
-    sp = "ZYX"[-ndim:]
-    if axes is not None:
-        ax = axes
-    elif len(shape) == ndim:
-        ax = sp  # one frame
-    elif len(shape) == ndim + 1:
-        if shape[-1] <= SMALL_CHANNELS < min(shape[:-1]):
-            raise ImportDataError(
-                f"{origin}: shape {shape} is ambiguous for ndim={ndim}; pass axes=T{sp} "
-                f"({shape[0]} frames) or axes={sp}C (one frame, {shape[-1]} channels last)"
-            )
-        ax = "T" + sp
-    else:
-        ax = infer_frame_axes(shape, ndim, n_names, origin, lead="T")
+    ax = axes if axes is not None else infer_stack_axes(shape, ndim, n_names, origin)
     ax = check_axes(ax, shape, origin)
     yield from _chunks(arr, ax, origin, _leading_is_frames(ax, ndim, origin))
 
