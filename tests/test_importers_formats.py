@@ -308,3 +308,14 @@ def test_large_tiff_series_read_in_page_slices(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     x, _ = _imp(tmp_path / "rgb.tif", tmp_path)
     np.testing.assert_array_equal(x, np.moveaxis(rgb, -1, 1))
+
+
+def test_norm_term_must_match_channels(tmp_path):
+    for i in range(2):
+        np.save(tmp_path / f"f{i}.npy", np.zeros((16, 16, 2), np.float32))
+    np.save(tmp_path / "norm_term.npy", np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(ImportDataError, match=r"norm_term\.npy: has 3 values but frames have 2"):
+        _imp(tmp_path, tmp_path)
+    np.save(tmp_path / "norm_term.npy", np.array([1.0, 2.0]))
+    x, _ = _imp(tmp_path, tmp_path)
+    assert x.shape == (2, 2, 16, 16)

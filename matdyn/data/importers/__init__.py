@@ -108,7 +108,7 @@ def _folder_files(src: Path, pattern: str | None) -> tuple[list[Path], dict]:
             raise ImportDataError(f"{norm}: norm_term must be finite numbers, got {vals.tolist()}")
         extra["norm_term"] = vals.tolist()
     files = [p for p in files if p.name != "norm_term.npy" and p.suffix.lower() in _FOLDER_SUFFIXES]
-    kinds = {".npy" if p.suffix == ".npy" else "image" for p in files}
+    kinds = {".npy" if p.suffix.lower() == ".npy" else "image" for p in files}
     if len(kinds) > 1:
         raise ImportDataError(
             f"{src}: holds both .npy files and images; pass pattern='*.npy' or pattern='*.png'"
@@ -245,6 +245,12 @@ def import_frames(
         raise ImportDataError(
             f"{origin}: frames have {first.shape[0]} channels but channel_names has {len(names)} "
             f"({names}); make them agree (or pass axes=/channels=)"
+        )
+    norm = extra.get("norm_term")
+    if norm is not None and len(norm) not in (1, len(names)):
+        raise ImportDataError(
+            f"{src / 'norm_term.npy'}: has {len(norm)} values but frames have {len(names)} "
+            "channel(s); give one value, or one per channel"
         )
     s.channels, s.spatial = names, tuple(first.shape[1:])
     _write(out, first, origin, frames, s, extra, progress,

@@ -139,7 +139,8 @@ def _colour(arr: np.ndarray, notes: Notes, origin: str) -> np.ndarray:
         arr = arr[:, : c - 1]
         notes.dropped_alpha = True
     if arr.shape[1] == 3:
-        if np.array_equal(arr[:, 0], arr[:, 1]) and np.array_equal(arr[:, 0], arr[:, 2]):
+        equal = np.array_equal(arr[:, 0], arr[:, 1]) and np.array_equal(arr[:, 0], arr[:, 2])
+        if equal and not notes.colour:  # once colour was seen, later blocks stay colour
             notes.grey_collapsed = True
             return arr[:, :1]
         notes.colour = True
