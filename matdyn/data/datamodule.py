@@ -2,8 +2,9 @@
 
 Frames are loaded once into RAM (stores in this project are at most a few GB), made square
 by a centre crop or pad, resized with antialiasing to the top training resolution and
-scaled to [-1, 1] per channel. Lower stage resolutions are average-pooled from the top
-resolution (as progressive GANs downsample their reals) and cached. The batch sampler reads
+scaled to [-1, 1] per channel (robust limits: :mod:`matdyn.data.scaling`). Lower stage
+resolutions are average-pooled from the top resolution (as progressive GANs downsample
+their reals) and cached. The batch sampler reads
 the current batch size lazily, so a stage switch (`set_stage`) takes effect at the next
 batch without rebuilding the dataloader (Lightning issues #19286, #21448).
 """
