@@ -4,6 +4,6 @@
 in :mod:`matdyn.checks.gpu` (runner) and :mod:`matdyn.checks.tasks` (what each check does).
 """
 
-from matdyn.checks.capabilities import Capabilities, bf16_probe, capabilities, resolve_precision
+from matdyn.checks.hardware import Capabilities, bf16_probe, capabilities, resolve_precision
 
 __all__ = ["Capabilities", "bf16_probe", "capabilities", "resolve_precision"]

@@ -19,7 +19,7 @@ def check_bundle_auto(ctx: Context) -> None:
     """load_generator(precision="auto") runs bf16 exactly where capabilities() says so."""
     import torch
 
-    from matdyn.checks.capabilities import capabilities
+    from matdyn.checks.hardware import capabilities
     from matdyn.models import Generator
     from matdyn.training.bundle import load_generator, save_bundle
 
@@ -91,7 +91,7 @@ def check_inference(ctx: Context) -> None:
 
     from matdyn.benchmarks import make_generator_fn
     from matdyn.checks.agreement import calibrate_output, descriptor_agreement, violations
-    from matdyn.checks.capabilities import capabilities
+    from matdyn.checks.hardware import capabilities
     from matdyn.checks.tasks import NP_FILTERS, TINY_FILTERS
     from matdyn.models import Generator
 

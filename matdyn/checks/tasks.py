@@ -58,7 +58,7 @@ def check_env(ctx: Context) -> None:
     """Versions and run-time capabilities; fails only if CUDA was asked for and is absent."""
     import torch
 
-    from matdyn.checks.capabilities import capabilities
+    from matdyn.checks.hardware import capabilities
 
     caps = capabilities().as_dict()
     versions = {"python": platform.python_version(), "torch": torch.__version__}
@@ -171,7 +171,7 @@ def check_train_fp32(ctx: Context) -> None:
 
 def check_train_bf16(ctx: Context) -> None:
     """The same as train_fp32 with bf16-mixed autocast (not_run without native bf16)."""
-    from matdyn.checks.capabilities import capabilities
+    from matdyn.checks.hardware import capabilities
 
     if not capabilities().bf16(ctx.device):
         raise CheckNotRun(f"no native bf16 on {ctx.device} (matdyn.checks.capabilities)")
@@ -180,7 +180,7 @@ def check_train_bf16(ctx: Context) -> None:
 
 def check_train_compile(ctx: Context) -> None:
     """4 -> 16 px (one fade-in into stage 1, then into stage 2) with perf.compile=true."""
-    from matdyn.checks.capabilities import capabilities
+    from matdyn.checks.hardware import capabilities
 
     if not capabilities().compile(ctx.device):
         what = "Triton" if ctx.device == "cuda" else "a C++ compiler"

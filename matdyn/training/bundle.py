@@ -225,7 +225,7 @@ class GeneratorBundle(nn.Module):
         :func:`matdyn.checks.resolve_precision` on the bundle's current device."""
         if self.precision != "auto":
             return self.precision
-        from matdyn.checks.capabilities import resolve_precision
+        from matdyn.checks.hardware import resolve_precision
 
         return resolve_precision("auto", self.offset.device.type)
 
