@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -230,7 +231,9 @@ def check_ddp(ctx: Context) -> None:
            f"model.filters={_fmt(filters)}", "~logger", "trainer.enable_progress_bar=false",
            "eval_frames=0", "progress=false"]
     ctx.record(backend=backend, accelerator=accel, visible_gpus=gpus, filters=list(filters))
-    proc = ctx.run(cmd, timeout=600, env={"OMP_NUM_THREADS": "1"}, log="ddp.log")
+    # gloo on the loopback interface: a VM's host name need not resolve (single-node check)
+    env = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    proc = ctx.run(cmd, timeout=600, env=env, log="ddp.log")
     if proc.returncode != 0:
         raise CheckFailed(f"DDP run exit {proc.returncode}: {last_error_line(proc.stdout + proc.stderr)}")
     ranks = []
