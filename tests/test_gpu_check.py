@@ -162,3 +162,4 @@ def test_cuda_checks_run_on_the_cpu_with_tiny_networks(tmp_path):
     assert recs["ddp"]["numbers"]["max_abs_param_diff"] == 0.0
     inf = recs["inference"]["numbers"]
     assert inf["64px_bundle"]["violations"] == [] and inf["128px_eager"]["img_per_s"] > 0
+    assert inf["64px_bundle"]["iou_min"] == 1.0  # fp32 bundle vs fp32 reference: same masks
