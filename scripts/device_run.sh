@@ -4,7 +4,7 @@
 # That machine's python3 has torch (CUDA), Lightning, numpy, scipy, scikit-image, ... but
 # not Hydra, OmegaConf or zarr, and it reaches no package index: carry them as wheels in
 # .whl/ (README "GPU check" gives the pip download commands). Every check requires CUDA
-# (--device cuda), the whole run stays within BUDGET seconds (default 450), and each
+# (--device cuda), the whole run stays within BUDGET seconds (default 470), and each
 # check's JSON line is written to $OUT/gpu_check.jsonl as soon as it ends.
 set -u
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=disabled MPLBACKE
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 "$PY" scripts/gpu_check.py --out "$OUT/gpu_check.jsonl" --device cuda \
-  --budget "${BUDGET:-450}" --workdir "$WORK" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+  --budget "${BUDGET:-470}" --workdir "$WORK" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
 # every check's log (train.log, sweep.log, ... and the child's own), for failures
 (cd "$WORK" 2>/dev/null && find . -name '*.log' -o -name '*.result.json' -o -name plan.json \
