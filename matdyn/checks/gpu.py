@@ -206,7 +206,7 @@ def run_checks(specs: Sequence[CheckSpec], out_path: Path | None, device: str = 
             left = None if budget is None else budget - (time.perf_counter() - t_start)
             if dev is None:
                 status, reason = why.split(":", 1)
-                rec = {"name": spec.name, "status": status, "seconds": 0.0, "device": device,
+                rec = {"name": spec.name, "status": status, "seconds": 0.0, "device": "cuda",
                        "numbers": {}, "reason": reason}
             elif left is not None and left < 15:
                 rec = {"name": spec.name, "status": "not_run", "seconds": 0.0, "device": dev,
