@@ -209,6 +209,7 @@ class GeneratorBundle(nn.Module):
         self.memory_format = memory_format
         self.use_compile = bool(compile)  # (nn.Module.compile is a method)
         self._prepared_on: torch.device | None = None  # device the layout was chosen for
+        self._active = precision  # precision that runs ("auto" resolved in _prepare)
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled_batch = 0
         c = self.channels
@@ -231,14 +232,14 @@ class GeneratorBundle(nn.Module):
 
     def _prepare(self, device: torch.device) -> None:
         """Lay the weights out for `device` (once per device) and drop any compiled graph."""
-        fmt = resolve_memory_format(self.memory_format, self.ndim, device.type,
-                                    self.active_precision)
+        self._active = self.active_precision  # a plain attribute for compiled graphs
+        fmt = resolve_memory_format(self.memory_format, self.ndim, device.type, self._active)
         self.generator.to(memory_format=fmt)
         self._compiled, self._compiled_batch = None, 0
         self._prepared_on = device
 
     def _generate(self, z: torch.Tensor) -> torch.Tensor:
-        bf16 = self.active_precision == "bf16"
+        bf16 = self._active == "bf16"
         ctx = torch.autocast(z.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         with ctx:
             x = self.generator(z, self.stage, self.fade_alpha)  # [N, C, R...]
