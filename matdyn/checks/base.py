@@ -60,13 +60,16 @@ class Context:
 
     def run(self, cmd: Sequence[str], timeout: float = 600, env: dict | None = None,
             log: str | None = None) -> subprocess.CompletedProcess:
-        """Run a command from the repository root; its output goes to ``<workdir>/<log>``."""
-        full_env = child_env(env)
-        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=full_env, capture_output=True,
-                              text=True, timeout=timeout)
-        (self.workdir / (log or "command.log")).write_text(
-            "$ " + " ".join(map(str, cmd)) + "\n" + proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-        return proc
+        """Run a command from the repository root; its output (stdout and stderr together) is
+        streamed to ``<workdir>/<log>``, so it survives a timeout, and returned as stdout."""
+        path = self.workdir / (log or "command.log")
+        with open(path, "w") as f:
+            f.write("$ " + " ".join(map(str, cmd)) + "\n")
+            f.flush()
+            proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=child_env(env), stdout=f,
+                                  stderr=subprocess.STDOUT, timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                           path.read_text(errors="replace"), "")
 
 
 def child_env(extra: dict | None = None) -> dict[str, str]:

@@ -69,8 +69,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("analyze", True, 120, "scripts/analyze.py (NP case) on a tiny store"),
     CheckSpec("inference", True, 240, "generator img/s per variant (eager, bundle fp32, bf16, "
               "bf16 + compile) at 64² and 128², descriptor agreement with fp32"),
-    CheckSpec("train_compile", True, 300, "training 4 -> 16 px (one fade-in, into the next "
-              "stage) with perf.compile=true"),
+    CheckSpec("train_compile", True, 300, "training 4 -> 8 px (through the fade-in into "
+              "the stable phase) with perf.compile=true"),
 )
 NAMES = tuple(c.name for c in CHECKS)
 
