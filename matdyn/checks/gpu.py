@@ -82,6 +82,7 @@ def run_child(name: str, device: str, workdir: Path, result: Path, tiny: bool) -
     from matdyn.io import atomic_write_text
 
     ctx = Context(name, device, workdir, result, tiny, {})
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh private folder on every run
     workdir.mkdir(parents=True, exist_ok=True)
     fn: Callable[[Context], None] = getattr(tasks, f"check_{name}")
     status, reason = "pass", None
@@ -121,6 +122,7 @@ def spawn_check(name: str, device: str, workdir: Path, timeout: float, tiny: boo
     log = workdir / f"{name}.log"
     cmd = [sys.executable, "-m", "matdyn.checks.gpu", "--child", name, "--device", device,
            "--workdir", str(workdir / name), "--result", str(result)] + (["--tiny"] if tiny else [])
+    result.unlink(missing_ok=True)  # never read a result left by an earlier run
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=f, stderr=subprocess.STDOUT,
@@ -130,6 +132,9 @@ def spawn_check(name: str, device: str, workdir: Path, timeout: float, tiny: boo
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             rc, timed_out = proc.returncode, True
+        except BaseException:  # Ctrl-C / SIGTERM of the runner: take the check down too
+            _kill_group(proc)
+            raise
     seconds = time.perf_counter() - t0
     try:
         rec = json.loads(result.read_text())
