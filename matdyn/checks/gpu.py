@@ -272,6 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{c.name:<14} {'CUDA' if c.needs_cuda else 'any '}  {c.what}")
         return 0
     specs = select(args.only, args.skip)
+
+    def _terminate(signum, frame):  # noqa: ARG001 - SIGTERM: stop the running check too
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     records = run_checks(specs, args.out, args.device, args.timeout_per_check, args.budget,
                          args.tiny, args.workdir)
     counts = {s: sum(r["status"] == s for r in records) for s in ("pass", "fail", "not_run")}
