@@ -154,6 +154,14 @@ def spawn_check(name: str, device: str, workdir: Path, timeout: float, tiny: boo
             "numbers": numbers, "reason": reason}
 
 
+def _partial(workdir: Path, name: str) -> dict[str, Any]:
+    """The numbers a check had flushed so far (empty if none)."""
+    try:
+        return json.loads((workdir / f"{name}.result.json").read_text()).get("numbers") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _emit(out, rec: dict[str, Any]) -> None:
     line = json.dumps(finite(rec), sort_keys=False)
     if out is not None:
@@ -221,8 +229,14 @@ def run_checks(specs: Sequence[CheckSpec], out_path: Path | None, device: str = 
                 slow = 3.0 if spec.needs_cuda and dev == "cpu" else 1.0
                 limit = float(timeout or spec.timeout_s * slow)
                 capped = left is not None and left < limit
-                rec = spawn_check(spec.name, dev, scratch, min(limit, left) if capped else limit,
-                                  tiny, by_budget=capped)
+                try:
+                    rec = spawn_check(spec.name, dev, scratch,
+                                      min(limit, left) if capped else limit, tiny, capped)
+                except (KeyboardInterrupt, SystemExit):  # say so in the file, then stop
+                    _emit(out, {"name": spec.name, "status": "not_run", "seconds": 0.0,
+                                "device": dev, "numbers": _partial(scratch, spec.name),
+                                "reason": "interrupted (Ctrl-C or SIGTERM) while running"})
+                    raise
             _emit(out, rec)
             records.append(rec)
     finally:
