@@ -15,7 +15,15 @@ import torch
 
 from matdyn.checks import hardware as caps_module
 from matdyn.checks.agreement import TOLERANCES, descriptor_agreement, violations
-from matdyn.checks.gpu import CHECKS, NAMES, main, run_checks, select, spawn_check
+from matdyn.checks.gpu import (
+    CHECKS,
+    NAMES,
+    main,
+    plan_device,
+    run_checks,
+    select,
+    spawn_check,
+)
 from matdyn.checks.hardware import Capabilities, bf16_probe, capabilities, resolve_precision
 from matdyn.errors import ConfigError
 from matdyn.models import Generator
@@ -115,6 +123,9 @@ def test_cuda_asked_for_but_absent_fails_without_running(tmp_path):
     recs = _lines(out)
     assert [r["status"] for r in recs] == ["fail", "fail"]
     assert all("is_available() is False" in r["reason"] and r["seconds"] == 0 for r in recs)
+    assert plan_device(CHECKS[0], "cuda", cuda=False) == ("cuda", None)  # env then fails
+    assert plan_device(CHECKS[0], "auto", cuda=False) == ("cpu", None)
+    assert plan_device(CHECKS[0], "cpu", cuda=True) == ("cpu", None)
 
 
 def test_a_check_past_its_time_limit_fails_and_keeps_the_run_going(tmp_path):

@@ -188,8 +188,8 @@ def select(only: str | None, skip: str | None) -> list[CheckSpec]:
 
 def plan_device(spec: CheckSpec, device: str, cuda: bool) -> tuple[str | None, str | None]:
     """(device to run ``spec`` on, or None with a status and reason for not running it)."""
-    if not spec.needs_cuda:
-        return ("cuda" if cuda and device != "cpu" else "cpu"), None
+    if not spec.needs_cuda:  # env fails there when CUDA was asked for and is missing
+        return ("cpu" if device == "cpu" or not (cuda or device == "cuda") else "cuda"), None
     if device == "cpu":
         return "cpu", None
     if cuda:
