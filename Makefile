@@ -9,7 +9,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 SCALE ?= quick
 
-.PHONY: help install test test-full demo lint bench reproduce-paper clean
+.PHONY: help install test test-full demo lint bench gpu-check reproduce-paper clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -41,6 +41,9 @@ reproduce-paper: install ## all three case studies end to end + report (SCALE=qu
 
 bench: install ## performance benchmarks (JSON on stdout)
 	$(PY) scripts/bench.py
+
+gpu-check: install ## every GPU path, pass/fail per check (outputs/gpu_check.jsonl; no CUDA: CUDA checks not_run)
+	$(PY) scripts/gpu_check.py --out outputs/gpu_check.jsonl $(GPU_CHECK_ARGS)
 
 clean: ## remove outputs (keeps .venv)
 	rm -rf outputs/* multirun wandb; touch outputs/.gitkeep

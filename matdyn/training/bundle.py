@@ -27,6 +27,11 @@ outputs are always contiguous float32 [N, C, *S], whatever runs inside:
   0.935: pixel values differ by ~0.003 (median), which flips pixels at mask edges, and a
   one-pixel change is a large fraction of a small particle. Population statistics agree;
   single images do not exactly, so fp32 stays the default.
+* ``precision="auto"``: bf16 where :func:`matdyn.checks.capabilities` detects native bf16 on
+  the bundle's device (CPU: AVX-512 BF16 / AMX or aarch64 bf16; CUDA: compute capability
+  >= 8.0), else fp32; decided per device when the bundle first runs there
+  (:attr:`GeneratorBundle.active_precision`). Opt-in, not the default (issue 14: the
+  default changes only after measurements).
 * ``memory_format="auto"`` (default): channels_last (2D) / channels_last_3d (3D), which
   generated 5-70 % faster than contiguous on our CPU (fp32 and bf16; busy machine, so the
   spread is noise-wide) and is what GPU tensor cores want; 3D in fp32 on CUDA stays
@@ -55,7 +60,7 @@ from matdyn.models import Generator, stage_resolution
 
 FORMAT = "matdyn.generator"
 VERSION = 1
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
@@ -169,7 +174,7 @@ class GeneratorBundle(nn.Module):
 
     ``forward(z)`` -> images [N, C, R...] clamped to [-1, 1] (the training data range);
     ``sample(z)`` -> the same in physical units; ``to_physical(x)`` maps [-1, 1] -> physical.
-    ``precision`` ("fp32" | "bf16"), ``memory_format`` ("auto" | "channels_last" |
+    ``precision`` ("fp32" | "bf16" | "auto"), ``memory_format`` ("auto" | "channels_last" |
     "contiguous") and ``compile`` choose the inference path (module docstring); the output
     is float32 in every case. Gradients flow to ``z`` on every path (latent inversion).
     """
@@ -204,6 +209,7 @@ class GeneratorBundle(nn.Module):
         self.memory_format = memory_format
         self.use_compile = bool(compile)  # (nn.Module.compile is a method)
         self._prepared_on: torch.device | None = None  # device the layout was chosen for
+        self._active = precision  # precision that runs ("auto" resolved in _prepare)
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compiled_batch = 0
         c = self.channels
@@ -214,15 +220,26 @@ class GeneratorBundle(nn.Module):
         self.register_buffer("scale", scale.flatten().expand(c).reshape(shape).clone(), persistent=False)
         self.eval()
 
+    @property
+    def active_precision(self) -> str:
+        """The precision that runs: ``precision``, or for "auto" the choice of
+        :func:`matdyn.checks.resolve_precision` on the bundle's current device."""
+        if self.precision != "auto":
+            return self.precision
+        from matdyn.checks.hardware import resolve_precision
+
+        return resolve_precision("auto", self.offset.device.type)
+
     def _prepare(self, device: torch.device) -> None:
         """Lay the weights out for `device` (once per device) and drop any compiled graph."""
-        fmt = resolve_memory_format(self.memory_format, self.ndim, device.type, self.precision)
+        self._active = self.active_precision  # a plain attribute for compiled graphs
+        fmt = resolve_memory_format(self.memory_format, self.ndim, device.type, self._active)
         self.generator.to(memory_format=fmt)
         self._compiled, self._compiled_batch = None, 0
         self._prepared_on = device
 
     def _generate(self, z: torch.Tensor) -> torch.Tensor:
-        bf16 = self.precision == "bf16"
+        bf16 = self._active == "bf16"
         ctx = torch.autocast(z.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         with ctx:
             x = self.generator(z, self.stage, self.fade_alpha)  # [N, C, R...]
@@ -253,7 +270,8 @@ class GeneratorBundle(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"latent_dim={self.latent_dim}, channels={self.channels}, ndim={self.ndim}, "
-                f"resolution={self.resolution}, precision={self.precision}, "
+                f"resolution={self.resolution}, precision={self.precision}"
+                f"{' (' + self.active_precision + ')' if self.precision == 'auto' else ''}, "
                 f"memory_format={self.memory_format}, compile={self.use_compile}")
 
 
