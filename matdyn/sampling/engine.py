@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +40,7 @@ import torch
 
 from matdyn.descriptors.differences import DifferenceMetric
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.io import atomic_write_text, atomic_writer
 from matdyn.sampling.reducers import Reducer, ReferenceBlock, RunInfo, VariationBatch
 from matdyn.sampling.samplers import PerturbationSampler
 
@@ -271,12 +271,8 @@ def load_results(out_dir: str | Path) -> VariationResult:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write atomically: a crash leaves either the old state or the complete file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_writer(path, "wb", fsync=True) as fh:
         np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _module_digest(module: torch.nn.Module) -> str:
@@ -504,9 +500,7 @@ class VariationEngine:
                     stacklevel=3,
                 )
         else:
-            tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(manifest, indent=1))
         done = _done_blocks(out_dir, len(self.blocks))
         if done and not resume:
             raise ConfigError(
