@@ -64,3 +64,16 @@ def project_path(p: str | os.PathLike) -> Path:
     PosixPath('/a/b')
     """
     return Path(os.path.abspath(os.path.expanduser(str(p))))
+
+
+def hydra_output_dir() -> Path | None:
+    """The running Hydra job's output dir (None outside Hydra). For ``scripts/`` only: the
+    library never reads Hydra state, it is handed this path."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # pragma: no cover
+        pass
+    return None

@@ -56,7 +56,8 @@ def resolve_profile(schedule: Mapping[str, Any], cuda: bool | None = None,
 
     ``schedule=auto`` holds both profiles and picks ``profile`` (``paper`` | ``quick``, what
     ``conf/experiment/*`` presets set) or, when that is null, ``paper`` if CUDA is visible
-    and ``quick`` otherwise. A named schedule must agree with ``profile`` when both are set.
+    and ``quick`` otherwise; keys added on the auto node itself override the picked profile's.
+    A named schedule must agree with ``profile`` when both are set.
     """
     sched = _plain(schedule)
     name = sched.get("name")
@@ -66,7 +67,11 @@ def resolve_profile(schedule: Mapping[str, Any], cuda: bool | None = None,
         if chosen not in sched:
             raise ConfigError(f"schedule=auto has no '{chosen}' profile; use schedule=paper or quick")
         why = f"profile={profile}" if profile else ("CUDA is visible" if cuda else "no CUDA device visible")
-        return chosen, sched[chosen], f"schedule: auto -> {chosen} ({why})"
+        # keys added on schedule=auto itself (e.g. +schedule.datasets.<name>.stages=...) apply
+        # to the profile it picks
+        own = {k: v for k, v in sched.items() if k not in ("name", "paper", "quick")}
+        picked = OmegaConf.to_container(OmegaConf.merge(sched[chosen], own)) if own else sched[chosen]
+        return chosen, picked, f"schedule: auto -> {chosen} ({why})"
     if name is None:
         raise ConfigError("schedule config has no name; use schedule=paper, quick or auto")
     if profile and profile != name:
