@@ -431,3 +431,18 @@ def test_script_prints_error_and_exits_2(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "missing.zarr" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_picks_the_auto_profile_and_auto_keys_apply_to_it():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=np_diffusion_paper",
+                                          "+schedule.datasets.np_diffusion.stages=[[4,8,0,48]]"])
+        named = compose("train", overrides=["schedule=quick", "profile=paper"])
+    # the preset's profile wins over CUDA detection; keys added on `auto` reach the profile
+    name, prof, msg = resolve_profile(cfg.schedule, cuda=False, profile=cfg.profile)
+    assert (name, msg) == ("paper", "schedule: auto -> paper (profile=paper)")
+    assert prof["datasets"]["np_diffusion"]["stages"] == [[4, 8, 0, 48]]
+    assert prof["datasets"]["np_diffusion"]["batch_size_2d"] == [16, 16, 16, 16, 8, 4]  # kept
+    assert prof["ema_decay"] == 0.999
+    with pytest.raises(ConfigError, match="schedule=quick but profile=paper"):
+        resolve_profile(named.schedule, cuda=False, profile=named.profile)
