@@ -1,11 +1,15 @@
 """Build and run a training job from the composed Hydra config (``conf/train.yaml``).
 
-This is the one place that reads the config tree and turns it into typed objects
-(DataModule, PGGANModule, callbacks, logger, Trainer); the library underneath never sees a
-DictConfig. ``scripts/train.py`` only wraps :func:`run_training`.
+This is the one place that reads the config tree and turns it into typed objects: the
+model (``conf/model``, ``_target_: PGGANModule``), the callbacks (``conf/callbacks``), the
+logger and the Trainer are built by ``hydra.utils.instantiate`` in :func:`build`, with the
+values that come from the data (ndim, channels, the profile's widths) passed at instantiate
+time. The library underneath never sees a DictConfig. ``scripts/train.py`` makes the
+config's paths absolute and wraps :func:`run_training`.
 
-Profiles. ``schedule=auto`` picks ``paper`` when CUDA is visible and ``quick`` otherwise and
-says so in the first log line. A profile (``conf/schedule/<name>.yaml``) gives per-stage
+Profiles. ``schedule=auto`` picks ``profile`` (set by the ``conf/experiment`` presets) or,
+when that is null, ``paper`` when CUDA is visible and ``quick`` otherwise, and says so in the
+first log line. A profile (``conf/schedule/<name>.yaml``) gives per-stage
 filter widths, batch sizes and image counts, with per-dataset entries keyed by
 ``dataset.name``; see :func:`matdyn.training.schedule.build_stages`. The top resolution is
 ``dataset.train_resolution`` (paper) or ``dataset.quick_resolution`` (quick) unless
