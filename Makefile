@@ -36,7 +36,7 @@ demo: install ## the main job end to end on the embedded default (synthetic NP d
 lint: install ## ruff
 	$(VENV)/bin/ruff check matdyn scripts tests
 
-reproduce-paper: install ## all three case studies end to end + report (SCALE=quick|paper)
+reproduce-paper: install ## all three case studies end to end + report (SCALE=quick|paper: conf/experiment/<case>_<scale>.yaml)
 	$(PY) scripts/reproduce.py --scale $(SCALE) --out outputs/paper --keep-going
 
 bench: install ## performance benchmarks (JSON on stdout)

@@ -1,4 +1,4 @@
-"""Helpers shared by the thin Hydra entry points in `scripts/`."""
+"""Helpers shared by the thin Hydra entry points in `scripts/` (no Hydra state read here)."""
 
 from __future__ import annotations
 
@@ -53,21 +53,22 @@ def guarded(task: Callable[..., T]) -> Callable[..., T]:
 
 
 def project_path(p: str | os.PathLike) -> Path:
-    """Resolve a config path: absolute stays, relative is taken from where the command ran."""
-    p = Path(os.path.expanduser(str(p)))
-    if p.is_absolute():
-        return p
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    """An absolute path: ``~`` expanded, a relative path taken from the current directory.
 
-        if HydraConfig.initialized():
-            return Path(HydraConfig.get().runtime.cwd) / p
-    except Exception:  # pragma: no cover - hydra not in use
-        pass
-    return Path.cwd() / p
+    Reads no Hydra state: every entry point runs with ``hydra.job.chdir=false``, so the
+    current directory is where the command ran. Entry points (``scripts/``) resolve the
+    config's paths with this (or ``hydra.utils.to_absolute_path``) and hand absolute paths
+    to the library.
+
+    >>> project_path("/a/b")
+    PosixPath('/a/b')
+    """
+    return Path(os.path.abspath(os.path.expanduser(str(p))))
 
 
 def hydra_output_dir() -> Path | None:
+    """The running Hydra job's output dir (None outside Hydra). For ``scripts/`` only: the
+    library never reads Hydra state, it is handed this path."""
     try:
         from hydra.core.hydra_config import HydraConfig
 

@@ -1,15 +1,18 @@
-"""Small file helpers shared by every writer: JSON-able conversion and atomic writes
-(temporary sibling file, then ``os.replace``, so a crash never leaves half a file)."""
+"""Small file helpers shared by every writer: JSON-able conversion and the one atomic writer
+(:func:`atomic_writer`: temporary sibling file, then ``os.replace``, so a crash never leaves
+half a file; ordinary permissions). Zarr stores are directories and are swapped into place by
+``matdyn.data.store.StoreWriter`` (write a temporary directory, then rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,19 +34,53 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` all or nothing."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = False) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``
+    (``os.replace``), on an exception it is removed and ``path`` is untouched.
+
+    The one atomic writer of matdyn: every file the package writes goes through it. The file
+    gets the permissions of any ordinary new file (``0o666`` less the umask), unlike
+    ``tempfile.mkstemp``'s 0600. ``fsync=True`` flushes to disk before the rename (checkpoints,
+    result blocks). ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8).
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     with atomic_writer(pathlib.Path(d) / "a.txt", "w") as f:
+    ...         _ = f.write("hi")
+    ...     (pathlib.Path(d) / "a.txt").read_text()
+    'hi'
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_writer mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        # "x": a new file created with the usual permissions (0o666 & ~umask)
+        with open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` all or nothing (:func:`atomic_writer`)."""
+    with atomic_writer(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
+    """Write `data` to `path` all or nothing (:func:`atomic_writer`)."""
+    with atomic_writer(path, "wb", fsync=fsync) as f:
+        f.write(data)
+    return Path(path)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:

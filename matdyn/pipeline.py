@@ -70,7 +70,10 @@ def resolved_config_text(config_name: str, argv: list[str]) -> str:
     Composed in-process with Hydra's compose API, so a changed default in ``conf/`` (e.g. an
     analysis threshold) changes the key of exactly the steps that read it. Launcher-only
     overrides (``-m``, ``hydra.*``) and sweep lists (``a=1,2``, already in the command) are
-    left out of the composition.
+    left out of the composition; the sweep a preset defines (``hydra.sweeper.params``) is
+    kept. An experiment preset (``+experiment=...``) sets keys for every step; only the
+    top-level keys the entry point's own config has count for its key, so a changed sweep
+    setting in a preset does not rerun the training.
     """
     overrides = tuple(
         a for a in argv
@@ -78,13 +81,25 @@ def resolved_config_text(config_name: str, argv: list[str]) -> str:
     )
     cache_key = (config_name, overrides)
     if cache_key not in _CONFIG_CACHE:
-        from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
-        _CONFIG_CACHE[cache_key] = OmegaConf.to_yaml(cfg, resolve=False)
+        cfg = _compose(config_name, list(overrides), hydra=True)
+        own = set(_compose(config_name, [o for o in overrides if not _is_experiment(o)]))
+        sweep = OmegaConf.create({"hydra_sweeper_params": cfg.hydra.sweeper.get("params")})
+        mine = OmegaConf.masked_copy(cfg, sorted(own - {"hydra"}))
+        _CONFIG_CACHE[cache_key] = OmegaConf.to_yaml(OmegaConf.merge(mine, sweep), resolve=False)
     return _CONFIG_CACHE[cache_key]
+
+
+def _is_experiment(override: str) -> bool:
+    return override.lstrip("+~").split("=", 1)[0] == "experiment"
+
+
+def _compose(config_name: str, overrides: list[str], hydra: bool = False) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
 
 
 def _is_sweep(override: str) -> bool:
@@ -194,54 +209,25 @@ def _write_failure(step: Step, reason: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- plans
-#: settings per scale; every value is a Hydra override of the corresponding entry point
-SCALES: dict[str, dict[str, dict[str, list[str]]]] = {
-    "quick": {
-        # CPU-sized: the whole reproduction finishes in about an hour on 2 cores
-        "ta_chart": {
-            "data": ["dataset.synthetic.n_frames=300"],
-            "train": ["schedule=quick"],
-            "sweep": ["n_refs=24", "n_samples=12", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
-            "analyze": [],
-        },
-        "np_diffusion": {
-            "data": [],
-            "train": ["schedule=quick"],
-            "sweep": ["n_refs=48", "n_samples=16", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
-            "analyze": [],
-        },
-        "brass_clump": {
-            "data": ["dataset.synthetic.n_particles=300"],
-            "train": ["schedule=quick"],
-            "sweep": ["n_refs=40", "n_samples=12", "sampler.gamma=0.25,0.5,1.0,1.5,2.0"],
-            "analyze": [],
-        },
-    },
-    "paper": {
-        # the paper's sizes and counts (§3.2–3.4); needs a GPU
-        "ta_chart": {
-            "data": [],
-            "train": ["schedule=paper"],
-            "sweep": ["n_refs=1000", "n_samples=100",
-                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
-            "analyze": ["analysis.n_refs=1", "analysis.n_samples=500"],
-        },
-        "np_diffusion": {
-            "data": [],
-            "train": ["schedule=paper"],
-            "sweep": ["n_refs=1000", "n_samples=100",
-                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
-            "analyze": ["analysis.n_refs=200", "analysis.n_samples=500"],
-        },
-        "brass_clump": {
-            "data": [],
-            "train": ["schedule=paper"],
-            "sweep": ["n_refs=1000", "n_samples=100",
-                      "sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0"],
-            "analyze": ["analysis.n_refs=3000", "analysis.n_samples=400"],
-        },
-    },
-}
+EXPERIMENTS = ROOT / "conf" / "experiment"
+
+
+def scales() -> list[str]:
+    """The scales with a preset for every case (``conf/experiment/<case>_<scale>.yaml``)."""
+    names = {p.stem for p in EXPERIMENTS.glob("*.yaml")}
+    found = {n[len(c) + 1:] for n in names for c in CASES if n.startswith(c + "_")}
+    return sorted(sc for sc in found if all(f"{c}_{sc}" in names for c in CASES))
+
+
+def experiment(case: str, scale: str) -> str:
+    """The preset name of a case at a scale; ConfigError when there is none."""
+    if case not in CASES:
+        raise ConfigError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    name = f"{case}_{scale}"
+    if not (EXPERIMENTS / f"{name}.yaml").is_file():
+        raise ConfigError(f"no preset conf/experiment/{name}.yaml; SCALE must be one of "
+                          f"{', '.join(scales())}")
+    return name
 
 
 def merge_overrides(overrides: list[str]) -> list[str]:
@@ -255,30 +241,43 @@ def merge_overrides(overrides: list[str]) -> list[str]:
     return list(out.values())
 
 
+STEPS = ("data", "train", "sweep", "analyze")
+
+
 def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
                extra: dict[str, list[str]] | None = None, python: str = sys.executable
                ) -> list[Step]:
-    """The four steps of one case study under ``root/<case>/``."""
-    if scale not in SCALES:
-        raise ConfigError(f"SCALE must be one of {sorted(SCALES)}, got {scale!r}")
-    if case not in SCALES[scale]:
-        raise ConfigError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-    s = {k: list(v) for k, v in SCALES[scale][case].items()}
-    for k, v in (extra or {}).items():
-        s[k] = merge_overrides(s.get(k, []) + list(v))
+    """The four steps of one case study under ``root/<case>/``.
+
+    Every step gets ``+experiment=<case>_<scale>`` (the per-scale settings live in
+    ``conf/experiment/``) and the same ``dataset.*`` overrides, so all steps read one store
+    of one size. ``extra`` maps a step name (``data``, ``train``, ``sweep``, ``analyze``) to
+    more overrides; ``dataset.*`` ones are applied to every step for the same reason.
+    """
+    exp = experiment(case, scale)
+    extra = {k: list(v) for k, v in (extra or {}).items()}
+    unknown = sorted(set(extra) - set(STEPS))
+    if unknown:
+        raise ConfigError(f"unknown step {unknown[0]!r} in extra overrides; use one of {', '.join(STEPS)}")
+    shared = [o for v in extra.values() for o in v if o.lstrip("+~").startswith("dataset.")]
+    s = {k: merge_overrides(shared + [o for o in extra.get(k, []) if o not in shared])
+         for k in STEPS}
     base = root / case
-    if store:  # real data: use the given store instead of the synthetic stand-in
-        ds = [f"dataset={case}", "dataset.source=store", f"dataset.path={store}"]
+    if store:  # real data: the given store instead of the synthetic stand-in; its metadata rules
+        ds = [f"+experiment={exp}", "dataset.source=store", f"dataset.path={store}",
+              "dataset.pixel_size=null", "dataset.unit=null", "dataset.channel_names=null"]
     else:
-        ds = [f"dataset={case}", f"dataset.path={base / 'data.zarr'}"]
+        ds = [f"+experiment={exp}", f"dataset.path={base / 'data.zarr'}"]
+    ds_keys = {o.split("=", 1)[0] for o in ds}
+    for k in STEPS:  # extra overrides of a key the pipeline sets replace it
+        s[k] = [o for o in s[k] if o.split("=", 1)[0].lstrip("+~") not in ds_keys]
     py = [python]
     data = Step("data", py + ["scripts/make_data.py", *ds, *s["data"],
                               f"hydra.run.dir={base / 'logs' / 'make_data'}"],
                 base / "logs" / "make_data", [Path(store) if store else base / "data.zarr"],
                 config_name="make_data")
     train_dir = base / "train"
-    train_argv = py + ["scripts/train.py", *ds, *s["train"], *s.get("data_train", []),
-                       f"hydra.run.dir={train_dir}"]
+    train_argv = py + ["scripts/train.py", *ds, *s["train"], f"hydra.run.dir={train_dir}"]
     train = Step("train", train_argv, train_dir, [train_dir / "generator.pt"], deps=[data],
                  resume_argv=train_argv + [f"ckpt_path={train_dir}"],
                  can_resume=lambda: (train_dir / "checkpoints" / "last.ckpt").exists(),

@@ -55,6 +55,77 @@ def _rss_child(m: int, n: int) -> None:
     print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def _section_train(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'train' section of the benchmark (results into ``out``)."""
+    configs = [("quick_2d", QUICK_2D, QUICK_BATCH_2D, 1, 2), ("quick_3d", QUICK_3D, QUICK_BATCH_3D, 3, 3),
+               ("paper_2d", PAPER_2D[:5], PAPER_BATCH_2D, 1, 2), ("paper_3d", PAPER_3D[:3], PAPER_BATCH_3D, 3, 3)]
+    if a.smoke:
+        configs = [("smoke_2d", [8, 8], [4, 4], 1, 2), ("smoke_3d", [4, 4], [2, 2], 3, 3)]
+    out["train"] = {}
+    for name, filt, bs, ch, nd in configs:
+        rows = []
+        for stage in range(len(filt)):
+            r = bench_training(filt, ch, nd, stage, bs[stage], tv, a.repeats)
+            if "ceiling_gflop_s" in out:
+                for v in tv:
+                    r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
+            rows.append(r)
+            print(f"train {name} {r['resolution']}: " + ", ".join(
+                f"{v} {r[v]['img_s']:.1f} img/s" for v in tv), file=sys.stderr)
+        out["train"][name] = rows
+
+
+def _section_generate(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'generate' section of the benchmark (results into ``out``)."""
+    configs = [("paper_2d", PAPER_2D, 1, 2, [16, 32, 64, 128]), ("quick_2d", QUICK_2D, 1, 2, [64]),
+               ("paper_3d", PAPER_3D, 3, 3, [16]), ("quick_3d", QUICK_3D, 3, 3, [16])]
+    batch = 256
+    if a.smoke:
+        configs, batch = [("smoke_2d", [8, 8, 8], 1, 2, [16])], 8
+    out["generate"] = {}
+    for name, filt, ch, nd, ress in configs:
+        rows = []
+        for res in ress:
+            stage = res.bit_length() - 3
+            g = Generator(32, ch, nd, filt[: stage + 1])
+            b = batch if res < 128 and nd == 2 else 64 if nd == 2 else 32
+            r = bench_generator(g, stage, b, gv, a.repeats)
+            if "ceiling_gflop_s" in out:
+                for v in gv:
+                    r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
+            rows.append(r)
+            print(f"generate {name} {res}: " + ", ".join(
+                f"{v} {r[v]['img_s']:.1f}" for v in gv), file=sys.stderr)
+        out["generate"][name] = rows
+
+
+def _section_pipeline(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'pipeline' section of the benchmark (results into ``out``)."""
+    g = Generator(32, 1, 2, QUICK_2D if not a.smoke else [8, 8, 8])
+    stage = g.num_stages - 1
+    best = next((v for v in ("bundle_bf16", "bf16") if v in gv), "eager")
+    out["pipeline"] = {}
+    for v in dict.fromkeys(["eager", best]):
+        fn = make_generator_fn(g, stage, v)
+        out["pipeline"][v] = bench_pipeline(fn, 32, 256 if not a.smoke else 16,
+                                            40 if not a.smoke else 4, 63 if not a.smoke else 7,
+                                            a.repeats)
+        print(f"pipeline {v}: {out['pipeline'][v]}", file=sys.stderr)
+
+
+def _section_rss(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'rss' section of the benchmark (results into ``out``)."""
+    ms = (200, 2000) if not a.smoke else (10, 40)
+    rss = {}
+    for m in ms:
+        r = subprocess.run([sys.executable, __file__, "--rss-child", str(m), "4", "--threads", "1"],
+                           capture_output=True, text=True, check=True)
+        rss[m] = int(r.stdout.strip().splitlines()[-1]) / 1024
+    out["rss_mib"] = {str(k): v for k, v in rss.items()}
+    out["rss_ratio"] = rss[ms[1]] / rss[ms[0]]
+    print(f"rss: {out['rss_mib']} ratio {out['rss_ratio']:.3f}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rss")
@@ -83,68 +154,10 @@ def main() -> None:
         out["ceiling_gflop_s"] = matmul_ceiling(512 if a.smoke else 2048, a.repeats)
         print(f"ceiling: {out['ceiling_gflop_s']:.0f} GFLOP/s", file=sys.stderr)
 
-    if "train" in sections:
-        configs = [("quick_2d", QUICK_2D, QUICK_BATCH_2D, 1, 2), ("quick_3d", QUICK_3D, QUICK_BATCH_3D, 3, 3),
-                   ("paper_2d", PAPER_2D[:5], PAPER_BATCH_2D, 1, 2), ("paper_3d", PAPER_3D[:3], PAPER_BATCH_3D, 3, 3)]
-        if a.smoke:
-            configs = [("smoke_2d", [8, 8], [4, 4], 1, 2), ("smoke_3d", [4, 4], [2, 2], 3, 3)]
-        out["train"] = {}
-        for name, filt, bs, ch, nd in configs:
-            rows = []
-            for stage in range(len(filt)):
-                r = bench_training(filt, ch, nd, stage, bs[stage], tv, a.repeats)
-                if "ceiling_gflop_s" in out:
-                    for v in tv:
-                        r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
-                rows.append(r)
-                print(f"train {name} {r['resolution']}: " + ", ".join(
-                    f"{v} {r[v]['img_s']:.1f} img/s" for v in tv), file=sys.stderr)
-            out["train"][name] = rows
-
-    if "generate" in sections:
-        configs = [("paper_2d", PAPER_2D, 1, 2, [16, 32, 64, 128]), ("quick_2d", QUICK_2D, 1, 2, [64]),
-                   ("paper_3d", PAPER_3D, 3, 3, [16]), ("quick_3d", QUICK_3D, 3, 3, [16])]
-        batch = 256
-        if a.smoke:
-            configs, batch = [("smoke_2d", [8, 8, 8], 1, 2, [16])], 8
-        out["generate"] = {}
-        for name, filt, ch, nd, ress in configs:
-            rows = []
-            for res in ress:
-                stage = res.bit_length() - 3
-                g = Generator(32, ch, nd, filt[: stage + 1])
-                b = batch if res < 128 and nd == 2 else 64 if nd == 2 else 32
-                r = bench_generator(g, stage, b, gv, a.repeats)
-                if "ceiling_gflop_s" in out:
-                    for v in gv:
-                        r[v]["ceiling_frac"] = r[v]["gflop_s"] / out["ceiling_gflop_s"]
-                rows.append(r)
-                print(f"generate {name} {res}: " + ", ".join(
-                    f"{v} {r[v]['img_s']:.1f}" for v in gv), file=sys.stderr)
-            out["generate"][name] = rows
-
-    if "pipeline" in sections:
-        g = Generator(32, 1, 2, QUICK_2D if not a.smoke else [8, 8, 8])
-        stage = g.num_stages - 1
-        best = next((v for v in ("bundle_bf16", "bf16") if v in gv), "eager")
-        out["pipeline"] = {}
-        for v in dict.fromkeys(["eager", best]):
-            fn = make_generator_fn(g, stage, v)
-            out["pipeline"][v] = bench_pipeline(fn, 32, 256 if not a.smoke else 16,
-                                                40 if not a.smoke else 4, 63 if not a.smoke else 7,
-                                                a.repeats)
-            print(f"pipeline {v}: {out['pipeline'][v]}", file=sys.stderr)
-
-    if "rss" in sections:
-        ms = (200, 2000) if not a.smoke else (10, 40)
-        rss = {}
-        for m in ms:
-            r = subprocess.run([sys.executable, __file__, "--rss-child", str(m), "4", "--threads", "1"],
-                               capture_output=True, text=True, check=True)
-            rss[m] = int(r.stdout.strip().splitlines()[-1]) / 1024
-        out["rss_mib"] = {str(k): v for k, v in rss.items()}
-        out["rss_ratio"] = rss[ms[1]] / rss[ms[0]]
-        print(f"rss: {out['rss_mib']} ratio {out['rss_ratio']:.3f}", file=sys.stderr)
+    for name, section in (("train", _section_train), ("generate", _section_generate),
+                          ("pipeline", _section_pipeline), ("rss", _section_rss)):
+        if name in sections:
+            section(a, out, gv, tv)
 
     out["elapsed_s"] = time.perf_counter() - t_start
     print(json.dumps(out, indent=1))

@@ -18,8 +18,9 @@ log = logging.getLogger("matdyn")
 @guarded
 def main(cfg: DictConfig) -> None:
     ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    ds["path"] = str(project_path(ds["path"]))  # the library gets absolute paths
     ensure_store(ds, force=bool(cfg.force), progress=bool(cfg.progress))
-    store = open_store(project_path(ds["path"]))
+    store = open_store(ds["path"])
     print(store)
 
 

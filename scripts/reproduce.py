@@ -2,6 +2,9 @@
 
     python scripts/reproduce.py                      # SCALE=quick, all cases, outputs/paper/
     python scripts/reproduce.py --scale paper        # the paper's sizes and counts (GPU)
+
+The settings of a case at a scale are the preset conf/experiment/<case>_<scale>.yaml, passed
+to every step as +experiment=<case>_<scale> (the same data size in every step).
     python scripts/reproduce.py --cases np_diffusion --out outputs/demo
     python scripts/reproduce.py --store np_diffusion=mine.zarr   # your data instead of the stand-in
 
@@ -18,18 +21,20 @@ import time
 from pathlib import Path
 
 from matdyn.errors import MatdynError
-from matdyn.pipeline import CASES, case_steps, run_steps
+from matdyn.pipeline import CASES, STEPS, case_steps, run_steps, scales
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", default=os.environ.get("SCALE", "quick"), choices=["quick", "paper"])
+    ap.add_argument("--scale", default=os.environ.get("SCALE", "quick"), choices=scales(),
+                    help="preset scale: conf/experiment/<case>_<scale>.yaml")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case studies")
     ap.add_argument("--out", default="outputs/paper", help="root folder of all outputs")
     ap.add_argument("--store", action="append", default=[], metavar="CASE=PATH",
                     help="use an existing store for a case instead of its synthetic stand-in")
     ap.add_argument("--extra", action="append", default=[], metavar="CASE:STEP:OVERRIDE",
-                    help="extra Hydra override for one step, e.g. np_diffusion:train:num_threads=1")
+                    help=f"extra Hydra override for one step ({', '.join(STEPS)}), e.g. "
+                         "np_diffusion:train:num_threads=1; dataset.* overrides go to every step")
     ap.add_argument("--force", action="store_true", help="rerun every step")
     ap.add_argument("--keep-going", action="store_true",
                     help="after a failed step, still run the other cases and write the report")
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         stores = dict(s.split("=", 1) for s in a.store)
         extra: dict[str, dict[str, list[str]]] = {}
         for e in a.extra:
+            if e.count(":") < 2:
+                raise ValueError(f"--extra {e!r} is not CASE:STEP:OVERRIDE")
             case, step, override = e.split(":", 2)
             extra.setdefault(case, {}).setdefault(step, []).append(override)
         root = Path(a.out).resolve()

@@ -9,19 +9,31 @@ the run directory. Bad input ends with one ``error: ...`` line and exit status 2
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from matdyn.cli import guarded, hydra_output_dir, project_path
+from matdyn.cli import guarded, project_path
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """The config's paths made absolute here, so the library gets absolute paths only."""
+    cfg.dataset.path = str(project_path(cfg.dataset.path))
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key):
+            cfg[key] = str(project_path(cfg[key]))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from matdyn.training.app import run_training
 
-    run_dir = hydra_output_dir()
+    absolute_paths(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     bundle = run_training(cfg, run_dir)
     n_eval = int(cfg.get("eval_frames", 1000))  # paper §3.3.1: 1000 generated vs observed frames
     is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
@@ -29,7 +41,7 @@ def main(cfg: DictConfig) -> None:
         from matdyn.io import write_json_atomic
         from matdyn.training.evaluate import evaluate_bundle
 
-        summary = evaluate_bundle(bundle, project_path(cfg.dataset.path), n=n_eval,
+        summary = evaluate_bundle(bundle, Path(cfg.dataset.path), n=n_eval,
                                   seed=int(cfg.seed), fit=str(cfg.dataset.get("fit", "crop")),
                                   # particle areas only mean something for particle data (§3.3.1)
                                   particles=cfg.dataset.name == "np_diffusion")

@@ -136,3 +136,41 @@ def test_meta_json_serialisable(tmp_path):
     s = open_store(_write(tmp_path / "a.zarr"))
     d = json.loads(json.dumps(s.meta.to_dict()))
     assert d["spatial_shape"] == [8, 8] and d["frame_interval"] == pytest.approx(0.007)
+
+
+# --------------------------------------------------------------- the one atomic writer
+def _mode(p: Path) -> int:
+    return p.stat().st_mode & 0o777
+
+
+def test_atomic_writer_ordinary_permissions_and_all_or_nothing(tmp_path):
+    import os
+
+    import torch
+    from matplotlib.figure import Figure
+
+    from matdyn.io import atomic_write_text, atomic_writer, write_json_atomic
+    from matdyn.training.bundle import atomic_torch_save
+    from matdyn.viz.figures import save_figure
+
+    old = os.umask(0o022)
+    try:
+        fig = Figure()
+        fig.add_subplot().plot([0, 1])
+        written = [atomic_write_text(tmp_path / "a.txt", "x"),
+                   write_json_atomic(tmp_path / "b.json", {"k": 1}),
+                   atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "c.pt"),
+                   *save_figure(fig, tmp_path / "fig")]
+        # files written like any other output (mkstemp's 0600 was the bug)
+        assert [_mode(p) for p in written] == [0o644] * 5
+        os.umask(0o027)
+        assert _mode(atomic_write_text(tmp_path / "d.txt", "y")) == 0o640
+    finally:
+        os.umask(old)
+    # a failure inside the block keeps the old file and leaves no temporary behind
+    with pytest.raises(RuntimeError, match="boom"), atomic_writer(tmp_path / "a.txt", "w") as f:
+        f.write("half")
+        raise RuntimeError("boom")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.txt", "b.json", "c.pt", "d.txt", "fig.png", "fig.svg"]

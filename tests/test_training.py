@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from matdyn.data.store import StoreWriter
-from matdyn.errors import CheckpointError, ConfigError, MatdynError
+from matdyn.errors import CheckpointError, ConfigError, MatdynError, StoreError
 from matdyn.models import Generator
 from matdyn.training.app import build, resolve_profile, run_training
 from matdyn.training.bundle import export_bundle, load_generator
@@ -62,6 +62,7 @@ def _cfg(store: Path, *overrides: str, ndim: int = 2, channels: int = 1, stages:
     base = [
         f"model=pggan{ndim}d", f"dataset.path={store}", "dataset.source=store", "dataset.name=tiny",
         f"dataset.ndim={ndim}", f"dataset.channels={channels}", "schedule=quick",
+        "dataset.pixel_size=2.0", "dataset.channel_names=null",  # the tiny stores' metadata
         f"+schedule.datasets.tiny.stages={stages}", "model.filters=[16,16,8]", f"logger={logger}" if logger else "~logger",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
         f"resolution={4 * 2 ** (stages.count('[') - 2)}",
@@ -283,19 +284,21 @@ def test_resume_mid_fade_in_continues_exactly(store2d, tmp_path):
 
 DDP_SCRIPT = """
 import os, torch, hydra, pytorch_lightning as pl
-from matdyn.cli import guarded, hydra_output_dir
+from pathlib import Path
+from hydra.core.hydra_config import HydraConfig
+from matdyn.cli import guarded
 from matdyn.training.app import run_training
 
 class Dump(pl.Callback):
     def on_train_end(self, trainer, m):
         torch.save({{"sd": m.state_dict(), "progress": m.progress(), "world": trainer.world_size}},
-                   hydra_output_dir() / f"rank{{trainer.global_rank}}.pt")
+                   Path(HydraConfig.get().runtime.output_dir) / f"rank{{trainer.global_rank}}.pt")
 
 @hydra.main(version_base="1.3", config_path="{conf}", config_name="train")
 @guarded
 def main(cfg):
     torch.set_num_threads(1)
-    run_training(cfg, hydra_output_dir(), cuda=False, extra_callbacks=[Dump()])
+    run_training(cfg, Path(HydraConfig.get().runtime.output_dir), cuda=False, extra_callbacks=[Dump()])
 
 if __name__ == "__main__":
     main()
@@ -309,7 +312,8 @@ def test_ddp_two_cpu_processes_stay_in_sync(store2d, tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [PY, str(script), f"hydra.run.dir={run_dir}", "trainer=ddp", "trainer.accelerator=cpu",
            "trainer.devices=2", "model=pggan2d", f"dataset.path={store2d}", "dataset.source=store",
-           "dataset.name=tiny", "dataset.channels=1", "resolution=8", "schedule=quick",
+           "dataset.name=tiny", "dataset.channels=1", "dataset.pixel_size=2.0",
+           "dataset.channel_names=null", "resolution=8", "schedule=quick",
            "+schedule.datasets.tiny.stages=[[4,4,0,16],[8,4,16,16]]", "model.filters=[8,8]",
            "~logger", "trainer.enable_progress_bar=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
@@ -351,6 +355,11 @@ def test_bad_inputs_give_one_line_errors(store2d, store3d, tmp_path):
     cases = [
         (_cfg(store2d, "model.channels=2"), ConfigError, "channel"),
         (_cfg(store2d, "resolution=12"), ConfigError, "power of two"),
+        # every dataset key that describes the data is checked against the store
+        (_cfg(store2d, "dataset.pixel_size=40.58"), StoreError, "set dataset.pixel_size=2.0"),
+        (_cfg(store2d, "dataset.unit=um"), StoreError, "store has unit=nm"),
+        (_cfg(store2d, "dataset.channel_names=[phase]"), StoreError, "channel_names=['c0']"),
+        (_cfg(store2d, "model=pggan", "dataset.ndim=3"), StoreError, "ndim=2"),
         (_cfg(store2d, stages="[[4,8,0,32],[16,8,32,32]]"), ConfigError, "skips"),
         (_cfg(store3d, "model=pggan2d", "model.filters=[8,8]", ndim=3, channels=3,
               stages="[[4,4,0,8],[8,4,8,8]]"), ConfigError, "pggan3d"),
@@ -422,3 +431,18 @@ def test_script_prints_error_and_exits_2(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "missing.zarr" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_profile_picks_the_auto_profile_and_auto_keys_apply_to_it():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=np_diffusion_paper",
+                                          "+schedule.datasets.np_diffusion.stages=[[4,8,0,48]]"])
+        named = compose("train", overrides=["schedule=quick", "profile=paper"])
+    # the preset's profile wins over CUDA detection; keys added on `auto` reach the profile
+    name, prof, msg = resolve_profile(cfg.schedule, cuda=False, profile=cfg.profile)
+    assert (name, msg) == ("paper", "schedule: auto -> paper (profile=paper)")
+    assert prof["datasets"]["np_diffusion"]["stages"] == [[4, 8, 0, 48]]
+    assert prof["datasets"]["np_diffusion"]["batch_size_2d"] == [16, 16, 16, 16, 8, 4]  # kept
+    assert prof["ema_decay"] == 0.999
+    with pytest.raises(ConfigError, match="schedule=quick but profile=paper"):
+        resolve_profile(named.schedule, cuda=False, profile=named.profile)

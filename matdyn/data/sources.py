@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,13 +62,11 @@ def ensure_store(
 
     ``source: synthetic`` generates the stand-in (and says so in one log line) when the
     store is missing, was made with other generator settings, or ``force`` is set.
-    ``source: store`` only checks the existing store. The store's channel count must match
-    ``dataset.channels``.
+    ``source: store`` only checks the existing store. The store must agree with the dataset's
+    description of the data (:func:`check_dataset_keys`).
     """
-    from matdyn.cli import project_path
-
     ds = plain_config(dict(dataset))
-    target = project_path(path or ds.get("path") or "")
+    target = Path(os.path.abspath(os.path.expanduser(str(path or ds.get("path") or ""))))
     if not str(ds.get("path") or path or ""):
         raise ConfigError("dataset.path is empty; set dataset.path=<store.zarr>")
     source = ds.get("source", "store")
@@ -96,15 +95,34 @@ def ensure_store(
     elif source != "store":
         raise ConfigError(f"dataset.source must be 'synthetic' or 'store', got {source!r}")
     meta = open_store(target, validate=False).meta
-    want = ds.get("channels")
-    if want is not None and int(want) != meta.channels:
-        raise StoreError(
-            f"{target}: store has {meta.channels} channel(s) {list(meta.channel_names)} but dataset "
-            f"'{ds.get('name')}' expects {want}; pick the matching dataset config or set dataset.channels"
-        )
-    want_nd = ds.get("ndim")
-    if want_nd is not None and int(want_nd) != meta.ndim:
-        raise StoreError(
-            f"{target}: store holds {meta.ndim}D frames but dataset '{ds.get('name')}' is {want_nd}D"
-        )
+    check_dataset_keys(ds, meta, target)
     return meta
+
+
+def check_dataset_keys(dataset: Mapping[str, Any], meta: StoreMeta, where: str | os.PathLike = "store") -> None:
+    """Check the dataset config's description of the data against the store's metadata.
+
+    Keys (``conf/dataset/*.yaml``): ``ndim`` (2 images / 3 volumes), ``channels``,
+    ``channel_names``, ``pixel_size`` (physical size of a pixel/voxel, in ``unit``; relative
+    tolerance 1e-6) and ``unit``. A key set to null (or absent) is not checked: the store's
+    value is used. Raises StoreError, one line naming the key and the fix, on disagreement.
+    """
+    name = dataset.get("name")
+
+    def fail(key: str, have: Any, want: Any) -> StoreError:
+        return StoreError(f"{where}: store has {key}={have} but dataset '{name}' says {want}; "
+                          f"set dataset.{key}={have} (or null to take the store's) or pick "
+                          "the matching dataset config")
+
+    checks = {
+        "ndim": (meta.ndim, lambda v: int(v) == meta.ndim),
+        "channels": (meta.channels, lambda v: int(v) == meta.channels),
+        "channel_names": (list(meta.channel_names),
+                          lambda v: [str(c) for c in v] == list(meta.channel_names)),
+        "pixel_size": (meta.pixel_size, lambda v: math.isclose(float(v), meta.pixel_size, rel_tol=1e-6)),
+        "unit": (meta.unit, lambda v: str(v) == meta.unit),
+    }
+    for key, (have, agrees) in checks.items():
+        want = dataset.get(key)
+        if want is not None and not agrees(want):
+            raise fail(key, have, want)

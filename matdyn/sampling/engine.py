@@ -20,16 +20,20 @@ Guarantees:
 * **Overlap.** With ``overlap=True`` one worker thread runs metrics and reducers on batch t
   while the main thread generates batch t+1 (GPU kernels or torch's CPU threads).
 
+Layout: the streams and the block/shard partition are in :mod:`matdyn.sampling.streams`,
+the on-disk results (manifest, blocks, :class:`VariationResult`, :func:`merge_results`) in
+:mod:`matdyn.sampling.results`; this module runs the engine and re-exports both.
+
 Bit-for-bit equality across *different batch sizes* also needs a generator whose output for
 one latent does not depend on its batch neighbours (true for the CPU kernels we tested;
 cuDNN may pick other algorithms for other batch shapes).
 """
 
+
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,9 +45,23 @@ import torch
 
 from matdyn.descriptors.differences import DifferenceMetric
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.io import atomic_write_text
 from matdyn.sampling.reducers import Reducer, ReferenceBlock, RunInfo, VariationBatch
+from matdyn.sampling.results import (
+    FORMAT,
+    FORMAT_VERSION,
+    VariationResult,
+    _block_path,
+    _done_blocks,
+    _read_manifest,
+    _save_npz,
+    load_results,
+    merge_results,
+)
 from matdyn.sampling.samplers import PerturbationSampler
+from matdyn.sampling.streams import block_ranges, parse_shard, shard_blocks, variation_latents
 
+# the engine's public names; streams and results live in matdyn.sampling.{streams,results}
 __all__ = [
     "VariationEngine",
     "VariationResult",
@@ -55,230 +73,10 @@ __all__ = [
     "variation_latents",
 ]
 
-FORMAT = "matdyn-variations"
-FORMAT_VERSION = 1
 _OUTPUTS = ("auto", "physical", "raw")
 
 
-# ----------------------------------------------------------------------------- streams
-def _reference_seeds(seed: int, index: int) -> tuple[int, int]:
-    """Two 64-bit seeds (for z_i and for ε_i·) derived from (seed, i) only."""
-    words = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),)).generate_state(
-        2, np.uint64
-    )
-    return int(words[0]), int(words[1])
-
-
-def variation_latents(
-    seed: int,
-    index: int,
-    n_samples: int,
-    dim: int,
-    sampler: PerturbationSampler,
-    reference: np.ndarray | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """z_i [d] and ε_i [N, d] (float32, CPU) of reference ``index``, exactly as the engine
-    draws them; use it to regenerate any sample later: ``G(z + eps[j])``.
-
-    >>> from matdyn.sampling.samplers import UniformSampler
-    >>> z, eps = variation_latents(0, 3, 5, 8, UniformSampler(1.0))
-    >>> z.shape, eps.shape, bool(torch.equal(z, variation_latents(0, 3, 1, 8, UniformSampler(2.0))[0]))
-    (torch.Size([8]), torch.Size([5, 8]), True)
-    """
-    z_seed, eps_seed = _reference_seeds(seed, index)
-    if reference is None:
-        z = torch.randn(
-            int(dim), generator=torch.Generator().manual_seed(z_seed), dtype=torch.float32
-        )
-    else:
-        z = torch.as_tensor(reference, dtype=torch.float32).reshape(int(dim)).clone()
-    eps = sampler.sample(int(n_samples), int(dim), torch.Generator().manual_seed(eps_seed))
-    return z, eps
-
-
-# ----------------------------------------------------------------------------- blocks, shards
-def block_ranges(n_refs: int, block_size: int) -> list[tuple[int, int]]:
-    """Consecutive reference ranges [start, stop) of ``block_size`` (the last may be shorter).
-
-    >>> block_ranges(7, 3)
-    [(0, 3), (3, 6), (6, 7)]
-    """
-    return [(s, min(s + block_size, n_refs)) for s in range(0, n_refs, block_size)]
-
-
-def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
-    """``"k/n"`` or ``(k, n)`` with 0 <= k < n -> (k, n); None -> (0, 1).
-
-    >>> parse_shard("2/8")
-    (2, 8)
-    """
-    if shard is None:
-        return 0, 1
-    try:
-        k, n = (int(v) for v in (shard.split("/") if isinstance(shard, str) else shard))
-    except (ValueError, TypeError):
-        raise ConfigError(f"shard must look like 'k/n' (e.g. '2/8'), got {shard!r}") from None
-    if not (n >= 1 and 0 <= k < n):
-        raise ConfigError(f"shard {shard!r} is out of range: use 'k/n' with 0 <= k < n (0-based)")
-    return k, n
-
-
-def shard_blocks(n_blocks: int, shard: str | tuple[int, int] | None) -> range:
-    """Block indices of one shard: n contiguous, near-equal groups.
-
-    >>> list(shard_blocks(10, "1/3")), list(shard_blocks(2, "2/3"))
-    ([4, 5, 6], [])
-    """
-    k, n = parse_shard(shard)
-    base, extra = divmod(n_blocks, n)
-    start = k * base + min(k, extra)
-    return range(start, start + base + (1 if k < extra else 0))
-
-
-# ----------------------------------------------------------------------------- results
-class VariationResult:
-    """Per-reference outputs assembled from blocks, loaded lazily: ``result["mean/mean"]``
-    is [M', ...] over the references covered (M' = M for a complete run)."""
-
-    def __init__(
-        self, manifest: dict[str, Any], blocks: dict[int, Path | dict[str, np.ndarray]]
-    ) -> None:
-        self.manifest = manifest
-        self._blocks = dict(sorted(blocks.items()))
-        self._ranges = block_ranges(manifest["n_refs"], manifest["block_size"])
-
-    @property
-    def n_refs(self) -> int:
-        return int(self.manifest["n_refs"])
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.manifest["n_samples"])
-
-    @property
-    def complete(self) -> bool:
-        """True when every block of the run is present."""
-        return len(self._blocks) == len(self._ranges)
-
-    @property
-    def missing_blocks(self) -> list[int]:
-        return [b for b in range(len(self._ranges)) if b not in self._blocks]
-
-    @property
-    def ref_indices(self) -> np.ndarray:
-        """Global indices of the covered references, ascending."""
-        parts = [np.arange(*self._ranges[b]) for b in self._blocks]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def _get(self, b: int, key: str | None) -> Any:
-        """One array of block b (or, with key=None, the block's key list)."""
-        src = self._blocks[b]
-        if isinstance(src, Path):
-            with np.load(src) as f:
-                return list(f.files) if key is None else (f[key] if key in f.files else None)
-        return list(src) if key is None else src.get(key)
-
-    def keys(self) -> list[str]:
-        if not self._blocks:
-            return []
-        return sorted(k for k in self._get(next(iter(self._blocks)), None) if not k.startswith("_"))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.keys()
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        parts = []
-        for b in self._blocks:
-            value = self._get(b, key)
-            if value is None:
-                raise KeyError(f"{key!r} not in results; available: {self.keys()}")
-            parts.append(value)
-        if not parts:
-            raise KeyError(f"{key!r}: the results hold no finished block")
-        return np.concatenate(parts, axis=0)
-
-    def to_dict(self, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        return {k: self[k] for k in (keys or self.keys())}
-
-    def __repr__(self) -> str:
-        return (
-            f"VariationResult(n_refs={self.n_refs}, n_samples={self.n_samples}, "
-            f"blocks={len(self._blocks)}/{len(self._ranges)}, keys={self.keys()})"
-        )
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AnalysisError(
-            f"{out_dir} is not a variation results directory (no manifest.json)"
-        ) from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise AnalysisError(f"cannot read {path}: {err}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise AnalysisError(f"{path} is not a {FORMAT} v{FORMAT_VERSION} manifest")
-    return manifest
-
-
-def _block_path(out_dir: Path, b: int) -> Path:
-    return out_dir / "blocks" / f"block_{b:06d}.npz"
-
-
-def _done_blocks(out_dir: Path, n_blocks: int) -> dict[int, Path]:
-    return {b: p for b in range(n_blocks) if (p := _block_path(out_dir, b)).is_file()}
-
-
-def merge_results(*dirs: str | Path, require_complete: bool = True) -> VariationResult:
-    """Combine the results directories of shards (or one directory) into one result.
-
-    All manifests must describe the same run; with ``require_complete`` every block of the
-    run must be present.
-    """
-    if not dirs:
-        raise ConfigError("merge_results needs at least one results directory")
-    manifest: dict[str, Any] | None = None
-    blocks: dict[int, Path | dict[str, np.ndarray]] = {}
-    for d in map(Path, dirs):
-        m = _read_manifest(d)
-        if manifest is None:
-            manifest = m
-        elif m["fingerprint"] != manifest["fingerprint"]:
-            diff = sorted(
-                k for k in m["fingerprint"] if m["fingerprint"][k] != manifest["fingerprint"].get(k)
-            )
-            raise AnalysisError(f"{d} holds a different run than {dirs[0]} (differs in {diff})")
-        n_blocks = len(block_ranges(m["n_refs"], m["block_size"]))
-        for b, p in _done_blocks(d, n_blocks).items():
-            blocks.setdefault(b, p)
-    assert manifest is not None
-    result = VariationResult(manifest, blocks)
-    if require_complete and not result.complete:
-        miss = result.missing_blocks
-        raise AnalysisError(
-            f"results are incomplete: {len(miss)} of {len(result._ranges)} blocks missing "
-            f"(first: block {miss[0]}, references {result._ranges[miss[0]]}); run the missing "
-            "shards or pass require_complete=False"
-        )
-    return result
-
-
-def load_results(out_dir: str | Path) -> VariationResult:
-    """Open one results directory (complete or not)."""
-    return merge_results(out_dir, require_complete=False)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a crash leaves either the old state or the complete file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
+# ----------------------------------------------------------------------------- engine
 def _module_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for key, t in sorted(module.state_dict().items()):
@@ -288,7 +86,58 @@ def _module_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- engine
+def _check_counts(n_refs: Any, n_samples: Any, batch_size: Any, block_size: Any, seed: Any) -> None:
+    """ConfigError unless the counts are positive integers and the seed non-negative."""
+    for what, v in (("n_refs (M)", n_refs), ("n_samples (N)", n_samples), ("batch_size", batch_size)):
+        if isinstance(v, bool) or int(v) != v or v <= 0:
+            raise ConfigError(f"{what} must be a positive integer, got {v!r}")
+    if block_size is not None and (int(block_size) != block_size or block_size <= 0):
+        raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
+    if int(seed) != seed or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _check_names(metrics: Sequence[DifferenceMetric], reducers: Sequence[Reducer]) -> None:
+    """Unique metric and reducer names, and every metric a reducer needs present."""
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metric names must be unique, got {names}; set name=... on duplicates")
+    rnames = [r.name for r in reducers]
+    if len(set(rnames)) != len(rnames):
+        raise ConfigError(f"reducer names must be unique, got {rnames}; set name=... on duplicates")
+    for r in reducers:
+        missing = sorted(set(r.requires) - set(names))
+        if missing:
+            raise ConfigError(f"reducer {r.name!r} needs metrics {missing}; add them to metrics=[...]")
+
+
+def _images_callable(generator: Any, output: str, images_fn: Callable | None) -> tuple[Callable, str]:
+    """Which callable turns latents into images, and its description for the fingerprint."""
+    has_sample = callable(getattr(generator, "sample", None))
+    if images_fn is not None:
+        return images_fn, f"images_fn:{getattr(images_fn, '__qualname__', repr(images_fn))}"
+    if output == "physical" or (output == "auto" and has_sample):
+        if not has_sample:
+            raise ConfigError("output='physical' needs a generator with .sample(z); use output='raw'")
+        return generator.sample, "sample"
+    return generator, "forward"
+
+
+def _block_outputs(reducers: Sequence[Reducer], block: ReferenceBlock) -> dict[str, np.ndarray]:
+    """The reducers' ``end_block`` outputs of one block as ``{"<reducer>/<key>": [K, ...]}``."""
+    arrays: dict[str, np.ndarray] = {"_ref_indices": block.ref_indices}
+    for r in reducers:
+        for key, value in r.end_block().items():
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != len(block):
+                raise ConfigError(
+                    f"reducer {r.name!r} returned {key!r} with shape {value.shape}; "
+                    f"end_block outputs need one row per reference ({len(block)})"
+                )
+            arrays[f"{r.name}/{key}"] = value
+    return arrays
+
+
 class VariationEngine:
     """Latent Monte Carlo: M references x N perturbations, reduced on the fly.
 
@@ -335,17 +184,7 @@ class VariationEngine:
         progress: bool = True,
         overlap: bool = True,
     ) -> None:
-        for what, v in (
-            ("n_refs (M)", n_refs),
-            ("n_samples (N)", n_samples),
-            ("batch_size", batch_size),
-        ):
-            if isinstance(v, bool) or int(v) != v or v <= 0:
-                raise ConfigError(f"{what} must be a positive integer, got {v!r}")
-        if block_size is not None and (int(block_size) != block_size or block_size <= 0):
-            raise ConfigError(f"block_size must be a positive integer, got {block_size!r}")
-        if int(seed) != seed or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        _check_counts(n_refs, n_samples, batch_size, block_size, seed)
         if not isinstance(sampler, PerturbationSampler):
             raise ConfigError(
                 f"sampler must be a PerturbationSampler (e.g. UniformSampler), got {sampler!r}"
@@ -371,38 +210,9 @@ class VariationEngine:
             )
         self.latent_dim = int(dim)
 
-        names = [m.name for m in self.metrics]
-        if len(set(names)) != len(names):
-            raise ConfigError(
-                f"metric names must be unique, got {names}; set name=... on duplicates"
-            )
-        rnames = [r.name for r in self.reducers]
-        if len(set(rnames)) != len(rnames):
-            raise ConfigError(
-                f"reducer names must be unique, got {rnames}; set name=... on duplicates"
-            )
-        for r in self.reducers:
-            missing = sorted(set(r.requires) - set(names))
-            if missing:
-                raise ConfigError(
-                    f"reducer {r.name!r} needs metrics {missing}; add them to metrics=[...]"
-                )
+        _check_names(self.metrics, self.reducers)
 
-        # which callable turns latents into images
-        has_sample = callable(getattr(generator, "sample", None))
-        if images_fn is not None:
-            self._fn, self._fn_desc = (
-                images_fn,
-                f"images_fn:{getattr(images_fn, '__qualname__', repr(images_fn))}",
-            )
-        elif output == "physical" or (output == "auto" and has_sample):
-            if not has_sample:
-                raise ConfigError(
-                    "output='physical' needs a generator with .sample(z); use output='raw'"
-                )
-            self._fn, self._fn_desc = generator.sample, "sample"  # type: ignore[attr-defined]
-        else:
-            self._fn, self._fn_desc = generator, "forward"
+        self._fn, self._fn_desc = _images_callable(generator, output, images_fn)
 
         if device is None:
             params = list(generator.parameters()) if isinstance(generator, torch.nn.Module) else []
@@ -504,9 +314,7 @@ class VariationEngine:
                     stacklevel=3,
                 )
         else:
-            tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(manifest, indent=1))
         done = _done_blocks(out_dir, len(self.blocks))
         if done and not resume:
             raise ConfigError(
@@ -585,20 +393,7 @@ class VariationEngine:
         path: Path | None,
         mine: list[int],
     ) -> None:
-        from tqdm.auto import tqdm
-
-        per_ref = self.n_samples + 1
-        total = sum((blocks[b][1] - blocks[b][0]) * per_ref for b in mine)
-        done_imgs = total - sum((blocks[b][1] - blocks[b][0]) * per_ref for b in todo)
-        bar = tqdm(
-            total=total,
-            initial=done_imgs,
-            unit="img",
-            disable=not self.progress,
-            desc=f"variations {self.sampler!r}",
-            smoothing=0.05,
-            dynamic_ncols=True,
-        )
+        bar = self._progress_bar(todo, blocks, mine)
         pool = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="matdyn-reduce")
             if self.overlap
@@ -626,43 +421,11 @@ class VariationEngine:
             bar.update(len(idx))
 
         def update(a: int, c: int, eps: np.ndarray, images: np.ndarray) -> None:
-            block: ReferenceBlock = state["block"]
-            pos = np.arange(a, c, dtype=np.int64)
-            slots, js = np.divmod(pos, self.n_samples)
-            self._check_images(images, image_shape, block.ref_indices[slots[0]])
-            cache: dict = {}
-            metrics = {
-                m.name: np.asarray(
-                    m.compute(images, block.states[m.name], slots, cache), dtype=np.float64
-                )
-                for m in self.metrics
-            }
-            batch = VariationBatch(
-                block=block,
-                ref_indices=block.ref_indices[slots],
-                sample_indices=js,
-                ref_slots=slots,
-                images=images,
-                perturbations=eps,
-                metrics=metrics,
-                cache=cache,
-            )
-            for r in self.reducers:
-                r.update(batch)
+            self._reduce_batch(state["block"], a, c, eps, images, image_shape)
             bar.update(c - a)
 
         def end(b: int) -> None:
-            block: ReferenceBlock = state.pop("block")
-            arrays: dict[str, np.ndarray] = {"_ref_indices": block.ref_indices}
-            for r in self.reducers:
-                for key, value in r.end_block().items():
-                    value = np.asarray(value)
-                    if value.ndim == 0 or value.shape[0] != len(block):
-                        raise ConfigError(
-                            f"reducer {r.name!r} returned {key!r} with shape {value.shape}; "
-                            f"end_block outputs need one row per reference ({len(block)})"
-                        )
-                    arrays[f"{r.name}/{key}"] = value
+            arrays = _block_outputs(self.reducers, state.pop("block"))
             if path is None:
                 store[b] = arrays
             else:
@@ -675,23 +438,9 @@ class VariationEngine:
             for b in todo:
                 start, stop = blocks[b]
                 idx = np.arange(start, stop, dtype=np.int64)
-                zs, epss = [], []
-                for i in range(start, stop):
-                    ref = None if self.references is None else self.references[i]
-                    z, eps = variation_latents(
-                        self.seed, i, self.n_samples, self.latent_dim, self.sampler, ref
-                    )
-                    zs.append(z)
-                    epss.append(eps)
-                z_block = torch.stack(zs)  # [K, d]
-                eps_flat = torch.cat(epss)  # [K*N, d], rows sorted by (reference, j)
+                z_block, eps_flat = self._block_latents(start, stop)  # [K, d], [K*N, d]
                 latents = (z_block.repeat_interleave(self.n_samples, dim=0) + eps_flat).contiguous()
-                ref_images = np.concatenate(
-                    [
-                        self._generate(z_block[a : a + self.batch_size])
-                        for a in range(0, len(idx), self.batch_size)
-                    ]
-                )
+                ref_images = self._generate_batched(z_block)
                 submit(begin, b, idx, z_block, ref_images)
                 eps_np = eps_flat.numpy()
                 for a in range(0, latents.shape[0], self.batch_size):
@@ -707,6 +456,50 @@ class VariationEngine:
             for r in self.reducers:
                 r.close()
             bar.close()
+
+    def _reduce_batch(self, block: ReferenceBlock, a: int, c: int, eps: np.ndarray,
+                      images: np.ndarray, image_shape: tuple[int, ...]) -> None:
+        """Metrics of images a..c-1 of a block (rows sorted by (reference, j)) vs their
+        references, then every reducer's ``update``."""
+        pos = np.arange(a, c, dtype=np.int64)
+        slots, js = np.divmod(pos, self.n_samples)
+        self._check_images(images, image_shape, block.ref_indices[slots[0]])
+        cache: dict = {}
+        metrics = {m.name: np.asarray(m.compute(images, block.states[m.name], slots, cache),
+                                      dtype=np.float64)
+                   for m in self.metrics}
+        batch = VariationBatch(block=block, ref_indices=block.ref_indices[slots], sample_indices=js,
+                               ref_slots=slots, images=images, perturbations=eps,
+                               metrics=metrics, cache=cache)
+        for r in self.reducers:
+            r.update(batch)
+
+    def _progress_bar(self, todo: list[int], blocks: list[tuple[int, int]], mine: list[int]) -> Any:
+        """A tqdm bar over this shard's images, starting at the ones already done."""
+        from tqdm.auto import tqdm
+
+        def images(bs: list[int]) -> int:
+            return sum((blocks[b][1] - blocks[b][0]) * (self.n_samples + 1) for b in bs)
+
+        return tqdm(total=images(mine), initial=images(mine) - images(todo), unit="img",
+                    disable=not self.progress, desc=f"variations {self.sampler!r}",
+                    smoothing=0.05, dynamic_ncols=True)
+
+    def _generate_batched(self, z: torch.Tensor) -> np.ndarray:
+        """Images of latents z [K, d] in generator calls of at most ``batch_size``."""
+        return np.concatenate([self._generate(z[a : a + self.batch_size])
+                               for a in range(0, len(z), self.batch_size)])
+
+    def _block_latents(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """z [K, d] of references start..stop-1 and their ε [K*N, d], rows sorted by
+        (reference, j); from :func:`variation_latents`, so they depend on (seed, i) only."""
+        zs, epss = [], []
+        for i in range(start, stop):
+            ref = None if self.references is None else self.references[i]
+            z, eps = variation_latents(self.seed, i, self.n_samples, self.latent_dim, self.sampler, ref)
+            zs.append(z)
+            epss.append(eps)
+        return torch.stack(zs), torch.cat(epss)
 
     @staticmethod
     def _check_images(images: np.ndarray, image_shape: tuple[int, ...], first_ref: int) -> None:

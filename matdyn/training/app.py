@@ -1,11 +1,15 @@
 """Build and run a training job from the composed Hydra config (``conf/train.yaml``).
 
-This is the one place that reads the config tree and turns it into typed objects
-(DataModule, PGGANModule, callbacks, logger, Trainer); the library underneath never sees a
-DictConfig. ``scripts/train.py`` only wraps :func:`run_training`.
+This is the one place that reads the config tree and turns it into typed objects: the
+model (``conf/model``, ``_target_: PGGANModule``), the callbacks (``conf/callbacks``), the
+logger and the Trainer are built by ``hydra.utils.instantiate`` in :func:`build`, with the
+values that come from the data (ndim, channels, the profile's widths) passed at instantiate
+time. The library underneath never sees a DictConfig. ``scripts/train.py`` makes the
+config's paths absolute and wraps :func:`run_training`.
 
-Profiles. ``schedule=auto`` picks ``paper`` when CUDA is visible and ``quick`` otherwise and
-says so in the first log line. A profile (``conf/schedule/<name>.yaml``) gives per-stage
+Profiles. ``schedule=auto`` picks ``profile`` (set by the ``conf/experiment`` presets) or,
+when that is null, ``paper`` when CUDA is visible and ``quick`` otherwise, and says so in the
+first log line. A profile (``conf/schedule/<name>.yaml``) gives per-stage
 filter widths, batch sizes and image counts, with per-dataset entries keyed by
 ``dataset.name``; see :func:`matdyn.training.schedule.build_stages`. The top resolution is
 ``dataset.train_resolution`` (paper) or ``dataset.quick_resolution`` (quick) unless
@@ -50,19 +54,33 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def resolve_profile(schedule: Mapping[str, Any], cuda: bool | None = None) -> tuple[str, dict, str]:
-    """(profile name, profile dict, message) for a schedule config; ``auto`` -> paper/quick."""
+def resolve_profile(schedule: Mapping[str, Any], cuda: bool | None = None,
+                    profile: str | None = None) -> tuple[str, dict, str]:
+    """(profile name, profile dict, message) for a schedule config.
+
+    ``schedule=auto`` holds both profiles and picks ``profile`` (``paper`` | ``quick``, what
+    ``conf/experiment/*`` presets set) or, when that is null, ``paper`` if CUDA is visible
+    and ``quick`` otherwise; keys added on the auto node itself override the picked profile's.
+    A named schedule must agree with ``profile`` when both are set.
+    """
     sched = _plain(schedule)
     name = sched.get("name")
     if name == "auto":
         cuda = torch.cuda.is_available() if cuda is None else cuda
-        chosen = "paper" if cuda else "quick"
+        chosen = profile or ("paper" if cuda else "quick")
         if chosen not in sched:
             raise ConfigError(f"schedule=auto has no '{chosen}' profile; use schedule=paper or quick")
-        why = "CUDA is visible" if cuda else "no CUDA device visible"
-        return chosen, sched[chosen], f"schedule: auto -> {chosen} ({why})"
+        why = f"profile={profile}" if profile else ("CUDA is visible" if cuda else "no CUDA device visible")
+        # keys added on schedule=auto itself (e.g. +schedule.datasets.<name>.stages=...) apply
+        # to the profile it picks
+        own = {k: v for k, v in sched.items() if k not in ("name", "paper", "quick")}
+        picked = OmegaConf.to_container(OmegaConf.merge(sched[chosen], own)) if own else sched[chosen]
+        return chosen, picked, f"schedule: auto -> {chosen} ({why})"
     if name is None:
         raise ConfigError("schedule config has no name; use schedule=paper, quick or auto")
+    if profile and profile != name:
+        raise ConfigError(f"schedule={name} but profile={profile}; drop one of them "
+                          f"(schedule=auto follows profile)")
     return name, sched, f"schedule: {name}"
 
 
@@ -103,62 +121,42 @@ def resolve_channels_last(value: Any, cuda: bool, ndim: int, precision: str = "3
     raise ConfigError(f"perf.channels_last must be true, false or auto, got {value!r}")
 
 
-def _make_logger(cfg: DictConfig, run_dir: Path) -> Any:
-    node = cfg.get("logger")
-    if not node:
-        return False
-    from hydra.utils import instantiate
+def _logger_ready(node: Any) -> None:
+    """Fail early, in one line, when W&B online logging has no credentials."""
+    if not str(node.get("_target_", "")).endswith("WandbLogger"):
+        return
+    mode = str(node.get("mode") or os.environ.get("WANDB_MODE") or "offline")
+    if mode == "online" and not os.environ.get("WANDB_API_KEY"):
+        import wandb
 
-    target = str(node.get("_target_", ""))
-    if target.endswith("WandbLogger"):
-        mode = str(node.get("mode") or os.environ.get("WANDB_MODE") or "offline")
-        if mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            import wandb
-
-            if not wandb.login(prompt=False):  # checks stored credentials, no network
-                raise ConfigError("W&B online logging needs an API key: run `wandb login` or set "
-                                  "WANDB_API_KEY, or use logger.mode=offline")
-    return instantiate(node, save_dir=str(run_dir), _convert_="all")
+        if not wandb.login(prompt=False):  # checks stored credentials, no network
+            raise ConfigError("W&B online logging needs an API key: run `wandb login` or set "
+                              "WANDB_API_KEY, or use logger.mode=offline")
 
 
-def build(
-    cfg: DictConfig, run_dir: Path, cuda: bool | None = None, extra_callbacks: Sequence[Any] = ()
-) -> dict[str, Any]:
-    """Validate the config and build every object; returns them in a dict (plan included).
-    ``cuda`` overrides CUDA detection for ``schedule=auto``; ``extra_callbacks`` are appended."""
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from matdyn.cli import project_path
+def _data(cfg: DictConfig, top: int) -> Any:
+    """The DataModule at the top resolution, after making sure the store exists and agrees
+    with the dataset config (``ensure_store``)."""
     from matdyn.data.datamodule import MicroscopyDataModule
     from matdyn.data.sources import ensure_store
-    from matdyn.training.checkpoint import AtomicCheckpointIO, load_checkpoint
-    from matdyn.training.module import PGGANModule
-    from matdyn.training.samples import StageSamples
-    from matdyn.training.schedule import ProgressiveSchedule, build_stages, total_images
 
-    # Lightning warnings that do not apply here: the schedule follows images_seen, not epochs
-    # or batch indices, so resuming mid-epoch is exact; and checkpoints taken after the
-    # optimiser steps are what we want (they match the incremented images_seen).
-    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
-    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps")
-    profile_name, profile, message = resolve_profile(cfg.schedule, cuda)
-    log.info(message)
-    top = _top_resolution(cfg, profile_name)
-
-    # data: make sure the store exists, load it at the top resolution
-    ensure_store(_plain(cfg.dataset), progress=bool(cfg.get("progress", True)))
     ds = cfg.dataset
+    ensure_store(_plain(ds), progress=bool(cfg.get("progress", True)))
     dm = MicroscopyDataModule(
-        project_path(ds.path), resolution=top, batch_size=1, seed=int(cfg.seed),
-        fit=ds.get("fit", "crop"), normalization=ds.get("normalization", "auto"),
-        max_frames=ds.get("max_frames"),
+        Path(str(ds.path)).expanduser().absolute(), resolution=top, batch_size=1,
+        seed=int(cfg.seed), fit=ds.get("fit", "crop"),
+        normalization=ds.get("normalization", "auto"), max_frames=ds.get("max_frames"),
     )
     dm.setup("fit")
+    return dm
 
-    # model: ndim and channels come from the data; the config states what it expects
-    m = cfg.model
+
+def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[int],
+                  extras: Mapping[str, Any], cuda: bool | None) -> dict[str, Any]:
+    """The model arguments that come from the data, the schedule profile and the run
+    (passed at instantiate time, like edm's ``interface_kwargs``); the config's ``ndim`` and
+    ``channels`` state what it expects and are checked against the data here."""
+    m, ds = cfg.model, cfg.dataset
     ndim = _value(m, "ndim")
     if ndim is not None and int(ndim) != dm.ndim:
         raise ConfigError(f"model is {ndim}D but dataset '{ds.name}' is {dm.ndim}D; use "
@@ -168,72 +166,115 @@ def build(
     if channels != dm.channels:
         raise ConfigError(f"model.channels={channels} but the dataset store has {dm.channels} "
                           f"channel(s); set model.channels={dm.channels}")
-    stages, prof_filters, extras = build_stages(profile, str(ds.name), dm.ndim, top)
     filters = [int(f) for f in (_plain(m.get("filters")) or prof_filters)]
-    if len(filters) < len(stages):
-        raise ConfigError(f"model.filters has {len(filters)} widths but {top} px needs "
-                          f"{len(stages)} stages; give one width per stage from 4 px")
-    filters = filters[: len(stages)]
+    if len(filters) < n_stages:
+        raise ConfigError(f"model.filters has {len(filters)} widths but the schedule needs "
+                          f"{n_stages} stages; give one width per stage from 4 px")
     ema_decay = m.get("ema_decay")
-    ema_decay = float(extras.get("ema_decay", 0.999) if ema_decay is None else ema_decay)
-    dm.set_stage(stages[0].resolution, stages[0].batch_size)
-
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    optimizer = instantiate(m.optimizer, _convert_="all") if m.get("optimizer") else None
     perf = cfg.get("perf") or {}
     on_cuda = (torch.cuda.is_available() if cuda is None else bool(cuda)) and \
         str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
-    channels_last = resolve_channels_last(perf.get("channels_last", False), on_cuda, dm.ndim,
-                                          str(cfg.trainer.get("precision", "32-true")))
+    precision = str(cfg.trainer.get("precision", "32-true"))
     compile_nets = perf.get("compile", False)
     if not isinstance(compile_nets, bool):
         raise ConfigError(f"perf.compile must be true or false, got {compile_nets!r}")
-    module = PGGANModule(
-        latent_dim=int(m.latent_dim), channels=channels, ndim=dm.ndim, filters=filters,
-        mbstd_group=int(m.get("mbstd_group", 4)), normalize_latents=bool(m.get("normalize_latents", True)),
-        optimizer=optimizer, n_critic=int(m.get("n_critic", 1)), gp_weight=float(m.get("gp_weight", 10.0)),
-        drift_weight=float(m.get("drift_weight", 1e-3)), ema_decay=ema_decay, seed=int(cfg.seed),
-        channels_last=channels_last, compile=compile_nets,
-    )
+    return {
+        "ndim": dm.ndim, "channels": channels, "filters": filters[:n_stages],
+        "ema_decay": float(extras.get("ema_decay", 0.999) if ema_decay is None else ema_decay),
+        "seed": int(cfg.seed), "compile": compile_nets,
+        "channels_last": resolve_channels_last(perf.get("channels_last", False), on_cuda,
+                                               dm.ndim, precision),
+    }
 
-    # checkpoints: resume (full state) or init_from (weights only)
-    ckpt_path = None
+
+def _resume(cfg: DictConfig, module: Any) -> Path | None:
+    """``ckpt_path`` (full resume: checked for the same architecture) or ``init_from``
+    (weights only, loaded into ``module`` now); returns the checkpoint to resume from."""
+    from matdyn.training.checkpoint import load_checkpoint
+
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         raise ConfigError("set either ckpt_path (resume) or init_from (weights only), not both")
-    if cfg.get("ckpt_path"):
-        ckpt_path, ckpt = load_checkpoint(project_path(cfg.ckpt_path))
-        old = ckpt.get("hyper_parameters") or {}
-        for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group"):
-            if key in old and old[key] != module.hparams[key]:
-                raise CheckpointError(
-                    f"{ckpt_path} was trained with {key}={old[key]} but this config gives "
-                    f"{module.hparams[key]}; resume with the run's settings (see its plan.json)"
-                )
     if cfg.get("init_from"):
-        src, ckpt = load_checkpoint(project_path(cfg.init_from))
+        src, ckpt = load_checkpoint(str(cfg.init_from))
         module.load_weights(ckpt, source=str(src))
+    if not cfg.get("ckpt_path"):
+        return None
+    ckpt_path, ckpt = load_checkpoint(str(cfg.ckpt_path))
+    old = ckpt.get("hyper_parameters") or {}
+    for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group"):
+        if key in old and old[key] != module.hparams[key]:
+            raise CheckpointError(
+                f"{ckpt_path} was trained with {key}={old[key]} but this config gives "
+                f"{module.hparams[key]}; resume with the run's settings (see its plan.json)"
+            )
+    return ckpt_path
 
-    cb = cfg.get("callbacks") or {}
-    ckpt_cfg = dict(_plain(cb.get("checkpoint")) or {})
-    ckpt_cfg.pop("_target_", None)
-    callbacks = [
-        ProgressiveSchedule(stages),
-        StageSamples(run_dir / "samples", n=int((cb.get("samples") or {}).get("n", 16)), seed=int(cfg.seed)),
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), **ckpt_cfg),
-        *extra_callbacks,
-    ]
-    trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=_make_logger(cfg, run_dir),
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), _convert_="all",
-    )
+
+#: run-dir defaults of the callbacks in conf/callbacks/ whose path is left null there
+_CALLBACK_DIRS = {"checkpoint": ("dirpath", "checkpoints"), "samples": ("out_dir", "samples")}
+
+
+def _callback_kwargs(name: str, node: Any, run_dir: Path) -> dict[str, Any]:
+    if name in _CALLBACK_DIRS:
+        key, sub = _CALLBACK_DIRS[name]
+        if node.get(key) is None:
+            return {key: str(run_dir / sub)}
+    return {}
+
+
+def build(
+    cfg: DictConfig, run_dir: Path, cuda: bool | None = None, extra_callbacks: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """Validate the config and build every object; returns them in a dict (plan included).
+    ``cuda`` overrides CUDA detection for ``schedule=auto``; ``extra_callbacks`` are appended.
+
+    The one instantiation site of training: the model (``conf/model``), callbacks
+    (``conf/callbacks``), logger and trainer are built here with ``hydra.utils.instantiate``,
+    the values that come from the data passed at instantiate time."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from matdyn.training.checkpoint import AtomicCheckpointIO
+    from matdyn.training.schedule import ProgressiveSchedule, build_stages, total_images
+
+    # Lightning warnings that do not apply here: the schedule follows images_seen, not epochs
+    # or batch indices, so resuming mid-epoch is exact; and checkpoints taken after the
+    # optimiser steps are what we want (they match the incremented images_seen).
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps")
+    profile_name, profile, message = resolve_profile(cfg.schedule, cuda, cfg.get("profile"))
+    log.info(message)
+    top = _top_resolution(cfg, profile_name)
+    dm = _data(cfg, top)
+    stages, prof_filters, extras = build_stages(profile, str(cfg.dataset.name), dm.ndim, top)
+    model_kw = _model_kwargs(cfg, dm, len(stages), prof_filters, extras, cuda)
+    dm.set_stage(stages[0].resolution, stages[0].batch_size)
+
+    # every object from its config, the data-derived values passed here
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    module = instantiate(cfg.model, **model_kw, _convert_="all")
+    ckpt_path = _resume(cfg, module)
+    cb_cfg = cfg.get("callbacks") or {}
+    callbacks = [ProgressiveSchedule(stages),
+                 *(instantiate(node, **_callback_kwargs(name, node, run_dir), _convert_="all")
+                   for name, node in cb_cfg.items() if node and "_target_" in node),
+                 *extra_callbacks]
+    logger: Any = False
+    if cfg.get("logger"):
+        _logger_ready(cfg.logger)
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), _convert_="all")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                          plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+                          _convert_="all")
     plan = {
-        "profile": profile_name, "dataset": str(ds.name), "resolution": top, "ndim": dm.ndim,
-        "channels": dm.channels, "frames": dm.n_frames, "filters": filters, "ema_decay": ema_decay,
+        "profile": profile_name, "dataset": str(cfg.dataset.name), "resolution": top,
+        "ndim": dm.ndim, "channels": dm.channels, "frames": dm.n_frames,
+        "filters": model_kw["filters"], "ema_decay": model_kw["ema_decay"],
         "stages": [s.__dict__ for s in stages], "total_images": total_images(stages),
         "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
         "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),
         "ckpt_path": str(ckpt_path) if ckpt_path else None,
-        "perf": {"channels_last": channels_last, "compile": compile_nets,
+        "perf": {"channels_last": model_kw["channels_last"], "compile": model_kw["compile"],
                  "precision": str(cfg.trainer.get("precision", "32-true"))},
     }
     return {"dm": dm, "module": module, "trainer": trainer, "ckpt_path": ckpt_path,

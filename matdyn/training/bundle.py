@@ -46,7 +46,6 @@ outputs are always contiguous float32 [N, C, *S], whatever runs inside:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from matdyn.errors import CheckpointError, ConfigError
+from matdyn.io import atomic_writer
 from matdyn.models import Generator, stage_resolution
 
 FORMAT = "matdyn.generator"
@@ -82,23 +82,10 @@ def plain(value: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save into a temporary sibling file, fsync, then os.replace (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through :func:`matdyn.io.atomic_writer` with fsync (all or nothing)."""
+    with atomic_writer(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def bundle_dict(

@@ -2,7 +2,7 @@
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state, no GUI
 backend), so they are safe in workers and tests. :func:`save_figure` writes PNG + SVG
-atomically (temporary file in the same folder, then ``os.replace``).
+atomically (:func:`matdyn.io.atomic_writer`).
 
 Axes show physical units where the data have them: pass ``pixel_size`` and ``unit``
 from the dataset store's metadata.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from matdyn.errors import AnalysisError
+from matdyn.io import atomic_writer
 
 __all__ = [
     "save_figure",
@@ -58,15 +58,8 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike[str], dpi: int = 150) 
     # each format: write a temporary sibling, then rename over the target
     for fmt in ("png", "svg"):
         target = stem.with_name(stem.name + "." + fmt)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as fh:  # honours the umask, unlike mkstemp's 0600
-                fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(target, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi, bbox_inches="tight")
         written.append(target)
     return written
 

@@ -1,0 +1,99 @@
+"""Experiment presets (conf/experiment/) and the reproduction plan built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from matdyn import pipeline
+from matdyn.errors import ConfigError
+from matdyn.pipeline import CASES, case_steps, scales
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+STEP_CONFIG = {"data": "make_data", "train": "train", "sweep": "sweep", "analyze": "analyze"}
+
+
+def _composed(step: pipeline.Step) -> dict:
+    """The config an entry point composes for a step's command line (sweep lists left out)."""
+    overrides = [a for a in step.argv if "=" in a and not a.startswith(("hydra.", "-"))
+                 and not pipeline._is_sweep(a)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(step.config_name, overrides=overrides, return_hydra_config=True)
+
+
+def test_every_case_has_a_quick_and_a_paper_preset():
+    assert scales() == ["paper", "quick"]
+    with pytest.raises(ConfigError, match="SCALE must be one of paper, quick"):
+        case_steps("np_diffusion", "huge", Path("/tmp/x"))
+    with pytest.raises(ConfigError, match="unknown case"):
+        case_steps("nope", "quick", Path("/tmp/x"))
+    with pytest.raises(ConfigError, match="unknown step 'trian'"):
+        case_steps("np_diffusion", "quick", Path("/tmp/x"), extra={"trian": ["seed=1"]})
+
+
+# the data sizes of the quick presets (the old pipeline.SCALES); paper = the configs' defaults
+QUICK_DATA = {"ta_chart": ("n_frames", 300), "np_diffusion": ("n_frames", 2000),
+              "brass_clump": ("n_particles", 300)}
+PAPER_DATA = {"ta_chart": ("n_frames", 1755), "np_diffusion": ("n_frames", 2000),
+              "brass_clump": ("n_particles", 1239)}
+
+
+@pytest.mark.parametrize("scale", ["quick", "paper"])
+def test_every_step_reads_the_same_dataset(scale, tmp_path):
+    """The quick reproduction used to pass the small data size to the data step only; training
+    then found a store "made with other settings" and regenerated it at full size."""
+    for case in CASES:
+        steps = case_steps(case, scale, tmp_path)
+        cfgs = {s.name.split("/")[1]: _composed(s) for s in steps}
+        datasets = {name: dict(c.dataset) for name, c in cfgs.items()}
+        assert all(d == datasets["data"] for d in datasets.values()), (case, datasets)
+        key, n = (QUICK_DATA if scale == "quick" else PAPER_DATA)[case]
+        assert datasets["data"]["synthetic"][key] == n and datasets["data"]["name"] == case
+        assert datasets["data"]["path"] == str(tmp_path / case / "data.zarr")
+        # each step's own settings come from the preset
+        assert cfgs["train"].profile == scale
+        gammas = cfgs["sweep"].hydra.sweeper.params["sampler.gamma"].split(",")
+        assert len(gammas) == (5 if scale == "quick" else 8) and gammas[0] == "0.25"
+        assert cfgs["analyze"].hydra.runtime.choices.analysis == case
+    paper = _composed(case_steps("brass_clump", "paper", tmp_path)[3])
+    assert (paper.analysis.n_refs, paper.analysis.n_samples) == (3000, 400)  # §3.4.2
+
+
+def test_dataset_extras_reach_every_step(tmp_path):
+    steps = case_steps("np_diffusion", "quick", tmp_path,
+                       extra={"data": ["dataset.synthetic.n_frames=24"], "train": ["seed=3"]})
+    sizes = [_composed(s).dataset.synthetic.n_frames for s in steps]
+    assert sizes == [24, 24, 24, 24]
+    assert "seed=3" in steps[1].argv and "seed=3" not in steps[2].argv
+
+
+def test_own_store_takes_its_metadata(tmp_path):
+    steps = case_steps("np_diffusion", "quick", tmp_path, store="/data/mine.zarr")
+    ds = _composed(steps[1]).dataset
+    assert (ds.source, ds.path, ds.pixel_size, ds.unit) == ("store", "/data/mine.zarr", None, None)
+    assert steps[0].outputs == [Path("/data/mine.zarr")]
+
+
+def test_preset_keys_count_only_for_the_steps_that_read_them(monkeypatch, tmp_path):
+    """A sweep setting changed in a preset reruns the sweep and analysis, not data and training;
+    a changed data size reruns everything."""
+    keys = [s.key for s in case_steps("ta_chart", "quick", tmp_path)]
+    real = pipeline._compose
+
+    def patched(name, overrides, hydra=False):
+        cfg = real(name, overrides, hydra)
+        if any(o == "+experiment=ta_chart_quick" for o in overrides):
+            cfg.n_refs = 7  # as if the preset's sweep n_refs had been edited
+        return cfg
+
+    monkeypatch.setattr(pipeline, "_compose", patched)
+    pipeline._CONFIG_CACHE.clear()
+    again = [s.key for s in case_steps("ta_chart", "quick", tmp_path)]
+    assert again[:2] == keys[:2] and again[2] != keys[2] and again[3] != keys[3]
+    pipeline._CONFIG_CACHE.clear()
+    monkeypatch.setattr(pipeline, "_compose", real)
+    bigger = case_steps("ta_chart", "quick", tmp_path,
+                        extra={"data": ["dataset.synthetic.n_frames=301"]})
+    assert all(b.key != k for b, k in zip(bigger, keys, strict=True))
