@@ -4,7 +4,24 @@ of motion modes (issue 12; paper §2.2, §3.3)."""
 
 from __future__ import annotations
 
-from matdyn.dynamics.locate import LocateParams, Located, estimate_locate_params, locate_stack
+from matdyn.dynamics.calibration import (
+    classify_exponent,
+    default_lags,
+    gamma_for_lags,
+    lag_differences,
+    msd_curve,
+)
+from matdyn.dynamics.locate import Located, LocateParams, estimate_locate_params, locate_stack
+from matdyn.dynamics.modes import ClusterChoice, choose_n_clusters
+from matdyn.dynamics.tracking import (
+    TrackingResult,
+    assign_truth_modes,
+    fit_diffusion,
+    time_series_check,
+    track_frames,
+    tracking_baseline,
+    tracking_msd,
+)
 from matdyn.dynamics.variation import (
     LinkResult,
     VariationDisplacements,
@@ -15,14 +32,28 @@ from matdyn.dynamics.variation import (
 )
 
 __all__ = [
+    "ClusterChoice",
     "LinkResult",
     "LocateParams",
     "Located",
+    "TrackingResult",
     "VariationDisplacements",
+    "assign_truth_modes",
+    "choose_n_clusters",
+    "classify_exponent",
     "cloud_stats",
+    "default_lags",
     "estimate_locate_params",
+    "fit_diffusion",
+    "gamma_for_lags",
+    "lag_differences",
     "link_to_reference",
     "locate_stack",
+    "msd_curve",
     "still_variation",
+    "time_series_check",
+    "track_frames",
+    "tracking_baseline",
+    "tracking_msd",
     "variation_displacements",
 ]
