@@ -182,12 +182,12 @@ def _truth_in_working_px(store: Any, frames_shape: tuple[int, ...], fit: str,
 
 
 def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None,
-                      resolution: int | None = None, fit: str = "crop",
+                      resolution: int | None = None, fit: str = "crop", channel: int = 0,
                       params: LocateParams | None = None, dark: bool = True,
                       search_range: float | None = None, memory: int = 3,
                       min_length: int = 10, max_lag: int = 10, n_fit: int = 4,
                       subtract_drift: bool = False) -> TrackingResult:
-    """Track a store's observed frames (single channel, 2D) and return MSD(Δt) and D.
+    """Track one ``channel`` of a store's observed 2D frames; return MSD(Δt) and D.
 
     Frames come from :class:`matdyn.data.frames.ObservedFrames` (``resolution`` default:
     native short side). Physical units from the store: ``pixel_size`` (of the prepared
@@ -211,7 +211,10 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
     idx = np.arange(start, stop)
     res = int(resolution or min(m.spatial_shape))
     obs = ObservedFrames(store, idx, res, fit)
-    frames = obs.load()[:, 0]  # [T, R, R] first channel
+    if not -m.channels <= channel < m.channels:
+        raise ConfigError(f"channel {channel} out of range for {m.channels} channels "
+                          f"{list(m.channel_names)}")
+    frames = obs.load()[:, channel]  # [T, R, R] one channel
     params = params or estimate_locate_params(frames[0], dark=dark)
     sr = float(search_range if search_range is not None else params.diameter // 2)
     tracks = track_frames(frames, params, sr, memory=memory, min_length=min_length)
