@@ -7,6 +7,7 @@ from __future__ import annotations
 from matdyn.dynamics.calibration import (
     classify_exponent,
     default_lags,
+    dt_for_gammas,
     gamma_for_lags,
     lag_differences,
     msd_curve,
@@ -43,6 +44,7 @@ __all__ = [
     "classify_exponent",
     "cloud_stats",
     "default_lags",
+    "dt_for_gammas",
     "estimate_locate_params",
     "fit_diffusion",
     "gamma_for_lags",

@@ -24,6 +24,7 @@ from matdyn.errors import AnalysisError, ConfigError
 __all__ = [
     "classify_exponent",
     "default_lags",
+    "dt_for_gammas",
     "gamma_for_lags",
     "lag_differences",
     "msd_curve",
@@ -123,6 +124,32 @@ def gamma_for_lags(gammas: np.ndarray, gamma_diff: np.ndarray, lag_diff: np.ndar
     inv = PchipInterpolator(dv_u, gm[first], extrapolate=False)
     lag = np.asarray(lag_diff, np.float64)
     out = inv(lag)
+    return out, np.isfinite(out)
+
+
+def dt_for_gammas(gamma_diff: np.ndarray, lag_dt: np.ndarray,
+                  lag_diff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Δt each γ stands for: the lag-difference curve (Δt → median difference of frames
+    Δt apart, made non-decreasing) inverted at each γ's difference by monotone (PCHIP)
+    interpolation. Differences below the first lag or above the last get NaN and
+    in_range False (the γ stands for less than one frame, or more than the longest lag).
+
+    >>> dt, ok = dt_for_gammas(np.array([.35, .5, .9]), np.array([.05, .1, .2]),
+    ...                        np.array([.3, .4, .5]))
+    >>> np.round(dt, 3).tolist(), ok.tolist()
+    ([0.07, 0.2, nan], [True, True, False])
+    """
+    t = np.asarray(lag_dt, np.float64).reshape(-1)
+    d = np.asarray(lag_diff, np.float64).reshape(-1)
+    if t.size != d.size or t.size < 2:
+        raise AnalysisError("the lag-difference curve needs >= 2 lags with one difference each")
+    order = np.argsort(t)
+    t, d = t[order], np.maximum.accumulate(d[order])
+    d_u, first = np.unique(d, return_index=True)
+    if d_u.size < 2:
+        raise AnalysisError("frame differences do not change with lag: this metric cannot "
+                            "give γ a time; use a pixel-level difference (DensityDifference)")
+    out = PchipInterpolator(d_u, t[first], extrapolate=False)(np.asarray(gamma_diff, float))
     return out, np.isfinite(out)
 
 

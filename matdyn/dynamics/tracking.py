@@ -59,7 +59,7 @@ def fit_diffusion(lag_t: np.ndarray, msd: np.ndarray, ndim: int = 2,
     """(D, b) from the least-squares line MSD = 2·ndim·D·t + b over the first ``n_fit`` lags
     (Michalet 2010). Units: D in msd-unit per lag-unit, b in msd-unit.
 
-    >>> fit_diffusion(np.array([1., 2., 3.]), np.array([14., 26., 38.]))
+    >>> tuple(round(v, 6) for v in fit_diffusion(np.array([1., 2., 3.]), np.array([14., 26., 38.])))
     (3.0, 2.0)
     """
     t = np.asarray(lag_t, np.float64)[:n_fit]
