@@ -28,6 +28,7 @@ from matdyn.dynamics.variation import (
     VariationDisplacements,
     cloud_stats,
     link_to_reference,
+    noise_sigma,
     still_variation,
     variation_displacements,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "gamma_for_lags",
     "lag_differences",
     "link_to_reference",
+    "noise_sigma",
     "locate_stack",
     "msd_curve",
     "still_variation",
