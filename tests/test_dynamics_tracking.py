@@ -37,6 +37,10 @@ def test_tracking_free_mode_d_near_planted(tiny_store):
     # 5 free particles x 150 frames: measured 1743 nm²/s (-7.6 %); 400 frames at 142 px: -2 %
     assert abs(d_free / PLANTED_FREE_D - 1) < 0.2
     assert r.diffusion("confined") < d_free
+    fits = r.fits.set_index("mode")
+    # directed lanes drift at 200 nm/s (np_diffusion default): measured 199 nm/s, alpha 1.87
+    assert abs(fits.loc["directed", "v_nm_per_s"] / 200.0 - 1) < 0.15
+    assert fits.loc["directed", "alpha"] > 1.5 and abs(fits.loc["free", "alpha"] - 1) < 0.2
     lag1 = r.msd[(r.msd["mode"] == "free") & (r.msd["lag"] == 1)]
     assert lag1["lag_s"].item() == pytest.approx(0.05)
 

@@ -32,6 +32,7 @@ __all__ = [
     "TrackingResult",
     "assign_truth_modes",
     "fit_diffusion",
+    "fit_directed",
     "time_series_check",
     "track_frames",
     "tracking_baseline",
@@ -69,6 +70,25 @@ def fit_diffusion(lag_t: np.ndarray, msd: np.ndarray, ndim: int = 2,
         return float("nan"), float("nan")
     slope, b = np.polyfit(t[ok], y[ok], 1)
     return float(slope / (2 * ndim)), float(b)
+
+
+def fit_directed(lag_t: np.ndarray, msd: np.ndarray, ndim: int = 2) -> tuple[float, float, float]:
+    """(D, v, b) from the least-squares fit MSD = 2·ndim·D·t + v²·t² + b (directed motion
+    with diffusion, Qian, Sheetz & Elson 1991, Biophys. J. 60:910) over all given lags;
+    v is the drift speed (length per time), NaN when the fit gives v² < 0.
+
+    >>> t = np.arange(1., 6.)
+    >>> tuple(round(x, 6) for x in fit_directed(t, 4 * 2 * t + 9 * t**2 + 1))
+    (2.0, 3.0, 1.0)
+    """
+    t = np.asarray(lag_t, np.float64)
+    y = np.asarray(msd, np.float64)
+    ok = np.isfinite(t) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan"), float("nan"), float("nan")
+    a = np.column_stack([t[ok], t[ok] ** 2, np.ones(ok.sum())])
+    (c1, c2, b), *_ = np.linalg.lstsq(a, y[ok], rcond=None)
+    return float(c1 / (2 * ndim)), float(np.sqrt(c2)) if c2 >= 0 else float("nan"), float(b)
 
 
 def track_frames(frames: np.ndarray, params: LocateParams, search_range: float, *,
@@ -114,7 +134,10 @@ def assign_truth_modes(tracks: pd.DataFrame, positions_px: np.ndarray, modes: np
 @dataclass
 class TrackingResult:
     """Tracking baseline. ``msd``: rows (mode, lag, lag_<time>, msd_<unit>2, n_tracks);
-    ``fits``: rows (mode, D_<unit>2_per_<time>, offset_<unit>2, n_tracks, n_fit);
+    ``fits``: rows (mode, D_<unit>2_per_<time>, offset_<unit>2, v_<unit>_per_<time>, alpha,
+    n_tracks, n_fit): D and offset from the first ``n_fit`` lags (:func:`fit_diffusion`),
+    v from :func:`fit_directed` over all lags, alpha the log-log MSD slope after removing a
+    positive offset;
     mode "all" is every trajectory. ``applicable=False`` (with ``reason``) means the frames
     are not a time series and both tables are empty."""
 
@@ -161,7 +184,12 @@ def tracking_msd(tracks: pd.DataFrame, pixel_size: float, frame_interval: float,
             rows.append({"mode": name, "lag": int(round(lt / frame_interval)),
                          f"lag_{tu}": lt, f"msd_{u}2": v, "n_tracks": int(len(ids))})
         d, b = fit_diffusion(lag_t, msd, 2, n_fit)
+        _, v, _ = fit_directed(lag_t, msd, 2)
+        pos = (msd - max(b, 0.0)) > 0
+        alpha = (np.polyfit(np.log(lag_t[pos]), np.log(msd[pos] - max(b, 0.0)), 1)[0]
+                 if pos.sum() >= 2 else np.nan)
         fits.append({"mode": name, f"D_{u}2_per_{tu}": d, f"offset_{u}2": b,
+                     f"v_{u}_per_{tu}": v, "alpha": float(alpha),
                      "n_tracks": int(len(ids)), "n_fit": int(min(n_fit, len(lag_t)))})
     return TrackingResult(True, "", pd.DataFrame(rows), pd.DataFrame(fits),
                           {"length": u, "time": tu})
