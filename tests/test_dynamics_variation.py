@@ -11,6 +11,7 @@ from matdyn.dynamics import (
     locate_stack,
     still_variation,
     variation_displacements,
+    variations_table,
 )
 from matdyn.errors import AnalysisError, ConfigError
 
@@ -113,3 +114,14 @@ def test_locate_subpixel_and_errors():
                                 params=PARAMS)
     with pytest.raises(ConfigError):
         LocateParams(diameter=8)
+
+
+def test_variations_table_skips_empty_reference_and_adds_floor():
+    samples, d = moved(20, np.full(4, 1.0))
+    blank = np.zeros((SIZE, SIZE))
+    tab, info = variations_table([(blank, samples), (render(REF), samples)], 40.0, 0.05,
+                                 params=PARAMS, floor_samples=16)
+    assert info["skipped_refs"] == [0] and tab["ref"].unique().tolist() == [1]
+    assert len(tab) == 4 and info["appearing_per_sample"] == 0.0
+    # noise-free images: locate error only, far below the planted MSD (~3200 nm²)
+    assert (tab["msd_floor_nm2"] < 1.0).all() and (tab["msd_nm2"] > 1000).all()

@@ -32,6 +32,7 @@ from matdyn.dynamics.variation import (
     noise_sigma,
     still_variation,
     variation_displacements,
+    variations_table,
 )
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "tracking_baseline",
     "tracking_msd",
     "variation_displacements",
+    "variations_table",
 ]

@@ -27,7 +27,9 @@ both are counted per sample and per reference particle.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,7 @@ __all__ = [
     "noise_sigma",
     "still_variation",
     "variation_displacements",
+    "variations_table",
 ]
 
 
@@ -288,3 +291,47 @@ def still_variation(reference: np.ndarray, n_samples: int = 64, *,
     sd = noise_sigma(ref) if noise_std is None else float(noise_std)
     rng = np.random.default_rng(seed)
     return ref[None] + np.sqrt(2.0) * sd * rng.standard_normal((int(n_samples),) + ref.shape)
+
+
+def variations_table(variations: Iterable[tuple[np.ndarray, np.ndarray]], pixel_size: float,
+                     dt: float, *, unit: str = "nm", time_unit: str = "s",
+                     params: LocateParams | None = None, dark: bool = True,
+                     search_radius: float | None = None, floor_samples: int = 64,
+                     seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`variation_displacements` over many variations, with a noise floor per particle.
+
+    ``variations`` yields (reference [H, W], kept samples [N, H, W]) pairs; the locate
+    settings are estimated once, on the first reference with particles (unless ``params``),
+    so every reference is measured alike. Each reference also gets a still variation
+    (:func:`still_variation`, ``floor_samples`` samples; 0 skips the floor). Returns
+    (table with a ``ref`` column = position in ``variations``, info with the locate
+    settings, link counts and the references skipped because no particle was found).
+    """
+    tables, skipped = [], []
+    appear = missing = n_smp = 0
+    for i, (ref, smp) in enumerate(variations):  # one reference and its samples at a time
+        try:
+            params = params or estimate_locate_params(ref, dark=dark)
+            v = variation_displacements(ref, smp, pixel_size, dt, unit=unit,
+                                        time_unit=time_unit, params=params,
+                                        search_radius=search_radius)
+        except AnalysisError:
+            skipped.append(i)
+            continue
+        if floor_samples:
+            still = still_variation(ref, floor_samples, seed=seed + i)
+            v.add_floor(variation_displacements(ref, still, pixel_size, dt, unit=unit,
+                                                time_unit=time_unit, params=params,
+                                                search_radius=search_radius))
+        appear += int(v.n_appearing.sum())
+        missing += int(v.n_missing.sum())
+        n_smp += v.n_samples
+        tables.append(v.particles.assign(ref=i))
+    if not tables:
+        raise AnalysisError("no reference had a locatable particle; check dark/bright and the "
+                            "locate diameter/minmass")
+    info = {"locate": {"diameter": params.diameter, "minmass": params.minmass,
+                       "dark": params.dark}, "skipped_refs": skipped,
+            "appearing_per_sample": appear / max(n_smp, 1),
+            "missing_per_sample": missing / max(n_smp, 1), "dt": float(dt)}
+    return pd.concat(tables, ignore_index=True), info
