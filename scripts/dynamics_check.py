@@ -72,6 +72,7 @@ def _variation(args: argparse.Namespace) -> dict:
         dt_for_gammas,
         estimate_locate_params,
         lag_differences,
+        lag_intercept,
         msd_curve,
         still_variation,
         variation_displacements,
@@ -121,9 +122,11 @@ def _variation(args: argparse.Namespace) -> dict:
     cal = {}
     for k in metrics:  # γ -> median difference -> Δt
         c = pd.DataFrame(curve[k], columns=["gamma", "diff"]).groupby("gamma")["diff"].median()
-        dts, ok = dt_for_gammas(c.loc[gam].to_numpy(), lag[k][f"dt_{store.meta.time_unit}"],
-                                lag[k]["median"])
-        cal[k] = {"gamma_diff": c.loc[gam].tolist(), "dt": dts.tolist(), "in_range": ok.tolist()}
+        lt, ld = lag[k][f"dt_{store.meta.time_unit}"], lag[k]["median"]
+        d0 = lag_intercept(lt, ld) if args.noise_intercept else 0.0
+        dts, ok = dt_for_gammas(c.loc[gam].to_numpy(), lt, ld - d0)
+        cal[k] = {"gamma_diff": c.loc[gam].tolist(), "lag_intercept": d0, "dt": dts.tolist(),
+                  "in_range": ok.tolist()}
     out["gamma_to_dt"] = cal
     per = []
     dt_g = np.asarray(cal["density_diff"]["dt"])
@@ -135,6 +138,8 @@ def _variation(args: argparse.Namespace) -> dict:
                "anisotropy": grp.groupby("gamma")["anisotropy"].median().loc[gam].tolist(),
                "drift_fraction": grp.groupby("gamma")["drift_fraction"].median().loc[gam].tolist(),
                "D_at_frame_interval": (med[msd_c] / (4 * dt_frame)).tolist()}
+        if np.isfinite(dt_g).any():
+            rec["D_at_calibrated_dt"] = (med[msd_c].to_numpy() / (4 * dt_g)).tolist()
         if np.isfinite(dt_g).sum() >= 2:
             fitr = msd_curve(dt_g, med[msd_c].to_numpy(), floor=med[fl_c].to_numpy())
             rec.update(D_slope=float(fitr["D"][0]), alpha=float(fitr["alpha"][0]),
@@ -161,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-refs", type=int, default=20)
     ap.add_argument("--n-samples", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise-intercept", action="store_true",
+                    help="subtract the Δt→0 frame-noise part of the lag differences")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.what == "track":

@@ -34,6 +34,7 @@ from matdyn.dynamics.calibration import (
     dt_for_gammas,
     gamma_for_lags,
     lag_differences,
+    lag_intercept,
     msd_curve,
 )
 from matdyn.dynamics.locate import Located, LocateParams, estimate_locate_params, locate_stack
@@ -77,6 +78,7 @@ __all__ = [
     "fit_directed",
     "gamma_for_lags",
     "lag_differences",
+    "lag_intercept",
     "link_to_reference",
     "noise_sigma",
     "locate_stack",
