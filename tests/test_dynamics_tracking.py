@@ -82,6 +82,8 @@ def test_msd_curve_exponent_classifies_motion():
     assert out["alpha"].iloc[0] == pytest.approx(1.0)
     assert out["motion"].tolist() == ["diffusive", "sub-diffusive (confined)",
                                       "ballistic (directed)"]
+    one = msd_curve(dt, free + 30.0, floor=np.full(5, 30.0))  # one particle, floor per Δt
+    assert one["alpha"].item() == pytest.approx(1.0) and one["motion"].item() == "diffusive"
     assert fit_diffusion(dt, free + 30.0) == pytest.approx((1887.5, 30.0))
     with pytest.raises(AnalysisError):
         msd_curve(np.array([0.1, 0.1]), np.ones((2, 3)))

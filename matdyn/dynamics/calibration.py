@@ -202,8 +202,9 @@ def msd_curve(dt: np.ndarray, msd: np.ndarray, *, floor: np.ndarray | None = Non
     """
     t = np.asarray(dt, np.float64).reshape(-1)
     y = np.asarray(msd, np.float64)
-    if y.ndim == 1:
+    if y.ndim == 1:  # one particle: msd [G], floor [G] or scalar
         y = y[:, None]
+        floor = None if floor is None else np.asarray(floor, np.float64).reshape(-1, 1)
     if y.shape[0] != t.size or np.unique(t[np.isfinite(t)]).size < 2:
         raise AnalysisError(f"msd_curve needs MSD at >= 2 distinct Δt; got dt {t.tolist()} "
                             f"and msd of shape {np.shape(msd)}")
