@@ -197,7 +197,8 @@ def msd_curve(dt: np.ndarray, msd: np.ndarray, *, floor: np.ndarray | None = Non
     each γ (same unit²); ``floor`` [P] or [G, P] the noise floor (subtracted before the
     log-log fit of α, not before the slope). D: least-squares line MSD = 2·ndim·D·Δt + b
     (b absorbs localisation error, Michalet 2010); α: slope of log(MSD − floor) vs log Δt
-    over points above the floor; needs ≥ 2 distinct Δt. Returns columns D, offset, alpha,
+    over points at least twice their floor (nearer, the log of the difference is noise);
+    needs ≥ 2 distinct Δt. Returns columns D, offset, alpha,
     motion, n_points.
     """
     t = np.asarray(dt, np.float64).reshape(-1)
@@ -213,7 +214,7 @@ def msd_curve(dt: np.ndarray, msd: np.ndarray, *, floor: np.ndarray | None = Non
     for p in range(y.shape[1]):  # one small fit per particle
         ok = np.isfinite(t) & np.isfinite(y[:, p])
         slope, b = (np.polyfit(t[ok], y[ok, p], 1) if ok.sum() >= 2 else (np.nan, np.nan))
-        pos = ok & (y[:, p] - f[:, p] > 0) & (t > 0)
+        pos = ok & (y[:, p] > 2 * f[:, p]) & (y[:, p] > f[:, p]) & (t > 0)
         alpha = (np.polyfit(np.log(t[pos]), np.log(y[pos, p] - f[pos, p]), 1)[0]
                  if np.unique(t[pos]).size >= 2 else np.nan)
         rows.append({"D": slope / (2 * ndim), "offset": b, "alpha": alpha,
