@@ -214,7 +214,7 @@ def msd_curve(dt: np.ndarray, msd: np.ndarray, *, floor: np.ndarray | None = Non
     for p in range(y.shape[1]):  # one small fit per particle
         ok = np.isfinite(t) & np.isfinite(y[:, p])
         slope, b = (np.polyfit(t[ok], y[ok, p], 1) if ok.sum() >= 2 else (np.nan, np.nan))
-        pos = ok & (y[:, p] > 2 * f[:, p]) & (y[:, p] > f[:, p]) & (t > 0)
+        pos = ok & (y[:, p] > 2 * f[:, p]) & (y[:, p] - f[:, p] > 0) & (t > 0)
         alpha = (np.polyfit(np.log(t[pos]), np.log(y[pos, p] - f[pos, p]), 1)[0]
                  if np.unique(t[pos]).size >= 2 else np.nan)
         rows.append({"D": slope / (2 * ndim), "offset": b, "alpha": alpha,
