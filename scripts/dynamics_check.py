@@ -146,7 +146,36 @@ def _variation(args: argparse.Namespace) -> dict:
                        motion=str(fitr["motion"][0]))
         per.append(rec)
     out["mc_by_mode"] = per
+    out["modes_from_data"] = _cluster_check(tab, msd_c, gam)
+    if args.table:
+        tab.to_csv(args.table, index=False)
     out["tracking"] = _track(store, args, resolution=res)
+    return out
+
+
+def _cluster_check(tab, msd_c: str, gam: np.ndarray) -> dict:
+    """Number of motion modes in the MC descriptors at the middle γ (log MSD alone, and
+    log MSD with drift fraction and anisotropy), and the adjusted Rand index against the
+    planted regions."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from matdyn.dynamics import choose_n_clusters
+
+    t = tab[tab.gamma == gam[len(gam) // 2]].dropna(subset=[msd_c, "drift_fraction",
+                                                            "anisotropy"])
+    logm = np.log(t[msd_c].clip(lower=1e-9)).to_numpy()[:, None]
+    x = np.column_stack([logm, t["drift_fraction"], t["anisotropy"]])
+    out = {"gamma": float(gam[len(gam) // 2]), "n_particles": int(len(t))}
+    for feats, xx in (("log_msd", logm), ("log_msd_drift_anisotropy", x)):
+        for method in ("gap", "silhouette"):
+            c = choose_n_clusters(xx, method=method)
+            out[f"{feats}/{method}"] = {"k": c.k, "ari_vs_planted": float(
+                adjusted_rand_score(t["mode"], c.labels))}
+    from sklearn.cluster import AgglomerativeClustering
+
+    z = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    fixed = AgglomerativeClustering(n_clusters=3, linkage="average").fit_predict(z)
+    out["fixed_3_average_linkage_ari"] = float(adjusted_rand_score(t["mode"], fixed))
     return out
 
 
@@ -169,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--noise-intercept", action="store_true",
                     help="subtract the Δt→0 frame-noise part of the lag differences")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", default=None, help="variation: per-particle table as CSV")
     args = ap.parse_args(argv)
     if args.what == "track":
         from matdyn.data.store import open_store
