@@ -12,7 +12,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label as sk_label
 from skimage.measure import shannon_entropy as sk_entropy
 
-from matdyn.analysis.continuity import consecutive_differences, default_metrics, summarize
+from matdyn.gamma.continuity import consecutive_differences, default_metrics, summarize
 from matdyn.descriptors import (
     AreaDifference,
     Binarizer,

@@ -39,8 +39,8 @@ class ResolvedSampler:
     """The sampler an analysis uses and where it came from.
 
     sampler: a :class:`~matdyn.sampling.samplers.PerturbationSampler`; gamma: its scale
-    (γ for uniform, σ for gaussian); source: ``given``, ``sweep:<gamma.json path>`` or
-    ``paper``; record: the gamma.json dict (None unless source is a sweep).
+    (γ for uniform, σ for gaussian); source: ``given``, ``sweep:<gamma.json path>``,
+    ``paper`` or ``config``; record: the gamma.json dict (None unless source is a sweep).
     """
 
     sampler: Any
@@ -117,7 +117,9 @@ def resolve_sampler(
       sampler recorded there (target, arguments, chosen scale); source ``sweep:<path>``.
       ConfigError when ``sampler_cfg`` names another sampler class, or ``bundle_sha256`` /
       ``store`` (a :func:`~matdyn.gamma.records.store_identity`) differ from the recorded.
-    * ``gamma="auto"`` without a sweep: the paper's γ for ``case`` (:data:`PAPER_GAMMA`).
+    * ``gamma="auto"`` without a sweep: the paper's γ for ``case`` (:data:`PAPER_GAMMA`)
+      for a uniform sampler; another family keeps the scale of ``sampler_cfg`` (source
+      ``config``), since the paper's γ is a uniform half-width.
 
     >>> r = resolve_sampler(0.3, sampler_cfg={"_target_": "matdyn.sampling.samplers.GaussianSampler"})
     >>> r.sampler, r.gamma, r.source
@@ -133,6 +135,9 @@ def resolve_sampler(
         _check_record(rec, path, sampler_cfg, bundle_sha256, store)
         s = build_sampler(rec["sampler"])
         return ResolvedSampler(s, float(s.scale), f"sweep:{path}", rec)
+    if spec["_target_"] != _UNIFORM["_target_"]:  # the paper's γ is a uniform half-width
+        s = build_sampler(spec)
+        return ResolvedSampler(s, float(s.scale), "config")
     if case not in PAPER_GAMMA:
         raise ConfigError(f"gamma=auto needs sweep=<dir> for case {case!r}")
     log.info("gamma=auto without a sweep: using the paper's γ = %s for %s", PAPER_GAMMA[case], case)
