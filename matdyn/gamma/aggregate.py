@@ -42,6 +42,7 @@ from matdyn.gamma.records import (
 )
 from matdyn.gamma.rules import GammaChoice, gamma_at_acceptance, gamma_at_bound, statistic
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
+from matdyn.io import write_json_atomic
 
 __all__ = ["aggregate_sweep"]
 
@@ -286,17 +287,57 @@ def _open_sweep(root: Path, dataset: Mapping[str, Any] | None, bundle_path: Any,
     return _Sweep(root, jobs, dataset, bundle_path, sha, bundle, metrics, store, ident)
 
 
-def _gamma_record(sw: _Sweep, p: _Pooled, table: list[dict[str, Any]], base: Any, seq: Any,
-                  bounds: dict[str, float], flt: dict[str, float], rule: RuleSpec,
-                  calibration: CalibrationSpec, baseline: BaselineSpec,
-                  chosen: tuple[GammaChoice, str, dict[str, GammaChoice]],
-                  inversion: dict[str, Any] | None, gamma: float, margin_at: float,
-                  figure_paths: Sequence[Path], notes: list[str]) -> dict[str, Any]:
+@dataclass
+class _Decision:
+    """Everything the rule (and the optional inversion) decided about one sweep."""
+
+    bounds: dict[str, float]
+    flt: dict[str, float]
+    table: list[dict[str, Any]]
+    choice: GammaChoice
+    key: str
+    per_metric: dict[str, GammaChoice]
+    inversion: dict[str, Any] | None
+    gamma: float
+    margin_at: float
+    notes: list[str]
+
+
+def _decide(sw: _Sweep, p: _Pooled, base: Any, seq: Any, rule: RuleSpec,
+            calibration: CalibrationSpec, device: str | None) -> _Decision:
+    """Bounds from the baseline, the per-γ table, the rule's γ and the calibrated γ."""
+    names = [m.name for m in sw.metrics]
+    bounds = {k: float(getattr(base.summary[k], rule.bound_stat)) for k in names}
+    log.info("baseline: %d consecutive pairs (%s) at %d px; bounds (%s) %s", len(base.pairs),
+             seq.description, sw.bundle.resolution, rule.bound_stat, bounds)
+    deciding, flt = _deciding(rule, names, bounds)
+    table = _table(p, names, bounds, flt)
+    choice, key, per_metric = _choose(rule, p.gammas, table, bounds, deciding)
+    notes = [c.message for c in ([choice] if rule.name == "acceptance" else per_metric.values()) if c.message]
+    inversion = None
+    if calibration.method == "inversion":
+        distribution = str(sw.jobs[0].data.get("distribution", "uniform"))
+        fit = str(sw.dataset.get("fit") or "crop")
+        inversion = _invert(sw.store, seq, sw.bundle, fit, calibration, p, distribution, device, notes)
+    gamma = float(inversion["gamma"] if inversion is not None else choice.gamma)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+        log.warning(note)
+    g = p.gammas
+    # the margin is proportional to γ: extrapolate through the origin outside the sweep
+    margin_at = float(np.interp(gamma, g, p.margins) if g[0] <= gamma <= g[-1]
+                      else gamma * np.mean(np.asarray(p.margins) / g))
+    return _Decision(bounds, flt, table, choice, key, per_metric, inversion, gamma, margin_at, notes)
+
+
+def _gamma_record(sw: _Sweep, p: _Pooled, base: Any, seq: Any, rule: RuleSpec,
+                  calibration: CalibrationSpec, baseline: BaselineSpec, d: _Decision,
+                  figure_paths: Sequence[Path]) -> dict[str, Any]:
     """The contents of gamma.json (format :data:`GAMMA_FORMAT` v:data:`GAMMA_VERSION`)."""
-    choice, key, per_metric = chosen
+    choice, key, per_metric, gamma, bounds = d.choice, d.key, d.per_metric, d.gamma, d.bounds
     names, root, g = [m.name for m in sw.metrics], sw.root, p.gammas
     inside = bool(g[0] <= gamma <= g[-1])
-    accept = [r["acceptance"]["filter"] for r in table]
+    accept = [r["acceptance"]["filter"] for r in d.table]
     sampler = dict(sw.jobs[0].data["sampler"])
     sampler[scale_param(sampler)] = gamma
     return {
@@ -307,11 +348,11 @@ def _gamma_record(sw: _Sweep, p: _Pooled, table: list[dict[str, Any]], base: Any
         "continuity": {"gamma": float(choice.gamma),
                        **{f"choice_{k}": c.as_dict() for k, c in per_metric.items()},
                        **({"choice": choice.as_dict()} if rule.name == "acceptance" else {})},
-        "inversion": inversion,
-        "per_dim_distance": margin_at,
-        "acceptance": {"filter": flt, "at_gamma": float(np.interp(gamma, g, accept)) if inside else None,
+        "inversion": d.inversion,
+        "per_dim_distance": d.margin_at,
+        "acceptance": {"filter": d.flt, "at_gamma": float(np.interp(gamma, g, accept)) if inside else None,
                        "target": rule.target},
-        "per_gamma": table,
+        "per_gamma": d.table,
         "baseline": {"summary": base.as_dict(), "n_pairs": int(len(base.pairs)), "frames": seq.description,
                      "stride": int(baseline.stride), "resolution": int(sw.bundle.resolution)},
         "metrics": names, "metric_specs": [repr(m) for m in sw.metrics],
@@ -319,7 +360,7 @@ def _gamma_record(sw: _Sweep, p: _Pooled, table: list[dict[str, Any]], base: Any
                  for j in sw.jobs],
         "sweep_dir": str(root), "bundle": str(sw.bundle_path), "bundle_sha256": sw.bundle_sha256,
         "dataset": sw.dataset.get("name"), "store": sw.store_identity,
-        "figure": [q.name for q in figure_paths], "warnings": notes,
+        "figure": [q.name for q in figure_paths], "warnings": d.notes,
     }
 
 
@@ -346,35 +387,14 @@ def aggregate_sweep(
     root = Path(sweep_dir).absolute()
     rule, calibration, baseline = rule or RuleSpec(), calibration or CalibrationSpec(), baseline or BaselineSpec()
     sw = _open_sweep(root, dataset, bundle_path, progress)
-    names = [m.name for m in sw.metrics]
-    p = _pool(sw.jobs, names)
+    p = _pool(sw.jobs, [m.name for m in sw.metrics])
     fit = str(sw.dataset.get("fit") or "crop")
     base, seq = real_baseline(sw.store, sw.metrics, int(sw.bundle.resolution), fit=fit, spec=baseline)
-    bounds = {k: float(getattr(base.summary[k], rule.bound_stat)) for k in names}
-    log.info("baseline: %d consecutive pairs (%s) at %d px; bounds (%s) %s", len(base.pairs),
-             seq.description, sw.bundle.resolution, rule.bound_stat, bounds)
-    deciding, flt = _deciding(rule, names, bounds)
-    table = _table(p, names, bounds, flt)
-    choice, key, per_metric = _choose(rule, p.gammas, table, bounds, deciding)
-    notes = [c.message for c in ([choice] if rule.name == "acceptance" else per_metric.values()) if c.message]
-    inversion = None
-    if calibration.method == "inversion":
-        distribution = str(sw.jobs[0].data.get("distribution", "uniform"))
-        inversion = _invert(sw.store, seq, sw.bundle, fit, calibration, p, distribution, device, notes)
-    gamma = float(inversion["gamma"] if inversion is not None else choice.gamma)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-        log.warning(note)
-    g = p.gammas
-    inside = bool(g[0] <= gamma <= g[-1])
-    # the margin is proportional to γ: extrapolate through the origin outside the sweep
-    margin_at = float(np.interp(gamma, g, p.margins) if inside else gamma * np.mean(np.asarray(p.margins) / g))
-    figure_paths = _figure(root, p, names, base, bounds, rule, calibration.method, gamma, margin_at)
-    out = _gamma_record(sw, p, table, base, seq, bounds, flt, rule, calibration, baseline,
-                        (choice, key, per_metric), inversion, gamma, margin_at, figure_paths, notes)
+    d = _decide(sw, p, base, seq, rule, calibration, device)
+    figure_paths = _figure(root, p, [m.name for m in sw.metrics], base, d.bounds, rule,
+                           calibration.method, d.gamma, d.margin_at)
+    out = _gamma_record(sw, p, base, seq, rule, calibration, baseline, d, figure_paths)
     out["elapsed_s"] = round(time.perf_counter() - t0, 3)
-    from matdyn.io import write_json_atomic
-
     write_json_atomic(root / "gamma.json", out)
     group = (wandb_cfg or {}).get("group") or sweep_name(sw.dataset.get("name"), root)
     run = wandb_run(wandb_cfg, group=group, job_type="gamma_aggregate", name="aggregate", dir=str(root))
