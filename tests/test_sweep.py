@@ -389,6 +389,37 @@ def test_gaussian_sweep_feeds_a_gaussian_analysis_sampler(sweep, tmp_path):
                         {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 1.0})
     with pytest.raises(ConfigError, match="another generator bundle"):
         resolve_sampler("auto", d, "np_diffusion", bundle_sha256="0" * 64)
+    # and through the analysis entry: the case's run() receives that gaussian sampler
+    seen = _analysis_sampler(tmp, bundle, d, tmp_path / "analysis")
+    assert isinstance(seen["sampler"], GaussianSampler) and seen["sampler"].sigma == g["gamma"]
+    assert seen["gamma"] == g["gamma"] and seen["summary"]["sampler"] == g["sampler"]
+
+
+def _analysis_sampler(tmp: Path, bundle: Path, sweep_dir: Path, out: Path) -> dict:
+    """What ``run_analysis`` hands a (stand-in) case module for ``sweep=sweep_dir``."""
+    import dataclasses
+    import types
+
+    from matdyn.analysis.run import run_analysis
+
+    seen: dict = {}
+    case = types.ModuleType("gamma_probe_case")
+
+    def run(gen, store, cfg, *, gamma, sampler, out_dir, seed, progress, log):
+        seen.update(gamma=gamma, sampler=sampler)
+        return {"case": "gamma_probe_case"}
+
+    case.run = run
+    cfg_cls = dataclasses.make_dataclass("Config", [])
+    cfg_cls.__module__ = case.__name__
+    sys.modules[case.__name__] = case
+    try:
+        ds = {"name": "np_diffusion", "source": "store", "path": str(tmp / "np.zarr"), "channels": 1}
+        seen["summary"] = run_analysis(ds, cfg_cls(), bundle, out, sweep=sweep_dir, device="cpu",
+                                       progress=False)
+    finally:
+        del sys.modules[case.__name__]
+    return seen
 
 
 def test_nonpositive_gamma_is_a_clear_error(sweep, tmp_path):
