@@ -132,7 +132,7 @@ class _ArrayStore:
         return len(self.x)
 
 
-def test_resized_frames_sparse_and_dense_reads_agree():
+def test_observed_frames_sparse_and_dense_reads_agree():
     x = np.random.default_rng(0).random((40, 1, 12, 16)).astype(np.float32)
     src = ObservedFrames(_ArrayStore(x), np.arange(40), 4)
     full = src.load()
