@@ -3,8 +3,10 @@
     python scripts/aggregate_sweep.py dir=outputs/sweeps/np_diffusion/<time> \
         [rule.bound_stat=p95] [rule.name=acceptance rule.target=0.4] [calibration=inversion]
 
-Settings come from the sweep's multirun.yaml; options given here override them. Writes
-gamma.json and continuity.{png,svg} into the sweep directory.
+The jobs are found by their records (``<dir>/*/job.json``), which also name the dataset,
+the generator bundle and the metrics; the rule, calibration and baseline settings come from
+conf/sweep.yaml and the command line. Writes gamma.json and continuity.{png,svg} into the
+sweep directory.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from matdyn.errors import ConfigError
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
 @guarded
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from matdyn.analysis.sweep import aggregate_from_config, sweep_config_with_overrides
+    from matdyn.gamma.hydra_glue import aggregate_from_config, plain_config
 
     if OmegaConf.is_missing(cfg, "dir"):
-        raise ConfigError("dir is required: dir=<multirun directory of scripts/sweep_gamma.py -m>")
+        raise ConfigError("dir is required: dir=<sweep directory of scripts/sweep_gamma.py -m>")
     sweep_dir = project_path(str(cfg.dir))
-    plain, expected = sweep_config_with_overrides(sweep_dir, cfg, list(HydraConfig.get().overrides.task))
-    out = aggregate_from_config(sweep_dir, plain, expected)
+    plain = plain_config(cfg)
+    if not OmegaConf.is_missing(cfg, "bundle"):
+        plain["bundle"] = str(project_path(str(cfg.bundle)))
+    out = aggregate_from_config(sweep_dir, plain)
     print(f"gamma: {out['gamma']:.4g} ({out['calibration']}, rule {out['rule']}, "
           f"{out['metric']} bound {out['bound']:.4g}) -> {sweep_dir / 'gamma.json'}")
     if out.get("inversion"):

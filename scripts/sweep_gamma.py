@@ -3,9 +3,12 @@
     python scripts/sweep_gamma.py -m dataset=np_diffusion bundle=<run>/generator.pt \
         sampler.gamma=0.25,0.5,0.75,1.0,1.25,1.5,1.75,2.0
 
-Each job writes metrics.json (and its resumable variations/) into its job directory; at the
-end of the multirun a callback writes gamma.json and continuity.{png,svg} into the sweep
-directory. Options: conf/sweep.yaml.
+Each job runs in a folder named by its sampler value (``uniform=0.5``; gaussian:
+``gaussian=<sigma>``) and writes its record ``job.json`` (γ, sampler specification, bundle
+sha256, store identity, metrics) and its resumable ``variations/``. At the end of the
+multirun a callback aggregates every finished job of the sweep directory into gamma.json
+and continuity.{png,svg}. Re-running any γ values into the same ``hydra.sweep.dir``
+resumes or adds those jobs. Options: conf/sweep.yaml.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, hydra_output_dir
+from matdyn.cli import guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
+
+
+def _plain(value: object) -> object:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
@@ -23,26 +30,28 @@ def main(cfg: DictConfig) -> float:
     import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from hydra.utils import instantiate
 
-    from matdyn.analysis.sweep import run_sweep_job, sweep_name
+    from matdyn.gamma import run_sweep_job, sweep_name
 
     if OmegaConf.is_missing(cfg, "bundle"):
         raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     hc = HydraConfig.get()
-    sweep_root = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir
-    resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "dir"]),
-                                      resolve=True)
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep_root = project_path(hc.sweep.dir if multirun else hc.runtime.output_dir)
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    dataset["path"] = str(project_path(str(dataset.get("path") or "")))
     summary = run_sweep_job(
-        resolved["dataset"], cfg.bundle, instantiate(cfg.sampler), hydra_output_dir(),
-        metrics=resolved["metrics"], n_refs=int(cfg.n_refs), n_samples=int(cfg.n_samples),
-        seed=int(cfg.seed), batch_size=int(cfg.batch_size),
+        dataset, project_path(cfg.bundle), OmegaConf.to_container(cfg.sampler, resolve=True),
+        hydra_output_dir(), sweep_dir=sweep_root if multirun else None,
+        metrics=_plain(cfg.metrics), n_refs=int(cfg.n_refs),
+        n_samples=int(cfg.n_samples), seed=int(cfg.seed), batch_size=int(cfg.batch_size),
         block_size=None if cfg.block_size is None else int(cfg.block_size),
-        device=str(cfg.device), progress=bool(cfg.progress), wandb_cfg=resolved["logger"],
+        device=str(cfg.device), progress=bool(cfg.progress),
+        wandb_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
         group=cfg.logger.group or sweep_name(cfg.dataset.name, sweep_root),
-        job_overrides=list(hc.overrides.task), resolved_config=resolved,
+        overrides=list(hc.overrides.task),
     )
     print(f"γ = {summary['gamma']:g}: {summary['objective_metric']} typical "
           f"{summary['objective']:.4g}, per-dim distance {summary['per_dim_distance_mean']:.4g}")

@@ -12,7 +12,6 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label as sk_label
 from skimage.measure import shannon_entropy as sk_entropy
 
-from matdyn.analysis.continuity import consecutive_differences, default_metrics, summarize
 from matdyn.descriptors import (
     AreaDifference,
     Binarizer,
@@ -47,6 +46,7 @@ from matdyn.descriptors import (
 )
 from matdyn.descriptors.differences import cached_masks
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.gamma.continuity import consecutive_differences, default_metrics, summarize
 
 RNG = np.random.default_rng(1234)
 

@@ -1,6 +1,7 @@
 """γ sweep: the γ choice rules, real-frame ordering, inversion mapping, and the Hydra
 entry points end to end (two-γ multirun + aggregation callback, aggregate script,
-missing jobs, bad γ, bad bundle) on a tiny generator and a tiny synthetic store."""
+unfinished jobs, re-running missing / earlier / later γ into an existing sweep, a
+gaussian sweep, bad γ, bad bundle) on a tiny generator and a tiny synthetic store."""
 
 from __future__ import annotations
 
@@ -16,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from matdyn.analysis import sweep as sw
-from matdyn.analysis.sweep import (
+import matdyn.gamma as sw
+from matdyn.data.frames import ObservedFrames, consecutive_sequence
+from matdyn.errors import AnalysisError, CheckpointError, ConfigError
+from matdyn.gamma import (
     CalibrationSpec,
-    ResizedFrames,
     RuleSpec,
-    consecutive_sequence,
-    expected_jobs,
     gamma_at_acceptance,
     gamma_at_bound,
     gamma_from_angle,
@@ -30,7 +30,8 @@ from matdyn.analysis.sweep import (
     metrics_from_spec,
     run_sweep_job,
 )
-from matdyn.errors import AnalysisError, CheckpointError, ConfigError
+from matdyn.gamma.records import identity_conflicts
+from matdyn.io import file_sha256
 from matdyn.sampling.samplers import UniformSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +99,6 @@ def test_metrics_from_spec():
         metrics_from_spec("entropy", "x", 2)
 
 
-def test_expected_jobs_expands_the_sweep():
-    jobs = expected_jobs(["bundle=b.pt", "sampler.gamma=0.5,1.0", "seed=0,1"])
-    assert len(jobs) == 4 and ["bundle=b.pt", "sampler.gamma=1.0", "seed=1"] in jobs
-
-
 # ----------------------------------------------------------------------------- real frames
 def test_consecutive_sequence_by_labels():
     aug = np.array([0, 1, 1, 0, 1, 1, 0])
@@ -136,14 +132,14 @@ class _ArrayStore:
         return len(self.x)
 
 
-def test_resized_frames_sparse_and_dense_reads_agree():
+def test_observed_frames_sparse_and_dense_reads_agree():
     x = np.random.default_rng(0).random((40, 1, 12, 16)).astype(np.float32)
-    src = ResizedFrames(_ArrayStore(x), np.arange(40), 4)
+    src = ObservedFrames(_ArrayStore(x), np.arange(40), 4)
     full = src.load()
     assert full.shape == (40, 1, 4, 4)  # centre crop to 12 x 12, then 3x3 area pooling
     np.testing.assert_allclose(full[0, 0, 0, 0], x[0, 0, :3, 2:5].mean(), rtol=1e-6)
     for idx in ([39, 0], [5, 6, 4], [30, 2, 30]):  # sparse (oindex) and dense paths
-        np.testing.assert_array_equal(ResizedFrames(_ArrayStore(x), np.array(idx), 4).load(), full[idx])
+        np.testing.assert_array_equal(ObservedFrames(_ArrayStore(x), np.array(idx), 4).load(), full[idx])
 
 
 # ----------------------------------------------------------------------------- inversion mapping
@@ -206,11 +202,11 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def _tiny_bundle(path: Path, channels: int = 1) -> Path:
+def _tiny_bundle(path: Path, channels: int = 1, seed: int = 0) -> Path:
     from matdyn.models import Generator
     from matdyn.training.bundle import save_bundle
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     g = Generator(latent_dim=8, channels=channels, ndim=2, filters=[16, 16, 8])
     return save_bundle(path, g, stage=2, meta={"name": "np_diffusion"})  # 16 x 16 images
 
@@ -221,6 +217,10 @@ def _job_args(tmp: Path, bundle: Path, *extra: str) -> list[str]:
         "dataset.synthetic.n_frames=8", "dataset.synthetic.size=48", f"dataset.path={tmp / 'np.zarr'}",
         "n_refs=4", "n_samples=4", "progress=false", *extra,
     ]
+
+
+def _errors(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -236,27 +236,34 @@ def sweep(tmp_path_factory):
 
 def test_two_gamma_multirun_writes_jobs_and_gamma_json(sweep):
     tmp, bundle, out, proc = sweep
-    jobs = {json.loads((out / n / "metrics.json").read_text())["gamma"]: out / n for n in ("0", "1")}
-    assert set(jobs) == {0.5, 1.0}
-    job = json.loads((jobs[1.0] / "metrics.json").read_text())
+    # job folders are named by value and hold their own records
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["uniform=0.5", "uniform=1.0"]
+    job = json.loads((out / "uniform=1.0" / "job.json").read_text())
+    assert job["status"] == "done" and job["gamma"] == 1.0
+    assert job["sampler"] == {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 1.0}
+    assert job["bundle_sha256"] == file_sha256(bundle) and job["store"]["path"] == str(tmp / "np.zarr")
     assert job["n_refs"] == 4 and job["metric_names"] == ["entropy_diff", "area_diff"]
     assert job["per_dim_distance_mean"] == pytest.approx(job["per_dim_distance_expected"], rel=0.25)
     assert {"median", "mean", "p95", "typical", "per_reference_median"} <= set(job["metrics"]["area_diff"])
-    assert (jobs[1.0] / "variations" / "manifest.json").is_file()  # resumable engine results
+    assert (out / "uniform=1.0" / "variations" / "manifest.json").is_file()  # resumable engine results
 
     g = json.loads((out / "gamma.json").read_text())
+    assert (g["format"], g["version"]) == ("matdyn-gamma", 2)
+    assert g["sampler"] == {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": g["gamma"]}
+    assert g["bundle_sha256"] == file_sha256(bundle)
+    assert g["store"]["n_frames"] == 8 and g["store"]["spatial_shape"] == [48, 48]
     assert g["rule"] == "bound" and g["calibration"] == "continuity" and g["inversion"] is None
     assert g["metric"] == "entropy_diff" and g["bound_stat"] == "max"
     assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["max"])
     assert g["baseline"]["resolution"] == 16 and g["baseline"]["n_pairs"] == 7
-    assert 0.5 <= g["gamma"] <= 1.0 and g["gamma"] == g["continuity"]["gamma"]
     assert [r["gamma"] for r in g["per_gamma"]] == [0.5, 1.0]
     for r in g["per_gamma"]:
         assert set(r["acceptance"]) == {"entropy_diff", "area_diff", "all", "filter"}
-        assert 0.0 <= r["acceptance"]["filter"] <= 1.0
-    # the chosen γ is where the typical entropy difference meets the bound (or a clipped end)
+    # the chosen γ is where the typical entropy difference meets the bound
     typ = [r["metrics"]["entropy_diff"]["typical"] for r in g["per_gamma"]]
+    assert typ[0] < g["bound"] <= typ[1]
     assert g["gamma"] == pytest.approx(gamma_at_bound([0.5, 1.0], typ, g["bound"]).gamma)
+    assert g["continuity"]["choice_entropy_diff"]["clipped"] is None
     assert (out / "continuity.png").stat().st_size > 0 and (out / "continuity.svg").is_file()
     assert "gamma:" in proc.stdout
 
@@ -274,22 +281,145 @@ def test_aggregate_script_with_overrides_and_inversion(sweep, tmp_path):
     assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["p95"])
     inv = g["inversion"]
     assert inv["n_frames"] == 4 and inv["n_pairs"] == 3 and inv["gamma"] == g["gamma"]
+    assert g["sampler"]["gamma"] == inv["gamma"]
     assert {"gamma_angular", "gamma_distance", "per_dim_distance", "angle_deg"} <= set(inv)
     assert "inversion γ" in proc.stdout and "continuity γ" in proc.stdout
 
 
-def test_aggregate_refuses_a_sweep_with_a_missing_job(sweep, tmp_path):
+def test_aggregate_refuses_an_unfinished_job(sweep, tmp_path):
     _, _, out, _ = sweep
     d = tmp_path / "broken"
     shutil.copytree(out, d)
     (d / "gamma.json").unlink()
-    (d / "1" / "metrics.json").unlink()
+    rec = json.loads((d / "uniform=1.0" / "job.json").read_text())
+    (d / "uniform=1.0" / "job.json").write_text(json.dumps({**rec, "status": "running"}))
     proc = _run("aggregate_sweep.py", f"dir={d}")
     assert proc.returncode == 2
-    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and "missing γ = 1.0" in err[0] and "Traceback" not in proc.stderr
+    err = _errors(proc)
+    assert len(err) == 1 and "unfinished job(s) (γ = 1)" in err[0] and "Traceback" not in proc.stderr
     assert not (d / "gamma.json").exists()
-    assert _run("aggregate_sweep.py", f"dir={tmp_path / 'nowhere'}").returncode == 2
+    shutil.rmtree(d / "uniform=1.0")  # a lone γ cannot be aggregated
+    with pytest.raises(AnalysisError, match="holds jobs for 1 γ value"):
+        sw.aggregate_sweep(d)
+    with pytest.raises(AnalysisError, match="does not exist"):
+        sw.aggregate_sweep(tmp_path / "nowhere")
+
+
+def _snapshot(sweep_dir: Path) -> dict[str, bytes]:
+    """Every job's files (records, Hydra's per-job config, engine results) by relative path."""
+    return {str(p.relative_to(sweep_dir)): p.read_bytes() for p in sorted(sweep_dir.glob("*=*/**/*"))
+            if p.is_file()}
+
+
+def test_rerun_missing_earlier_and_later_gamma_into_existing_sweep(sweep, tmp_path):
+    """Re-running γ values below, between, above and equal to the swept ones into the same
+    directory adds those jobs (or resumes γ = 1.0) and leaves the other jobs untouched."""
+    tmp, bundle, out, _ = sweep
+    d = tmp_path / "resume"
+    shutil.copytree(out, d)
+    before = _snapshot(d)
+    proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler.gamma=1.5,0.75,1.0,0.25",
+                                             f"hydra.sweep.dir={d}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _snapshot(d)
+    # the untouched job keeps every byte (its record, its Hydra config, its results)
+    assert {k: v for k, v in after.items() if k.startswith("uniform=0.5/")} == \
+        {k: v for k, v in before.items() if k.startswith("uniform=0.5/")}
+    old1, new1 = (json.loads(s[k]) for s in (before, after) for k in ["uniform=1.0/job.json"])
+    assert new1["metrics"] == old1["metrics"]  # resumed, same numbers
+    # every job folder holds a finished record of its own γ
+    g = json.loads((d / "gamma.json").read_text())
+    names = sorted(p.name for p in d.iterdir() if p.is_dir())
+    assert names == ["uniform=0.25", "uniform=0.5", "uniform=0.75", "uniform=1.0", "uniform=1.5"]
+    for n in names:
+        rec = json.loads((d / n / "job.json").read_text())
+        assert rec["status"] == "done" and n == f"uniform={rec['gamma']}"
+        assert rec["bundle_sha256"] == old1["bundle_sha256"]
+        assert rec["store"]["path"] == str(tmp / "np.zarr") and not identity_conflicts(rec["store"], g["store"])
+    assert [r["gamma"] for r in g["per_gamma"]] == [0.25, 0.5, 0.75, 1.0, 1.5]
+    assert sorted(j["dir"] for j in g["jobs"]) == names
+    # the same jobs' numbers as in the first sweep
+    g0 = json.loads((out / "gamma.json").read_text())
+    for r0 in g0["per_gamma"]:
+        r = next(r for r in g["per_gamma"] if r["gamma"] == r0["gamma"])
+        assert r["metrics"] == r0["metrics"]
+
+
+def test_rerun_with_another_bundle_or_settings_is_refused(sweep, tmp_path):
+    tmp, bundle, out, _ = sweep
+    d = tmp_path / "conflict"
+    shutil.copytree(out, d)
+    before = _snapshot(d)
+    other = _tiny_bundle(tmp_path / "other.pt", seed=1)
+    proc = _run("sweep_gamma.py", *_job_args(tmp, other, "sampler.gamma=2.0", f"hydra.sweep.dir={d}"))
+    err = _errors(proc)
+    assert proc.returncode == 2 and len(err) == 1 and "holds jobs of another bundle" in err[0]
+    # the same γ with other settings: its folder refuses (library entry, same one-line error)
+    ds = json.loads((d / "uniform=1.0" / "job.json").read_text())["dataset_config"]
+    with pytest.raises(ConfigError, match=r"uniform=1.0 holds another job \(n_refs 4\);"):
+        run_sweep_job(ds, bundle, UniformSampler(1.0), d / "uniform=1.0", sweep_dir=d, n_refs=6,
+                      n_samples=4, progress=False)
+    after = _snapshot(d)
+    assert {k: after[k] for k in before} == before  # no record or result of another job changed
+    assert not (d / "uniform=2.0" / "job.json").exists()
+
+
+def test_gaussian_sweep_feeds_a_gaussian_analysis_sampler(sweep, tmp_path):
+    from matdyn.data.store import open_store
+    from matdyn.gamma import resolve_sampler, store_identity
+    from matdyn.sampling.samplers import GaussianSampler
+
+    tmp, bundle, _, _ = sweep
+    d = tmp_path / "gauss"
+    proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler=gaussian", "sampler.sigma=0.3,0.6",
+                                             f"hydra.sweep.dir={d}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in d.iterdir() if p.is_dir()) == ["gaussian=0.3", "gaussian=0.6"]
+    g = json.loads((d / "gamma.json").read_text())
+    assert g["sampler"] == {"_target_": "matdyn.sampling.samplers.GaussianSampler", "sigma": g["gamma"]}
+    assert g["distribution"] == "gaussian" and [r["gamma"] for r in g["per_gamma"]] == [0.3, 0.6]
+    # what the analysis gets: exactly that sampler, checked against its bundle and store
+    store = open_store(tmp / "np.zarr", validate=False)
+    ident = store_identity({"path": str(tmp / "np.zarr")}, store.meta)
+    r = resolve_sampler("auto", d, "np_diffusion", bundle_sha256=file_sha256(bundle), store=ident)
+    assert isinstance(r.sampler, GaussianSampler) and r.sampler.sigma == g["gamma"] == r.gamma
+    assert r.source == f"sweep:{d / 'gamma.json'}" and r.record["bundle_sha256"] == file_sha256(bundle)
+    with pytest.raises(ConfigError, match="swept with matdyn.sampling.samplers.GaussianSampler"):
+        resolve_sampler("auto", d, "np_diffusion",
+                        {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 1.0})
+    with pytest.raises(ConfigError, match="another generator bundle"):
+        resolve_sampler("auto", d, "np_diffusion", bundle_sha256="0" * 64)
+    # and through the analysis entry: the case's run() receives that gaussian sampler
+    seen = _analysis_sampler(tmp, bundle, d, tmp_path / "analysis")
+    assert isinstance(seen["sampler"], GaussianSampler) and seen["sampler"].sigma == g["gamma"]
+    assert seen["gamma"] == g["gamma"] and seen["summary"]["sampler"] == g["sampler"]
+
+
+def _analysis_sampler(tmp: Path, bundle: Path, sweep_dir: Path, out: Path) -> dict:
+    """What ``run_analysis`` hands a (stand-in) case module for ``sweep=sweep_dir``."""
+    import dataclasses
+    import types
+
+    from matdyn.analysis.run import run_analysis
+
+    seen: dict = {}
+    case = types.ModuleType("gamma_probe_case")
+
+    def run(gen, store, cfg, *, gamma, sampler, out_dir, seed, progress, log):
+        seen.update(gamma=gamma, sampler=sampler)
+        return {"case": "gamma_probe_case"}
+
+    case.run = run
+    cfg_cls = dataclasses.make_dataclass("Config", [])
+    cfg_cls.__module__ = case.__name__
+    sys.modules[case.__name__] = case
+    try:
+        ds = {"name": "np_diffusion", "source": "store", "path": str(tmp / "np.zarr"), "channels": 1}
+        seen["summary"] = run_analysis(ds, cfg_cls(), bundle, out, sweep=sweep_dir, device="cpu",
+                                       progress=False)
+    finally:
+        del sys.modules[case.__name__]
+    return seen
 
 
 def test_nonpositive_gamma_is_a_clear_error(sweep, tmp_path):

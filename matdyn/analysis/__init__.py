@@ -1,4 +1,5 @@
-"""Analyses built on descriptors and variations (continuity, fidelity, clustering, cases).
+"""Analyses built on descriptors and variations (fidelity, clustering, cases; the γ sweep is
+:mod:`matdyn.gamma`).
 
-Kept free of imports: use ``from matdyn.analysis.continuity import ...``.
+Kept free of imports: use ``from matdyn.analysis.clustering import ...``.
 """

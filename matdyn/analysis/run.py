@@ -5,7 +5,6 @@ figure can be regenerated) and log everything to W&B."""
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import time
@@ -18,40 +17,6 @@ from matdyn.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported
 
 log = logging.getLogger("matdyn.analysis")
 
-#: γ the paper settled on per case, used when no sweep is given (§3.2, §3.3.1, §3.4.1)
-PAPER_GAMMA = {"ta_chart": 1.0, "np_diffusion": 1.0, "brass_clump": 0.5}
-
-
-def resolve_gamma(gamma: Any, sweep: str | os.PathLike | None, case: str) -> tuple[float, str]:
-    """γ as a number and where it came from ('given', 'sweep:<path>' or 'paper')."""
-    from matdyn.cli import project_path
-
-    if gamma is not None and str(gamma) != "auto":
-        try:
-            g = float(gamma)
-        except ValueError:
-            raise ConfigError(f"gamma must be a number or 'auto', got {gamma!r}") from None
-        if not g > 0:
-            raise ConfigError(f"gamma must be > 0, got {g}")
-        return g, "given"
-    if sweep:
-        p = project_path(sweep)
-        p = p / "gamma.json" if p.is_dir() else p
-        if not p.is_file():
-            raise ConfigError(f"{p}: no gamma.json; run the γ sweep first "
-                              "(python scripts/sweep_gamma.py -m ...) or pass gamma=<value>")
-        try:
-            g = float(json.loads(p.read_text())["gamma"])
-        except (KeyError, ValueError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p}: unreadable gamma.json ({type(e).__name__}); re-run the "
-                              "aggregation (scripts/aggregate_sweep.py)") from None
-        return g, f"sweep:{p}"
-    if case not in PAPER_GAMMA:
-        raise ConfigError(f"gamma=auto needs sweep=<dir> for case {case!r}")
-    log.info("gamma=auto without a sweep: using the paper's γ = %s for %s", PAPER_GAMMA[case], case)
-    return PAPER_GAMMA[case], "paper"
-
-
 def run_analysis(
     dataset: Mapping[str, Any],
     analysis: Any,
@@ -60,18 +25,25 @@ def run_analysis(
     *,
     gamma: Any = "auto",
     sweep: str | os.PathLike | None = None,
+    sampler: Mapping[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
     wandb_cfg: Mapping[str, Any] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Library entry of ``scripts/analyze.py``; `analysis` is a case Config dataclass."""
+    """Library entry of ``scripts/analyze.py``; `analysis` is a case Config dataclass.
+
+    The perturbation sampler comes from :func:`matdyn.gamma.resolve_sampler` (``gamma``,
+    ``sweep``, optional ``sampler`` spec ``{_target_: ..., ...}``): a sweep's gamma.json
+    gives exactly the sampler it recorded, checked against this bundle and store.
+    """
     import torch
 
     from matdyn.cli import project_path
     from matdyn.data.sources import ensure_store
     from matdyn.data.store import open_store
+    from matdyn.gamma import resolve_sampler, store_identity
     from matdyn.training.bundle import load_generator
 
     t0 = time.perf_counter()
@@ -99,8 +71,14 @@ def run_analysis(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = gen.to(device)
-    g, gamma_source = resolve_gamma(gamma, sweep, case)
-    log.info("analysis %s: bundle %s, γ = %.4g (%s), output %s", case, bundle_path, g, gamma_source, out)
+    resolved = resolve_sampler(
+        gamma, project_path(sweep) if sweep else None, case, sampler,
+        bundle_sha256=file_sha256(bundle_path),
+        store=store_identity({**dataset, "path": str(store.path)}, store.meta),
+    )
+    g, gamma_source = resolved.gamma, resolved.source
+    log.info("analysis %s: bundle %s, sampler %r (%s), output %s", case, bundle_path,
+             resolved.sampler, gamma_source, out)
 
     run_wandb = None
     wb = dict(wandb_cfg or {})
@@ -116,12 +94,13 @@ def run_analysis(
             run_wandb.log({f"analysis/{k}": v for k, v in values.items()})
 
     try:
-        summary = module.run(gen, store, analysis, gamma=g, out_dir=out, seed=seed,
-                             progress=progress, log=_log)
+        summary = module.run(gen, store, analysis, gamma=g, sampler=resolved.sampler, out_dir=out,
+                             seed=seed, progress=progress, log=_log)
         summary = dict(summary)
         summary.update(
             gamma=g,
             gamma_source=gamma_source,
+            sampler=resolved.spec,
             seed=seed,
             bundle=str(bundle_path),
             bundle_sha256=file_sha256(bundle_path),

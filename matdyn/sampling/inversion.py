@@ -52,7 +52,7 @@ def gamma_for_distance(per_dim_distance: float, latent_dim: int) -> float:
 
     Note: this reads a latent distance as ‖ε‖. Distances between inverted latents compared
     on the √d sphere (what a pixel-normalising generator sees) are chords, shorter than
-    the ‖ε‖ of a perturbation with the same angular step; :mod:`matdyn.analysis.sweep`
+    the ‖ε‖ of a perturbation with the same angular step; :mod:`matdyn.gamma.inversion`
     also reports the γ matched through the angle.
 
     >>> round(gamma_for_distance(0.102, 32), 2)

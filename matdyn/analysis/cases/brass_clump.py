@@ -354,6 +354,7 @@ def run(
     cfg: Config,
     *,
     gamma: float,
+    sampler: Any = None,
     out_dir: Path,
     seed: int = 0,
     progress: bool = True,
@@ -420,7 +421,7 @@ def run(
 
     # ---- Monte Carlo variations with the §3.4.2 filters
     keep = MetricFilter(upper={"mass_dev": cfg.mass_dev_max}, lower={"iou": cfg.iou_min})
-    sampler = UniformSampler(gamma)
+    sampler = sampler if sampler is not None else UniformSampler(gamma)  # matdyn.gamma.resolve_sampler
     engine = VariationEngine(
         generator,
         sampler,

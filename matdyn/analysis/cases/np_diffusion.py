@@ -22,7 +22,7 @@ Steps of :func:`run`:
    reference is ≤ the threshold: a number (paper 0.2, on the paper's own entropy scale), or
    ``"auto"``: the ``entropy_bound`` ("max", the paper's "upper bound", or "p95") of the
    same metric between consecutive observed frames at the same resolution
-   (:func:`~matdyn.analysis.continuity.consecutive_differences`). Kept samples (and the
+   (:func:`~matdyn.gamma.continuity.consecutive_differences`). Kept samples (and the
    reference, Eq. 3, with ``include_reference``) are averaged pixel-wise
    (:class:`~matdyn.sampling.reducers.FilteredMean`).
 4. **Traces (Fig. 6a).** Each averaged image is segmented with
@@ -85,7 +85,6 @@ from scipy import ndimage
 
 from matdyn.analysis.cases import require_shapes
 from matdyn.analysis.clustering import HACResult, adjusted_rand, auc, hac, trimmed_hac
-from matdyn.analysis.continuity import consecutive_differences, summarize
 from matdyn.analysis.fidelity import (
     s2_baseline,
     s2_distance,
@@ -105,6 +104,7 @@ from matdyn.descriptors.traces import (
     trace_descriptors,
 )
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.gamma.continuity import consecutive_differences, summarize
 from matdyn.sampling.engine import VariationEngine
 from matdyn.sampling.reducers import FilteredMean, SampleMetrics
 from matdyn.sampling.samplers import UniformSampler
@@ -1167,6 +1167,7 @@ def run(
     cfg: Config,
     *,
     gamma: float,
+    sampler: Any = None,
     out_dir: Path,
     seed: int = 0,
     progress: bool = True,
@@ -1204,7 +1205,7 @@ def run(
     thr, source, base = _entropy_threshold(cfg, base_frames, ent, n_store)
     engine = VariationEngine(
         generator,
-        UniformSampler(gamma),
+        sampler if sampler is not None else UniformSampler(gamma),  # matdyn.gamma.resolve_sampler
         n_refs=cfg.n_refs,
         n_samples=cfg.n_samples,
         seed=int(seed),

@@ -769,6 +769,7 @@ def run(
     cfg: Config,
     *,
     gamma: float,
+    sampler: Any = None,
     out_dir: Path,
     seed: int = 0,
     progress: bool = True,
@@ -880,7 +881,7 @@ def run(
         refine_iters=cfg.refine_iters,
         sigma=cfg.binarize_sigma,
     )
-    sampler = UniformSampler(gamma)
+    sampler = sampler if sampler is not None else UniformSampler(gamma)  # matdyn.gamma.resolve_sampler
     engine = VariationEngine(
         generator,
         sampler,

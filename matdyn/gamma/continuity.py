@@ -5,12 +5,14 @@ consecutive experimental frames differ from each other (entropy difference upper
 0.26 for the NP video; IOU₃D ≈ 0.7 and mass deviation < 20 % between aging stages).
 This module measures the real side of that comparison with the *same* difference-metric
 objects the variation engine uses (:mod:`matdyn.descriptors.differences`), streaming the
-frames of a store in windows so memory stays bounded.
+frames of a store in windows so memory stays bounded. :func:`case_metrics` says which
+metrics each case study compares; :func:`real_baseline` prepares the store's consecutive
+frames exactly as training does (:mod:`matdyn.data.frames`, honouring ``dataset.fit``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,9 +28,13 @@ from matdyn.descriptors.differences import (
 )
 from matdyn.descriptors.particles import Binarizer
 from matdyn.errors import AnalysisError, ConfigError
+from matdyn.gamma.specs import BaselineSpec
 
 __all__ = [
     "ContinuityBaseline",
+    "case_metrics",
+    "metrics_from_spec",
+    "real_baseline",
     "DistributionSummary",
     "consecutive_differences",
     "default_metrics",
@@ -132,6 +138,25 @@ def _source(frames: np.ndarray | _FrameSource | str | Path) -> tuple[Any, np.nda
     return frames, getattr(frames, "labels", None)
 
 
+def _groups(groups: str | np.ndarray | None, labels: Mapping[str, Any] | None,
+            n_frames: int) -> np.ndarray | None:
+    """Per-frame group ids [n_frames] from an array or the name of a store label."""
+    if isinstance(groups, str):
+        if not labels or groups not in labels:
+            raise ConfigError(
+                f"groups={groups!r} is not a label of the store (labels: {sorted(labels or {})})"
+            )
+        groups = np.asarray(labels[groups])
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    if groups.shape != (n_frames,):
+        raise ConfigError(
+            f"groups must have one entry per frame ({n_frames}), got shape {groups.shape}"
+        )
+    return groups
+
+
 def consecutive_differences(
     frames: np.ndarray | _FrameSource | str | Path,
     metrics: Sequence[DifferenceMetric] | None = None,
@@ -169,18 +194,7 @@ def consecutive_differences(
         raise AnalysisError(
             f"need more than stride={stride} frames in [start, stop) = [{start}, {stop}) of {n_frames}"
         )
-    if isinstance(groups, str):
-        if not labels or groups not in labels:
-            raise ConfigError(
-                f"groups={groups!r} is not a label of the store (labels: {sorted(labels or {})})"
-            )
-        groups = np.asarray(labels[groups])
-    if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != (n_frames,):
-            raise ConfigError(
-                f"groups must have one entry per frame ({n_frames}), got shape {groups.shape}"
-            )
+    groups = _groups(groups, labels, n_frames)
 
     if metrics is None:
         first = (
@@ -222,3 +236,78 @@ def consecutive_differences(
         summary={k: summarize(v) for k, v in vals.items()},
         stride=int(stride),
     )
+
+
+def case_metrics(dataset: str | None, ndim: int) -> list[DifferenceMetric]:
+    """The continuity metrics of each case study; the first one decides γ by default.
+
+    * ``np_diffusion``: entropy difference and particle-area difference in px (§3.3.1,
+      Fig. 5c); NPs are dark phase dips, so masks threshold the dark side (Otsu).
+    * ``ta_chart``: 1 − IoU of the chart masks (§3.2, Fig. 4a compares IOUs).
+    * ``brass_clump`` (and other 3D data): 1 − IOU₃D of the clump mask (Otsu on the
+      channel sum) and total density difference (§3.4.1, Fig. 7d).
+    * other 2D data: entropy and particle-area difference with bright particles.
+
+    >>> [m.name for m in case_metrics("np_diffusion", 2)]
+    ['entropy_diff', 'area_diff']
+    >>> [m.name for m in case_metrics("mine", 3)]
+    ['shape_diff', 'density_diff']
+    """
+    if ndim not in (2, 3):
+        raise ConfigError(f"dataset ndim must be 2 or 3, got {ndim!r}")
+    if dataset == "ta_chart" and ndim == 2:
+        return [ShapeDifference(Binarizer())]
+    if dataset == "brass_clump" or ndim == 3:
+        return [ShapeDifference(Binarizer(channel=None)), DensityDifference()]
+    dark = dataset == "np_diffusion"
+    return [EntropyDifference(), AreaDifference(Binarizer(dark=dark), min_area=2)]
+
+
+def metrics_from_spec(spec: Any, dataset: str | None, ndim: int) -> list[DifferenceMetric]:
+    """``auto``/None -> :func:`case_metrics`; a list of metric objects or of plain
+    ``{_target_: ...}`` mappings (built with Hydra's ``instantiate``) -> that list."""
+    if spec is None or (isinstance(spec, str) and spec == "auto"):
+        return case_metrics(dataset, ndim)
+    if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
+        raise ConfigError(
+            f"metrics must be 'auto' or a list of metric configs with _target_, got {spec!r}"
+        )
+    out = []
+    for item in spec:
+        if isinstance(item, Mapping):
+            if "_target_" not in item:
+                raise ConfigError(f"metric config {dict(item)!r} has no _target_")
+            from hydra.utils import instantiate
+
+            item = instantiate(dict(item), _convert_="all")
+        if not isinstance(item, DifferenceMetric):
+            raise ConfigError(f"{item!r} is not a difference metric (needs name, prepare, compute)")
+        out.append(item)
+    names = [m.name for m in out]
+    if not out or len(set(names)) != len(names):
+        raise ConfigError(f"metrics need at least one entry with unique names, got {names}")
+    return out
+
+
+def real_baseline(
+    store: Any,
+    metrics: Sequence[DifferenceMetric],
+    resolution: int,
+    *,
+    fit: str = "crop",
+    spec: BaselineSpec | None = None,
+) -> tuple[ContinuityBaseline, Any]:
+    """Metric differences between consecutive real frames of ``store``, prepared like
+    training (square with ``fit``, resized to ``resolution`` px).
+
+    Returns (baseline, the :class:`matdyn.data.frames.FrameSequence` it compared).
+    """
+    from matdyn.data.frames import ObservedFrames, consecutive_sequence
+
+    spec = spec or BaselineSpec()
+    seq = consecutive_sequence(store.labels, len(store)).head(spec.max_frames)
+    src = ObservedFrames(store, seq.indices, resolution, fit)
+    base = consecutive_differences(
+        src, metrics, stride=int(spec.stride), groups=seq.groups, batch_size=int(spec.batch_size)
+    )
+    return base, seq

@@ -1,0 +1,84 @@
+"""Hydra glue of the γ sweep: the callback that aggregates at the end of a multirun and the
+translation of a (resolved, plain) sweep config into :func:`matdyn.gamma.aggregate_sweep`.
+
+Only the config it is handed is read: no Hydra global state, no ``hydra._internal``, no
+``multirun.yaml``. The sweep's jobs are found by their records
+(:mod:`matdyn.gamma.records`), so the aggregation covers every finished job of the
+directory, whichever multirun (or re-run of a subset of γ) wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matdyn.gamma.aggregate import aggregate_sweep
+from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
+
+__all__ = ["AggregateSweepCallback", "aggregate_from_config", "plain_config"]
+
+
+def plain_config(config: Any) -> dict[str, Any]:
+    """A sweep config as a resolved plain dict, without the ``hydra`` node."""
+    from omegaconf import OmegaConf
+
+    body = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    return OmegaConf.to_container(body, resolve=True)  # type: ignore[return-value]
+
+
+def aggregate_from_config(sweep_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`~matdyn.gamma.aggregate_sweep` with the ``rule``, ``calibration``, ``baseline``,
+    ``device``, ``progress`` and ``logger`` settings of a plain sweep config
+    (``conf/sweep.yaml``). Dataset, bundle and metrics come from the job records; a
+    ``bundle`` given here must be the recorded one."""
+    bundle = cfg.get("bundle")
+    return aggregate_sweep(
+        sweep_dir,
+        rule=RuleSpec.from_mapping(cfg.get("rule")),
+        calibration=CalibrationSpec.from_mapping(cfg.get("calibration")),
+        baseline=BaselineSpec.from_mapping(cfg.get("baseline")),
+        bundle_path=None if bundle in (None, "", "???") else Path(str(bundle)).absolute(),
+        device=cfg.get("device", "auto"),
+        progress=bool(cfg.get("progress", False)),
+        wandb_cfg=cfg.get("logger"),
+    )
+
+
+class _CallbackBase:
+    pass
+
+
+try:  # Hydra is a dependency of the scripts, not of the library
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = _CallbackBase  # type: ignore[misc,assignment]
+
+
+class AggregateSweepCallback(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (``hydra.callbacks`` in conf/sweep.yaml): aggregates the sweep
+    directory when the multirun's jobs have returned. Errors print ``error: ...`` and exit
+    with status 2."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from omegaconf import OmegaConf
+
+        from matdyn.cli import matdyn_cause
+
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        try:
+            out = aggregate_from_config(sweep_dir, plain_config(config))
+        except Exception as e:
+            cause = matdyn_cause(e)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        print(f"gamma: {out['gamma']:.4g} ({out['calibration']}) -> {sweep_dir / 'gamma.json'}")
