@@ -61,7 +61,7 @@ class ChartOracle(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.p = tc.TaChartParams(**PARAMS)
-        self.rects, self.support = tc._chart_rects(self.p, 0), tc._support(self.p)
+        self.rects, self.support = tc.chart_rects(self.p, 0), tc.support(self.p)
         self.latent_dim, self.channels, self.ndim, self.resolution = LATENT, 1, 2, SIZE
         self.normalization = {"offset": [0.0], "scale": [math.pi], "pixel_size": PX, "unit": "nm"}
         self.meta = {"dataset": "ta_chart"}
@@ -81,7 +81,7 @@ class ChartOracle(torch.nn.Module):
                 + s.ramp
             )
             frames.append(
-                rotate(tc._wrap(img), ang, reshape=False, order=1, mode="constant", cval=0.0)
+                rotate(tc.wrap_phase(img), ang, reshape=False, order=1, mode="constant", cval=0.0)
             )
         return torch.from_numpy(np.stack(frames)[:, None].astype(np.float32) / math.pi)
 

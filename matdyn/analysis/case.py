@@ -52,6 +52,7 @@ __all__ = [
     "Table",
     "VariationPlan",
     "case_names",
+    "fmt_stats",
     "get_case",
     "register_case",
     "rejection_summary",
@@ -78,7 +79,7 @@ def finite_or_none(x: Any) -> float | None:
 
 
 def stats(values: Any) -> dict[str, Any]:
-    """n, mean, std, median, min, max of the finite values (None when there are none).
+    """n, mean, std, median, min, p95, max of the finite values (None when there are none).
 
     >>> stats([1.0, 3.0, float("nan")])["mean"], stats([])["mean"]
     (2.0, None)
@@ -86,9 +87,18 @@ def stats(values: Any) -> dict[str, Any]:
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
-        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None}
+        return {"n": 0} | dict.fromkeys(("mean", "std", "median", "min", "p95", "max"))
     return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()),
-            "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+            "median": float(np.median(v)), "min": float(v.min()),
+            "p95": float(np.percentile(v, 95)), "max": float(v.max())}
+
+
+def fmt_stats(s: Mapping[str, Any]) -> str:
+    """'min a / median b / max c' of a :func:`stats` dict (nan when missing)."""
+    def g(k: str) -> float:
+        return float("nan") if s.get(k) is None else float(s[k])
+
+    return f"min {g('min'):.3g} / median {g('median'):.3g} / max {g('max'):.3g}"
 
 
 def rejection_summary(rejected: Any, threshold: Any, kind: str,
@@ -549,7 +559,7 @@ def run_case(
     sections = {"fidelity": fidelity, "filters": filters, **grouping, **inst.sections(ctx)}
     if recovery is not None:
         sections["recovery"] = recovery
-        _log_numbers(ctx, "recovery", recovery)
+        _log_numbers(ctx, "recovery", recovery, depth=3)
     _log_numbers(ctx, "fidelity", fidelity)
     summary = CaseSummary(
         case=name, gamma=g, gamma_source=gamma_source, sampler=repr(sampler), seed=int(seed), fit=fit, resolution=res,

@@ -50,7 +50,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from matdyn.analysis.case import CaseContext, Table, VariationPlan, register_case, stats
+from matdyn.analysis.case import (
+    CaseContext,
+    Table,
+    VariationPlan,
+    fmt_stats,
+    register_case,
+    stats,
+)
 from matdyn.analysis.cases.brass_clump import figures as figs
 from matdyn.analysis.cases.brass_clump import steps
 from matdyn.analysis.cases.brass_clump.config import CASE, CHANNELS, PAPER, Config
@@ -107,8 +114,8 @@ class BrassClumpCase:
         kept = result["iqr/kept"].astype(bool)
         if not kept.any():
             raise AnalysisError(
-                f"the filters reject every sample: mass deviation {steps.fmt(stats(mass_dev))} "
-                f"(need <= {cfg.mass_dev_max}), IOU3D {steps.fmt(stats(iou))} (need >= "
+                f"the filters reject every sample: mass deviation {fmt_stats(stats(mass_dev))} "
+                f"(need <= {cfg.mass_dev_max}), IOU3D {fmt_stats(stats(iou))} (need >= "
                 f"{cfg.iou_min}); relax analysis.mass_dev_max / analysis.iou_min or lower gamma")
         return steps.filters(mass_dev, iou, kept, cfg)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from matdyn.analysis.case import CaseContext, rejection_summary, stats
+from matdyn.analysis.case import CaseContext, fmt_stats, rejection_summary, stats
 from matdyn.analysis.cases.brass_clump.config import CHANNELS, Config
 from matdyn.analysis.clustering import hac, mds_embedding, order_groups, trimmed_hac
 from matdyn.analysis.fidelity import (
@@ -61,15 +61,6 @@ def fractions(mass: np.ndarray) -> np.ndarray:
     tot = m.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tot > 0, m / tot, np.nan)
-
-
-def fmt(s: dict[str, Any]) -> str:
-    """'min a / median b / max c' of a :func:`stats` dict (nan when missing)."""
-
-    def g(k: str) -> float:
-        return float("nan") if s[k] is None else s[k]
-
-    return f"min {g('min'):.3g} / median {g('median'):.3g} / max {g('max'):.3g}"
 
 
 
@@ -267,7 +258,7 @@ def variations(result: Any, cfg: Config) -> Variations:
     if valid.sum() < cfg.n_groups + 1:
         raise AnalysisError(
             f"only {int(valid.sum())} of {M} variations keep >= min_kept={cfg.min_kept} samples "
-            f"(retained per variation: {fmt(stats(n_kept))}); need more than n_groups="
+            f"(retained per variation: {fmt_stats(stats(n_kept))}); need more than n_groups="
             f"{cfg.n_groups}: raise n_samples, relax the filters or lower gamma"
         )
     frac_s = np.where(kept[..., None], fractions(result["composition/mass"]), np.nan)
