@@ -54,6 +54,7 @@ __all__ = [
     "case_names",
     "fmt_stats",
     "get_case",
+    "make_context",
     "register_case",
     "rejection_summary",
     "run_case",
@@ -498,6 +499,31 @@ def _log_numbers(ctx: CaseContext, prefix: str, d: Mapping[str, Any], depth: int
             ctx.log({f"{prefix}/{k}": v})
 
 
+def make_context(case: str | Any, generator: Any, store: Any, cfg: Any = None, *,
+                 out_dir: str | Path, gamma: Any = "auto", sweep: Any = None, seed: int = 0,
+                 fit: str = "crop", progress: bool = True,
+                 log: Callable[[Mapping[str, Any]], None] | None = None,
+                 ) -> tuple[Case, CaseContext, str]:
+    """(case instance, its context, where γ came from) after every input check of
+    :func:`run_case` (same arguments); creates ``out_dir``."""
+    from matdyn.data.frames import check_fit
+
+    name, factory = get_case(case if cfg is None or isinstance(case, str) else cfg)
+    cfg = case if cfg is None and not isinstance(case, str) else cfg
+    inst = factory(cfg)
+    cfg = getattr(inst, "cfg", cfg)
+    sampler, g, gamma_source = _sampler(gamma, sweep, name)
+    _validate(cfg, g, seed)
+    res, dim = _check_inputs(inst, generator, store)
+    fit = check_fit(fit)
+    ps, unit, notes = _pixel_size(generator, store, res, fit)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = CaseContext(name, generator, store, cfg, out, sampler, g, int(seed), fit, res, dim,
+                      ps, unit, progress, log, notes=notes)
+    return inst, ctx, gamma_source
+
+
 def run_case(
     case: str | Any,
     generator: Any,
@@ -530,22 +556,10 @@ def run_case(
     Returns the summary dict (:class:`CaseSummary` layout). Raises ConfigError /
     AnalysisError with a one-line message on bad input or a failing check.
     """
-    from matdyn.data.frames import check_fit
-
     t0 = time.perf_counter()
-    name, factory = get_case(case if cfg is None or isinstance(case, str) else cfg)
-    cfg = case if cfg is None and not isinstance(case, str) else cfg
-    inst = factory(cfg)
-    cfg = getattr(inst, "cfg", cfg)
-    sampler, g, gamma_source = _sampler(gamma, sweep, name)
-    _validate(cfg, g, seed)
-    res, dim = _check_inputs(inst, generator, store)
-    fit = check_fit(fit)
-    ps, unit, notes = _pixel_size(generator, store, res, fit)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = CaseContext(name, generator, store, cfg, out, sampler, g, int(seed), fit, res, dim,
-                      ps, unit, progress, log, notes=notes)
+    inst, ctx, gamma_source = make_context(case, generator, store, cfg, out_dir=out_dir,
+                                           gamma=gamma, sweep=sweep, seed=seed, fit=fit,
+                                           progress=progress, log=log)
     observed = inst.observe(ctx)
     fidelity = inst.fidelity(ctx, observed)
     result = _variations(inst, ctx, observed)
@@ -562,11 +576,12 @@ def run_case(
         _log_numbers(ctx, "recovery", recovery, depth=3)
     _log_numbers(ctx, "fidelity", fidelity)
     summary = CaseSummary(
-        case=name, gamma=g, gamma_source=gamma_source, sampler=repr(sampler), seed=int(seed), fit=fit, resolution=res,
-        pixel_size=ps, unit=unit, counts=getattr(inst, "counts", {}), figures=ctx.figures,
-        table=table_rel, table_units=table.units if table is not None else {},
-        config=config_dict(cfg), notes=ctx.notes, elapsed_s=round(time.perf_counter() - t0, 2),
+        case=ctx.name, gamma=ctx.gamma, gamma_source=gamma_source, sampler=repr(ctx.sampler),
+        seed=ctx.seed, fit=ctx.fit, resolution=ctx.resolution, pixel_size=ctx.pixel_size,
+        unit=ctx.unit, counts=getattr(inst, "counts", {}), figures=ctx.figures, table=table_rel,
+        table_units=table.units if table is not None else {}, config=config_dict(ctx.cfg),
+        notes=ctx.notes, elapsed_s=round(time.perf_counter() - t0, 2),
         provenance=dict(provenance or {}), sections=sections,
     ).as_dict()
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(ctx.out_dir / "summary.json", summary)
     return summary
