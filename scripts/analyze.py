@@ -2,7 +2,10 @@
 
     python scripts/analyze.py dataset=np_diffusion bundle=<run>/generator.pt [gamma=auto|<value>] [sweep=<dir>]
 
-Writes figures (PNG + SVG), variations.csv and summary.json into the run directory.
+Parses the config and calls :func:`matdyn.analysis.run.run_analysis`, which runs the case
+(:func:`matdyn.analysis.case.run_case`) with ``dataset.fit``. Writes figures (PNG + SVG),
+variations.csv and summary.json (schema: :class:`matdyn.analysis.case.CaseSummary`) into
+the run directory.
 """
 
 from __future__ import annotations
