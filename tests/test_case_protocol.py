@@ -149,3 +149,14 @@ def test_a_fourth_case_registered_from_a_test(wide_store, tmp_path):
     keys = set().union(*logged)
     assert "analysis/dummy/filters/none/rejection_rate" in keys
     assert all(k.startswith("analysis/dummy/") for k in keys)
+
+
+def test_the_sampler_comes_from_one_place():
+    from matdyn.analysis.case import _sampler
+    from matdyn.sampling.samplers import GaussianSampler, UniformSampler
+
+    s, g, src = _sampler(GaussianSampler(0.3), None, "np_diffusion")
+    assert isinstance(s, GaussianSampler) and g == 0.3 and src == "given"
+    s, g, src = _sampler("0.7", None, "np_diffusion")
+    assert isinstance(s, UniformSampler) and s.gamma == 0.7 and src == "given"
+    assert _sampler("auto", None, "brass_clump")[1:] == (0.5, "paper")  # §3.4.1

@@ -407,14 +407,14 @@ class CaseSummary:
 
 # ----------------------------------------------------------------------------- run
 def _sampler(gamma: Any, sweep: Any, case: str) -> tuple[Any, float, str]:
-    """(sampler, γ, where γ came from) — the one place the analysis builds its sampler.
-
-    ``gamma`` may already be a sampler (its ``gamma`` / ``scale`` is reported)."""
+    """(sampler, its scale γ, where it came from) — the ONE place the analysis gets its
+    sampler: ``gamma`` itself when it is a sampler (``scale``: γ of a uniform, σ of a
+    gaussian), else a UniformSampler at :func:`matdyn.analysis.run.resolve_gamma`'s γ."""
     from matdyn.analysis.run import resolve_gamma
     from matdyn.sampling.samplers import PerturbationSampler, UniformSampler
 
     if isinstance(gamma, PerturbationSampler):
-        return gamma, float(getattr(gamma, "gamma", getattr(gamma, "scale", float("nan")))), "given"
+        return gamma, float(getattr(gamma, "scale", float("nan"))), "given"
     g, source = resolve_gamma(gamma, sweep, case)
     return UniformSampler(g), g, source
 
