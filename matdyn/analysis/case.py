@@ -372,8 +372,11 @@ class CaseSummary:
     """The versioned ``summary.json`` of one case run: the same keys for every case.
 
     ``provenance`` holds what the entry point knows (bundle path and sha256, store path,
-    the resolved Hydra config) so any figure can be regenerated. ``sections`` (fidelity, filters, recovery, ... and case-specific results such as
-    ``slit_widths``) are written at the top level next to the fixed keys.
+    the resolved Hydra config) so any figure can be regenerated. ``sections`` (fidelity,
+    filters, recovery, ... and case-specific results such as ``slit_widths``) are written
+    at the top level next to the fixed keys; a section may not shadow a fixed key. Missing
+    values (NaN, inf) are written as null. Bump :data:`SCHEMA_VERSION` when a fixed key
+    changes.
     """
 
     case: str
