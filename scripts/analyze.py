@@ -1,8 +1,11 @@
 """Case-study analysis of a trained generator:
 
-    python scripts/analyze.py dataset=np_diffusion bundle=<run>/generator.pt [gamma=auto|<value>] [sweep=<dir>]
+    python scripts/analyze.py dataset=np_diffusion bundle=<run>/generator.pt [gamma=auto|<value>] [sweep=<dir>] [sampler=gaussian]
 
-Writes figures (PNG + SVG), variations.csv and summary.json into the run directory.
+Parses the config and calls :func:`matdyn.analysis.run.run_analysis`, which runs the case
+(:func:`matdyn.analysis.case.run_case`) with ``dataset.fit``. Writes figures (PNG + SVG),
+variations.csv and summary.json (schema: :class:`matdyn.analysis.case.CaseSummary`) into
+the run directory.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     summary = run_analysis(
         resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, hydra_output_dir(),
-        gamma=cfg.gamma, sweep=cfg.sweep, seed=int(cfg.seed), device=str(cfg.device),
+        gamma=cfg.gamma, sweep=cfg.sweep, sampler=resolved.get("sampler"), seed=int(cfg.seed), device=str(cfg.device),
         progress=bool(cfg.progress), wandb_cfg=resolved["wandb"], resolved_config=resolved,
     )
     print(f"summary: {hydra_output_dir() / 'summary.json'}")

@@ -1,4 +1,4 @@
-"""Ta test-chart case (matdyn.analysis.cases.ta_chart) on an analytic oracle generator.
+"""Ta test-chart case (matdyn.analysis.cases.ta_chart, through run_case) on an analytic oracle.
 
 The oracle draws the synthetic chart (same layout as the store) displaced by
 ``k_t · z[0]`` nm along the chart axis and rotated by ``k_r · z[1]`` degrees, so the
@@ -19,7 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.ndimage import rotate
 
+from matdyn.analysis.case import CaseContext, run_case
 from matdyn.analysis.cases import ta_chart as case
+from matdyn.analysis.cases.ta_chart.geometry import make_geometry, nearest_slits
+from matdyn.analysis.cases.ta_chart.observed import Observed
 from matdyn.data.store import open_store
 from matdyn.data.synthetic import ta_chart as tc
 from matdyn.errors import AnalysisError, ConfigError
@@ -61,7 +64,7 @@ class ChartOracle(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.p = tc.TaChartParams(**PARAMS)
-        self.rects, self.support = tc._chart_rects(self.p, 0), tc._support(self.p)
+        self.rects, self.support = tc.chart_rects(self.p, 0), tc.support(self.p)
         self.latent_dim, self.channels, self.ndim, self.resolution = LATENT, 1, 2, SIZE
         self.normalization = {"offset": [0.0], "scale": [math.pi], "pixel_size": PX, "unit": "nm"}
         self.meta = {"dataset": "ta_chart"}
@@ -81,7 +84,7 @@ class ChartOracle(torch.nn.Module):
                 + s.ramp
             )
             frames.append(
-                rotate(tc._wrap(img), ang, reshape=False, order=1, mode="constant", cval=0.0)
+                rotate(tc.wrap_phase(img), ang, reshape=False, order=1, mode="constant", cval=0.0)
             )
         return torch.from_numpy(np.stack(frames)[:, None].astype(np.float32) / math.pi)
 
@@ -125,12 +128,14 @@ def result(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("ta_run")
     cfg = case.Config(n_refs=N_REFS, n_samples=N_SAMPLES, **SMALL)
     logged: list[dict] = []
-    summary = case.run(
-        ChartOracle(), store, cfg, gamma=1.0, out_dir=out, seed=0, progress=False, log=logged.append
+    summary = run_case(
+        "ta_chart", ChartOracle(), store, cfg, gamma=1.0, out_dir=out, seed=0, progress=False,
+        log=logged.append,
     )
     return summary, out, logged
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_summary_contract(result):
     summary, out, logged = result
     json.dumps(summary)  # JSON-able
@@ -149,11 +154,14 @@ def test_summary_contract(result):
     assert summary["case"] == "ta_chart" and summary["gamma"] == 1.0
     assert summary["counts"]["n_refs"] == N_REFS and summary["counts"]["n_samples"] == N_SAMPLES
     f = summary["filters"]["match_score"]
-    assert f["threshold"] == 0.5 and 0.0 <= f["rejection_rate_overall"] <= 1.0
+    # an exact renderer of the chart: every sample matches its reference
+    assert f["threshold"] == 0.5 and f["rejection_rate_overall"] == 0.0
     assert set(f["rejection_rate_per_reference_summary"]) == {"min", "median", "max"}
     fid = summary["fidelity"]
-    for key in ("phase_w1", "phase_w1_baseline", "swd", "swd_baseline"):
-        assert np.isfinite(fid[key]) and fid[key] >= 0
+    # pinned (seed 0; fidelity latents seeded like every case: seed * 1_000_003 + 7)
+    for key, value in (("phase_w1", 0.0759297), ("phase_w1_baseline", 0.0471734),
+                       ("swd", 0.136436), ("swd_baseline", 0.124200)):
+        assert fid[key] == pytest.approx(value, rel=1e-3)
     # an exact renderer of the data: distances at the scale of the real-vs-real noise floor
     assert fid["phase_w1"] < 0.3 and fid["swd"] < 3 * fid["swd_baseline"]
     names = {Path(p).name for p in summary["figures"]}
@@ -168,20 +176,27 @@ def test_summary_contract(result):
     for p in summary["figures"]:
         assert (out / p).is_file() and (out / p).with_suffix(".svg").is_file()
     assert (out / "variations" / "manifest.json").is_file()
-    assert logged and all(isinstance(v, float) for v in logged[0].values())
+    keys = set().union(*logged)
+    assert {"analysis/ta_chart/fidelity/phase_w1",
+            "analysis/ta_chart/filters/match_score/rejection_rate",
+            "analysis/ta_chart/recovery/slit_widths/d1/generated_error_px"} <= keys
+    assert all(isinstance(v, float) for d in logged for v in d.values())
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_rerun_resumes_from_the_variation_blocks(result, store):
     summary, out, _ = result
     blocks = sorted((out / "variations" / "blocks").glob("*.npz"))
     stamps = [b.stat().st_mtime_ns for b in blocks]
     cfg = case.Config(n_refs=N_REFS, n_samples=N_SAMPLES, **SMALL)
-    again = case.run(ChartOracle(), store, cfg, gamma=1.0, out_dir=out, seed=0, progress=False)
+    again = run_case("ta_chart", ChartOracle(), store, cfg, gamma=1.0, out_dir=out, seed=0,
+                     progress=False)
     assert [b.stat().st_mtime_ns for b in blocks] == stamps  # nothing regenerated
     assert json.dumps(again["recovery"]) == json.dumps(summary["recovery"])
     assert json.dumps(again["sequences"]) == json.dumps(summary["sequences"])
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_translations_and_rotations_recovered(result):
     summary, out, _ = result
     df = pd.read_csv(out / summary["table"])
@@ -207,6 +222,7 @@ def test_translations_and_rotations_recovered(result):
         assert (np.diff(r.sort_values("rank_rotation")["rotation_deg"]) >= 0).all()
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_slit_widths_within_two_pixels(result):
     summary, _, _ = result
     rec = summary["recovery"]["slit_widths"]
@@ -214,20 +230,23 @@ def test_slit_widths_within_two_pixels(result):
         r = rec[name]
         assert r["truth"] == truth
         assert r["generated_within_tolerance"] and r["observed_within_tolerance"]
-        assert (
-            abs(r["generated_mean"] - truth) < 2 * PX and abs(r["observed_mean"] - truth) < 2 * PX
-        )
+    # pinned (seed 0): generated and observed means, nm (1 px = 41.44 nm)
+    for name, gen, obs in (("d1", 307.822, 308.737), ("d2", 322.014, 319.821)):
+        assert rec[name]["generated_mean"] == pytest.approx(gen, abs=0.01)
+        assert rec[name]["observed_mean"] == pytest.approx(obs, abs=0.01)
+    for name in ("d1", "d2"):
         assert summary["slit_widths"][name]["generated"]["n"] >= N_REFS * N_SAMPLES // 2
         # a rigid chart: widths barely fluctuate across the variation
         assert summary["slit_widths"][name]["generated"]["std"] < 0.5 * PX
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_sequences_smooth_and_iou(result):
     summary, _, _ = result
     rec = summary["recovery"]
     t, r = rec["translation_smoothness"], rec["rotation_smoothness"]
     assert t["bound"] == pytest.approx(340 * 0.007)  # from the store's truth offsets
-    assert 0 < r["bound"] <= 60  # gaps between sorted augmentation angles
+    assert r["bound"] == pytest.approx(28.0120, abs=1e-3)  # largest gap of sorted augmentations
     assert t["jump_free"] and r["jump_free"]
     assert t["smooth"] == (t["max_step"] <= t["bound"])
     assert r["smooth"]  # sorted generated rotations step less than the augmented data do
@@ -239,12 +258,14 @@ def test_sequences_smooth_and_iou(result):
     assert seq["rotation"]["iou_observed"]["n"] > 0
 
 
+@pytest.mark.slow  # an end-to-end run (~30-60 s on 2 cores)
 def test_jump_in_the_latent_space_is_detected(store, tmp_path):
     cfg = case.Config(n_refs=1, n_samples=16, sequence_subset_frac=1.0, **SMALL)
     z_ref, _ = variation_latents(3, 0, 1, LATENT, UniformSampler(1.0))
     # the offset jumps by 150 nm inside the reference's neighbourhood: no sample lands between
     oracle = ChartOracle(k_t=5.0, k_r=0.5, jump_nm=150.0, jump_at=float(z_ref[0]))
-    s = case.run(oracle, store, cfg, gamma=1.0, out_dir=tmp_path, seed=3, progress=False)
+    s = run_case("ta_chart", oracle, store, cfg, gamma=1.0, out_dir=tmp_path, seed=3,
+                 progress=False)
     t = s["recovery"]["translation_smoothness"]
     assert not t["jump_free"] and not t["smooth"]
     assert t["max_step"] > 100.0 and t["max_gap_ratio"] > 3.0
@@ -252,7 +273,8 @@ def test_jump_in_the_latent_space_is_detected(store, tmp_path):
 
 def test_noise_generator_is_rejected(store, tmp_path):
     with pytest.raises(AnalysisError, match="match no observed"):
-        case.run(
+        run_case(
+            "ta_chart",
             NoiseGenerator(),
             store,
             case.Config(n_refs=1, n_samples=4, **SMALL),
@@ -265,13 +287,15 @@ def test_noise_generator_is_rejected(store, tmp_path):
 def test_threshold_rejecting_everything_reports_the_distribution(store, tmp_path):
     cfg = case.Config(n_refs=1, n_samples=6, min_match_score=1.0, **SMALL)
     with pytest.raises(AnalysisError, match=r"rejects every sample.*median"):
-        case.run(ChartOracle(), store, cfg, gamma=1.0, out_dir=tmp_path, progress=False)
+        run_case("ta_chart", ChartOracle(), store, cfg, gamma=1.0, out_dir=tmp_path,
+                 progress=False)
 
 
 @pytest.mark.parametrize("gen", [NoiseGenerator(channels=3), NoiseGenerator(ndim=3, resolution=8)])
 def test_wrong_channels_or_ndim(store, tmp_path, gen):
     with pytest.raises(AnalysisError, match="2D 1-channel"):
-        case.run(gen, store, case.Config(**SMALL), gamma=1.0, out_dir=tmp_path, progress=False)
+        run_case("ta_chart", gen, store, case.Config(**SMALL), gamma=1.0, out_dir=tmp_path,
+                 progress=False)
 
 
 def test_config_yaml_and_validation():
@@ -288,12 +312,14 @@ def test_config_yaml_and_validation():
 def test_profile_search_finds_the_slits_without_truth(store):
     """Real data has no truth: the slit pair is found by a profile search instead."""
     cfg = case.Config()
-    obs = case._Observed(store, SIZE, cfg)
-    geom = case._geometry(SIZE, obs.pixel_size, cfg, obs.expected_widths())
-    frames = case._load_resized(store, obs.raw[:4], SIZE)[:, 0].astype(np.float64)
+    ctx = CaseContext("ta_chart", None, store, cfg, Path("."), None, 1.0, 0, "crop", SIZE,
+                      LATENT, PX, "nm")
+    obs = Observed(ctx, cfg)
+    geom = make_geometry(SIZE, obs.pixel_size, cfg, obs.expected_widths())
+    frames = obs.load(obs.raw[:4])[:, 0].astype(np.float64)
     for i, frame in zip(obs.raw[:4], frames):
-        truth = case._nearest_slits(obs.truth_pairs(int(i), geom), geom.image_centre)
+        truth = nearest_slits(obs.truth_pairs(int(i), geom), geom.image_centre)
         found = obs.search_pairs(frame, geom)
         assert len(found) >= 1
-        best = case._nearest_slits(found, geom.image_centre)
+        best = nearest_slits(found, geom.image_centre)
         assert np.abs(best - truth).max() < 0.5  # px

@@ -396,29 +396,26 @@ def test_gaussian_sweep_feeds_a_gaussian_analysis_sampler(sweep, tmp_path):
 
 
 def _analysis_sampler(tmp: Path, bundle: Path, sweep_dir: Path, out: Path) -> dict:
-    """What ``run_analysis`` hands a (stand-in) case module for ``sweep=sweep_dir``."""
-    import dataclasses
-    import types
-
+    """What ``run_analysis`` hands ``run_case`` (replaced by a probe) for ``sweep=sweep_dir``."""
+    import matdyn.analysis.case as case_mod
+    from matdyn.analysis.cases.np_diffusion import Config
     from matdyn.analysis.run import run_analysis
 
     seen: dict = {}
-    case = types.ModuleType("gamma_probe_case")
 
-    def run(gen, store, cfg, *, gamma, sampler, out_dir, seed, progress, log):
-        seen.update(gamma=gamma, sampler=sampler)
-        return {"case": "gamma_probe_case"}
+    def probe(case, gen, store, cfg, *, out_dir, gamma, **kw):
+        sampler, g, source = case_mod._sampler(gamma, None, case)
+        seen.update(gamma=g, sampler=sampler, source=source)
+        return {"case": case, "sampler": case_mod._spec(sampler)}
 
-    case.run = run
-    cfg_cls = dataclasses.make_dataclass("Config", [])
-    cfg_cls.__module__ = case.__name__
-    sys.modules[case.__name__] = case
+    real = case_mod.run_case
+    case_mod.run_case = probe
     try:
         ds = {"name": "np_diffusion", "source": "store", "path": str(tmp / "np.zarr"), "channels": 1}
-        seen["summary"] = run_analysis(ds, cfg_cls(), bundle, out, sweep=sweep_dir, device="cpu",
+        seen["summary"] = run_analysis(ds, Config(), bundle, out, sweep=sweep_dir, device="cpu",
                                        progress=False)
     finally:
-        del sys.modules[case.__name__]
+        case_mod.run_case = real
     return seen
 
 

@@ -1,21 +1,49 @@
-"""Run one case-study analysis end to end: resolve data, bundle and γ, call the case module,
-write ``summary.json`` (with the resolved config, the bundle's hash and the seed, so any
-figure can be regenerated) and log everything to W&B."""
+"""Entry of one case-study analysis: open the bundle and its store, resolve the sampler
+(:func:`matdyn.gamma.resolve_sampler`, checked against the bundle and store), then :func:`matdyn.analysis.case.run_case`, which writes
+``summary.json`` (with the bundle's hash, the store, the seed and the resolved config in
+``provenance``, so any figure can be regenerated); W&B logging when enabled."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from matdyn.errors import AnalysisError, ConfigError
+from matdyn.errors import AnalysisError
 from matdyn.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger("matdyn.analysis")
+
+def _wandb(wandb_cfg: Mapping[str, Any] | None, out: Path, case: str,
+           resolved_config: Mapping[str, Any] | None) -> Any:
+    wb = dict(wandb_cfg or {})
+    if not wb.get("enabled", False) or wb.get("mode", "offline") == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(project=wb.get("project", "matdyn"), mode=wb.get("mode", "offline"),
+                      dir=str(out), job_type="analysis", group=case,
+                      config=dict(resolved_config or {}), reinit="finish_previous")
+
+
+def _log_outputs(run_wandb: Any, out: Path, summary: Mapping[str, Any]) -> None:
+    """Figures, table and recovery scores under the same ``analysis/<case>/`` keys."""
+    import wandb
+
+    case = summary["case"]
+    for rel in summary.get("figures", []):
+        p = out / rel
+        if p.suffix == ".png" and p.is_file():
+            run_wandb.log({f"analysis/{case}/figures/{p.stem}": wandb.Image(str(p))})
+    table = out / str(summary.get("table") or "")
+    if table.is_file() and table.suffix == ".csv":
+        import pandas as pd
+
+        run_wandb.log({f"analysis/{case}/table": wandb.Table(dataframe=pd.read_csv(table))})
+    run_wandb.summary.update(_flat(summary.get("recovery") or {}, f"analysis/{case}/recovery"))
+
 
 def run_analysis(
     dataset: Mapping[str, Any],
@@ -32,7 +60,9 @@ def run_analysis(
     wandb_cfg: Mapping[str, Any] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Library entry of ``scripts/analyze.py``; `analysis` is a case Config dataclass.
+    """Library entry of ``scripts/analyze.py``: open the bundle and the store it was
+    trained on, then :func:`matdyn.analysis.case.run_case` with the case of `analysis`
+    (a case Config dataclass), ``dataset.fit``, and W&B logging when enabled.
 
     The perturbation sampler comes from :func:`matdyn.gamma.resolve_sampler` (``gamma``,
     ``sweep``, optional ``sampler`` spec ``{_target_: ..., ...}``): a sweep's gamma.json
@@ -40,19 +70,16 @@ def run_analysis(
     """
     import torch
 
+    from matdyn.analysis.case import get_case, run_case
     from matdyn.cli import project_path
     from matdyn.data.sources import ensure_store
     from matdyn.data.store import open_store
     from matdyn.gamma import resolve_sampler, store_identity
     from matdyn.training.bundle import load_generator
 
-    t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    module = importlib.import_module(type(analysis).__module__)
-    case = module.__name__.rsplit(".", 1)[-1]
-    if not hasattr(module, "run"):
-        raise ConfigError(f"analysis config {type(analysis).__name__} has no case module with run()")
+    case, _ = get_case(analysis)
     bundle_path = project_path(bundle_path)
     gen = load_generator(bundle_path)
     ensure_store(dataset, progress=progress)
@@ -63,65 +90,26 @@ def run_analysis(
             f"{bundle_path} was trained on store '{trained_on}' but the analysis reads store "
             f"'{store.meta.name}' ({store.path}); pass the matching dataset=... or bundle=..."
         )
-    if gen.channels != store.meta.channels or gen.ndim != store.meta.ndim:
-        raise AnalysisError(
-            f"{bundle_path} makes {gen.channels}-channel {gen.ndim}D images but store "
-            f"'{store.meta.name}' holds {store.meta.channels}-channel {store.meta.ndim}D frames"
-        )
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = gen.to(device)
+    sha = file_sha256(bundle_path)
     resolved = resolve_sampler(
-        gamma, project_path(sweep) if sweep else None, case, sampler,
-        bundle_sha256=file_sha256(bundle_path),
+        gamma, project_path(sweep) if sweep else None, case, sampler, bundle_sha256=sha,
         store=store_identity({**dataset, "path": str(store.path)}, store.meta),
     )
-    g, gamma_source = resolved.gamma, resolved.source
     log.info("analysis %s: bundle %s, sampler %r (%s), output %s", case, bundle_path,
-             resolved.sampler, gamma_source, out)
-
-    run_wandb = None
-    wb = dict(wandb_cfg or {})
-    if wb.get("enabled", False) and wb.get("mode", "offline") != "disabled":
-        import wandb
-
-        run_wandb = wandb.init(project=wb.get("project", "matdyn"), mode=wb.get("mode", "offline"),
-                               dir=str(out), job_type="analysis", group=case,
-                               config=dict(resolved_config or {}), reinit="finish_previous")
-
-    def _log(values: Mapping[str, Any]) -> None:
-        if run_wandb is not None:
-            run_wandb.log({f"analysis/{k}": v for k, v in values.items()})
-
+             resolved.sampler, resolved.source, out)
+    provenance = {"bundle": str(bundle_path), "bundle_sha256": sha,
+                  "store": str(store.path), "resolved_config": dict(resolved_config or {})}
+    run_wandb = _wandb(wandb_cfg, out, case, resolved_config)
     try:
-        summary = module.run(gen, store, analysis, gamma=g, sampler=resolved.sampler, out_dir=out,
-                             seed=seed, progress=progress, log=_log)
-        summary = dict(summary)
-        summary.update(
-            gamma=g,
-            gamma_source=gamma_source,
-            sampler=resolved.spec,
-            seed=seed,
-            bundle=str(bundle_path),
-            bundle_sha256=file_sha256(bundle_path),
-            store=str(store.path),
-            config=dict(resolved_config or {}),
-            elapsed_s=round(time.perf_counter() - t0, 2),
-        )
-        write_json_atomic(out / "summary.json", summary)
+        summary = run_case(case, gen, store, analysis, out_dir=out, gamma=resolved,
+                           seed=seed, fit=str(dataset.get("fit") or "crop"), progress=progress,
+                           log=run_wandb.log if run_wandb is not None else None,
+                           provenance=provenance)
         if run_wandb is not None:
-            import wandb
-
-            for rel in summary.get("figures", []):
-                p = out / rel
-                if p.suffix == ".png" and p.is_file():
-                    run_wandb.log({f"figures/{p.stem}": wandb.Image(str(p))})
-            table = out / str(summary.get("table", ""))
-            if table.is_file() and table.suffix == ".csv":
-                import pandas as pd
-
-                run_wandb.log({"variations": wandb.Table(dataframe=pd.read_csv(table))})
-            run_wandb.summary.update(_flat(summary.get("recovery", {}), "recovery"))
+            _log_outputs(run_wandb, out, summary)
     finally:
         if run_wandb is not None:
             run_wandb.finish()

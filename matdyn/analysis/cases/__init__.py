@@ -1,4 +1,11 @@
-"""Case-study analyses (one module per case, each with a ``Config`` and ``run``)."""
+"""Case-study packages, one per case (``np_diffusion``, ``ta_chart``, ``brass_clump``).
+
+Each package implements the :class:`~matdyn.analysis.case.Case` protocol (``config.py``:
+its Config dataclass; ``steps.py``; ``recovery.py``; ``figures.py``) and registers itself
+on import with :func:`~matdyn.analysis.case.register_case`;
+:func:`~matdyn.analysis.case.run_case` runs any of them. :func:`require_shapes` is the one
+shape check of generator and store.
+"""
 
 from __future__ import annotations
 

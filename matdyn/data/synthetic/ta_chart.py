@@ -53,7 +53,7 @@ from matdyn.errors import AnalysisError
 _S_LAYOUT, _S_ANGLES, _S_FRAME = 0, 1, 2
 
 # slit block rows and positions inside a cell, as fractions of the frame / cell width
-_SLIT_ROWS = (0.36, 0.64)
+SLIT_ROWS = (0.36, 0.64)  # top and bottom of the slit row, fractions of the field of view
 _SLIT1_LEFT, _SLIT2_LEFT, _BLOCK_LEFT, _BLOCK_RIGHT = 0.30, 0.62, 0.02, 0.92
 
 
@@ -105,22 +105,23 @@ class TaChartParams:
                 f"{cell_nm:.0f} nm; raise cell_width_frac or size")
 
 
-def _cell_width_nm(p: TaChartParams) -> float:
+def cell_width_nm(p: TaChartParams) -> float:
+    """Width of one repeat of the chart (nm): ``cell_width_frac`` × the field of view."""
     return p.cell_width_frac * p.size * p.pixel_size_nm
 
 
-def _slit_edges_nm(p: TaChartParams, cell: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def slit_edges_nm(p: TaChartParams, cell: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """Chart-x edges (left, right) of slits d1 and d2 in chart cell ``cell``."""
-    w = _cell_width_nm(p)
+    w = cell_width_nm(p)
     x0 = p.chart_origin_nm + cell * w
     s1 = x0 + _SLIT1_LEFT * w
     s2 = x0 + _SLIT2_LEFT * w
     return (s1, s1 + p.d1_nm), (s2, s2 + p.d2_nm)
 
 
-def _chart_rects(p: TaChartParams, seed: int) -> np.ndarray:
+def chart_rects(p: TaChartParams, seed: int) -> np.ndarray:
     """Ta rectangles [R, 4] (x0, x1, y0, y1) in nm covering every position the frames see."""
-    w, fov = _cell_width_nm(p), p.size * p.pixel_size_nm
+    w, fov = cell_width_nm(p), p.size * p.pixel_size_nm
     travel = p.speed_nm_s * p.frame_interval_s * (p.n_frames - 1)
     # image col j in frame k shows chart x = j*a - offset_k; offsets span [0, travel]
     c_lo = math.floor((-travel - p.chart_origin_nm) / w) - 1
@@ -129,8 +130,8 @@ def _chart_rects(p: TaChartParams, seed: int) -> np.ndarray:
     rects = []
     for c in range(c_lo, c_hi + 1):
         x0 = p.chart_origin_nm + c * w
-        (a1, b1), (a2, b2) = _slit_edges_nm(p, c)
-        y0, y1 = _SLIT_ROWS[0] * fov, _SLIT_ROWS[1] * fov
+        (a1, b1), (a2, b2) = slit_edges_nm(p, c)
+        y0, y1 = SLIT_ROWS[0] * fov, SLIT_ROWS[1] * fov
         # slit block: three Ta blocks separated by the slits d1 and d2
         rects += [(x0 + _BLOCK_LEFT * w, a1, y0, y1), (b1, a2, y0, y1),
                   (b2, x0 + _BLOCK_RIGHT * w, y0, y1)]
@@ -169,13 +170,16 @@ def render_chart(p: TaChartParams, rects: np.ndarray, offset_nm: float) -> np.nd
 
 
 @dataclass
-class _Support:
+class Support:
+    """The illumination support of :func:`support`, fixed while the chart moves."""
+
     envelope: np.ndarray  # [H, W] in [0, 1], 1 inside the triangular support
     ringing: np.ndarray  # [H, W] Fresnel fringes (rad)
     ramp: np.ndarray  # [H, W] quadratic phase ramp (rad), weighted to the outside
 
 
-def _support(p: TaChartParams) -> _Support:
+def support(p: TaChartParams) -> Support:
+    """The fixed illumination support (triangle, Fresnel fringes, outside ramp), [H, W] each."""
     n = p.size
     r, c = np.mgrid[0:n, 0:n].astype(float)
     cr = cc = (n - 1) / 2.0
@@ -190,14 +194,15 @@ def _support(p: TaChartParams) -> _Support:
             * np.exp(-np.abs(d) / p.ringing_decay_px))
     rad2 = ((r - cr) ** 2 + (c - cc) ** 2) / (2 * (n / 2.0) ** 2)  # 1 at the corners
     ramp = p.wrap_ramp_rad * rad2 * (1 - env)
-    return _Support(env, ring, ramp)
+    return Support(env, ring, ramp)
 
 
-def _wrap(x: np.ndarray) -> np.ndarray:
+def wrap_phase(x: np.ndarray) -> np.ndarray:
+    """Phase wrapped to [-π, π)."""
     return np.mod(x + math.pi, 2 * math.pi) - math.pi
 
 
-def _render_frame(p: TaChartParams, rects: np.ndarray, sup: _Support, offset_nm: float,
+def _render_frame(p: TaChartParams, rects: np.ndarray, sup: Support, offset_nm: float,
                   seed: int, k: int) -> np.ndarray:
     """Raw (unrotated) phase frame ``k``, [H, W] float64, wrapped to [-π, π)."""
     n = p.size
@@ -209,14 +214,14 @@ def _render_frame(p: TaChartParams, rects: np.ndarray, sup: _Support, offset_nm:
     low = c0 + gx * lin[None, :] + gy * lin[:, None]
     img = (sup.envelope * (chart + low) + (1 - sup.envelope) * outside + sup.ringing + sup.ramp
            + p.noise_std_rad * rng.standard_normal((n, n)))
-    return _wrap(img)
+    return wrap_phase(img)
 
 
 @dataclass
 class _Plan:
     p: TaChartParams
     rects: np.ndarray
-    support: _Support
+    support: Support
     frame_offset_nm: np.ndarray  # [n_frames]
     angles: np.ndarray  # [n_frames, 1 + n_augment]; column 0 is the raw frame (0°)
 
@@ -226,7 +231,7 @@ def _plan(p: TaChartParams, seed: int) -> _Plan:
     ang = rng_for(seed, _S_ANGLES).uniform(-p.max_rotation_deg, p.max_rotation_deg,
                                            (p.n_frames, p.n_augment))
     angles = np.concatenate([np.zeros((p.n_frames, 1)), ang], axis=1)
-    return _Plan(p, _chart_rects(p, seed), _support(p), offsets, angles)
+    return _Plan(p, chart_rects(p, seed), support(p), offsets, angles)
 
 
 def _render_images(plan: _Plan, seed: int, start: int, stop: int) -> np.ndarray:
@@ -270,7 +275,7 @@ def recipe(params: TaChartParams | None = None, *, seed: int = 0, **overrides: A
         "pixel_size_nm": p.pixel_size_nm,
         "speed_nm_s": p.speed_nm_s,
         "frame_interval_s": p.frame_interval_s,
-        "cell_width_nm": _cell_width_nm(p),
+        "cell_width_nm": cell_width_nm(p),
         "chart_origin_nm": p.chart_origin_nm,
         "rotation_range_deg": [-p.max_rotation_deg, p.max_rotation_deg],
         "images_per_frame": per,
@@ -328,18 +333,18 @@ def measure_slit_widths(image: np.ndarray, offset_nm: float,
     if img.shape != (p.size, p.size):
         raise AnalysisError(f"image shape {img.shape} differs from the chart's ({p.size}, "
                             f"{p.size}); pass the matching params/size")
-    a, w, n = p.pixel_size_nm, _cell_width_nm(p), p.size
+    a, w, n = p.pixel_size_nm, cell_width_nm(p), p.size
     # the cell whose slit pair centre is closest to the frame centre
     centre_chart = n * a / 2 - offset_nm
     mid = 0.5 * (_SLIT1_LEFT + _SLIT2_LEFT) * w + 0.5 * p.d2_nm
     cell = round((centre_chart - p.chart_origin_nm - mid) / w)
     fov = n * a
-    h = _SLIT_ROWS[1] - _SLIT_ROWS[0]
-    r0 = int(round((_SLIT_ROWS[0] + 0.25 * h) * fov / a))
-    r1 = int(round((_SLIT_ROWS[1] - 0.25 * h) * fov / a))
+    h = SLIT_ROWS[1] - SLIT_ROWS[0]
+    r0 = int(round((SLIT_ROWS[0] + 0.25 * h) * fov / a))
+    r1 = int(round((SLIT_ROWS[1] - 0.25 * h) * fov / a))
     profile = img[r0:r1].mean(axis=0)
     widths = []
-    for left, right in _slit_edges_nm(p, cell):
+    for left, right in slit_edges_nm(p, cell):
         lc, rc = (left + offset_nm) / a, (right + offset_nm) / a  # edges in column units
         j0, j1 = int(math.floor(lc)) - 5, int(math.ceil(rc)) + 5
         if j0 < 0 or j1 > n:

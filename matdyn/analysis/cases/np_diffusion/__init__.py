@@ -1,0 +1,222 @@
+"""NP-diffusion case study (paper §3.3): fidelity, latent Monte Carlo traces, diffusion modes.
+
+A package of the :class:`~matdyn.analysis.case.Case` protocol, run by
+:func:`~matdyn.analysis.case.run_case` (``run_case("np_diffusion", generator, store, cfg,
+...)``): ``config`` (Config, paper numbers), ``traces`` (segmentation and moments),
+``steps`` (fidelity, entropy filter, trace table, clustering), ``recovery`` (planted truth),
+``figures``. The steps:
+
+1. **Inputs.** A 1-channel 2D generator and store. Observed frames are prepared exactly
+   as in training (:class:`~matdyn.data.frames.ObservedFrames`, ``dataset.fit`` crop or
+   pad, resized to the generator's resolution); every length uses the pixel size of that
+   geometry (the bundle's, else :func:`~matdyn.data.frames.working_pixel_size`).
+2. **Fidelity (§3.3.1, Fig. 5a/b).** ``n_fidelity`` generated frames (z ~ N(0, I)) vs as
+   many observed frames spread over the store. Particles are segmented identically in both
+   sets: Gaussian σ, black top-hat, threshold = ``trace_threshold`` × the *observed* particle
+   depth (median single-particle dip), components ≥ ``min_area`` px. Reported, each with a
+   split-half real-vs-real baseline: the 1D Wasserstein distance of particle areas
+   (``area_normalize="range"``: both samples mapped to [0, 1] by the min and max of the
+   pooled areas, our reading of the paper's 0.068; also the raw value in nm²), the
+   multi-scale sliced Wasserstein distance (Karras et al. 2018) and the S₂ RMS distance of
+   the particle masks. A generator whose frames lack the spatial correlation of the data
+   (lag-1 pixel autocorrelation < ``noise_corr_ratio`` × the observed one) or show no
+   particles is rejected as noise.
+3. **Monte Carlo (§3.3.2).** ``n_refs`` references × ``n_samples`` perturbations
+   ε ~ U[-γ, γ]^d through :class:`~matdyn.sampling.engine.VariationEngine` (resumable in
+   ``out_dir/variations``). A sample is kept when its image-entropy difference to its
+   reference is ≤ the threshold: a number (paper 0.2, on the paper's own entropy scale), or
+   ``"auto"``: the ``entropy_bound`` ("max", the paper's "upper bound", or "p95") of the
+   same metric between consecutive observed frames at the same resolution
+   (:func:`~matdyn.gamma.continuity.consecutive_differences`). Kept samples (and the
+   reference, Eq. 3, with ``include_reference``) are averaged pixel-wise
+   (:class:`~matdyn.sampling.reducers.FilteredMean`).
+4. **Traces (Fig. 6a).** Each averaged image is segmented with
+   :func:`~matdyn.descriptors.traces.extract_traces` at ``depth`` = the median
+   single-particle dip depth of *its reference image*, so fading traces of moving particles
+   are measured against the depth of a still particle. The reference image's own particles
+   are described the same way (the "before averaging" baseline).
+5. **Descriptors.** ``anisotropy`` = (λ1 - λ2)/(λ1 + λ2) of the depth-weighted second
+   moments (0 isotropic, → 1 line); ``tortuosity`` = arc-chord ratio of the ordered,
+   smoothed skeleton path (≥ 1, 1 = straight; grows with meandering). **Diffusion area**
+   (Fig. 6b) = the MSD-equivalent spread of the trace beyond the still particle::
+
+       A = [tr Σ_trace - tr Σ_particle] × pixel_size²   (nm²)
+
+   Σ are the second moments of the smoothed dip above a locally fitted background plane,
+   inside a Mahalanobis window of radius ``moment_window`` within the trace's watershed
+   basin (no threshold, so the tails of faded traces count); Σ_particle is that of the
+   reference particle lying on the trace (else the median reference particle). Averaging
+   convolves the particle with the distribution of its positions and second moments of a
+   convolution add, so A estimates tr Σ_positions. If the kept samples are the states
+   reachable from the reference within the time t that γ stands for (the paper equates
+   γ = 1 with ~1 s, §3.3.1), that is the mean squared displacement MSD(t) = 4 D t; if they
+   behave like the frames of a t-long window, it is the window spread (2 D t / 3 = MSD / 6
+   for free diffusion). The summary gives both planted values (``planted_msd``,
+   ``planted_window_spread``, from the true trajectories), the planted 4 D t and the
+   paper's 7712 ± 2862 nm² (XPCS: 7550 nm² per s). On 1-s averages of the stand-in's own
+   frames at 128 px, A matched the planted window spread within ~15-30 % per mode. Noise
+   makes A scatter around 0 for still particles (the reference rows of the table,
+   measured against their median, show that floor). A trace fades below the
+   segmentation threshold once its spread per axis exceeds about twice the particle's
+   own second moment, so very mobile particles are missed rather than measured. The mask
+   area (``area``), the 1-σ ellipse area (``ellipse_area``) and ``rms_displacement`` = √A
+   (A clipped at 0; much less skewed than A, the better clustering feature) are in the
+   table too.
+6. **Clustering (Fig. 6c/d).** ``features`` of the averaged traces, scaled per column
+   (``scaling``, paper: range), Euclidean; HAC cut into ``n_modes`` clusters with average
+   linkage (paper) and the robust variants ``trimmed`` (average linkage after setting aside
+   rows with |z| > ``trim_z``, then nearest centre) and ``ward``, which cluster
+   ``robust_features`` (default anisotropy + rms displacement: tortuosity is ~1 for nearly
+   every trace of the stand-in, FINDINGS.md). Clusters are named:
+   highest mean anisotropy → directed, then larger mean diffusion area → free, → confined.
+7. **Ground truth** (synthetic stores only, ``summary["recovery"]``): a trace's planted
+   mode is the store's ``region_map`` (cropped or padded with -1, then nearest-neighbour
+   resized like the frames) at the trace centroid; traces outside every region (-1) are
+   left out of the ARI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from matdyn.analysis.case import CaseContext, Table, VariationPlan, register_case, stats
+from matdyn.analysis.cases.np_diffusion import figures as figs
+from matdyn.analysis.cases.np_diffusion import steps
+from matdyn.analysis.cases.np_diffusion.config import CASE, FREE, PAPER, Config
+from matdyn.analysis.cases.np_diffusion.recovery import mode_names, recover
+from matdyn.descriptors.differences import EntropyDifference, MetricFilter
+from matdyn.errors import AnalysisError
+from matdyn.sampling.reducers import FilteredMean, SampleMetrics
+
+__all__ = ["CASE", "PAPER", "Config", "NPDiffusionCase"]
+
+
+class NPDiffusionCase:
+    """The NP-diffusion steps (see the module docstring); one instance per run."""
+
+    name, channels, ndim, what = CASE, 1, 2, "phase images"
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg if cfg is not None else Config()
+        self.counts: dict[str, Any] = {}
+        self._sections: dict[str, Any] = {}
+
+    def observe(self, ctx: CaseContext) -> steps.Observed:
+        return steps.observe(ctx, self.cfg)
+
+    def fidelity(self, ctx: CaseContext, observed: steps.Observed) -> dict:
+        cfg, real = self.cfg, observed.fidelity
+        gen = ctx.generate(ctx.fidelity_latents(cfg.n_fidelity), cfg.batch_size)
+        fid = steps.fidelity(ctx, cfg, real, gen)
+        areas = fid.pop("_areas")
+        figs.fidelity_figures(ctx, real, gen, fid, areas, cfg.n_show, steps.area_unit(ctx))
+        swd = fid["swd"]
+        if swd["value"] > 10.0 * max(swd["baseline"], 1e-12):
+            ctx.note(f"generated frames are far from the observed ones (SWD {swd['value']:.3g} "
+                     f"vs real-vs-real {swd['baseline']:.3g}); is the generator trained?")
+        return fid
+
+    def variations(self, ctx: CaseContext, observed: steps.Observed) -> VariationPlan:
+        """Entropy filter (threshold fixed or from consecutive observed frames), averaged
+        per reference (FilteredMean), the metric of every sample kept for the summary."""
+        cfg = self.cfg
+        ent = EntropyDifference(bins=cfg.entropy_bins)
+        self._thr = steps.entropy_threshold(cfg, observed.baseline, ent, observed.n_store)
+        keep = MetricFilter(upper={ent.name: self._thr[0]})
+        return VariationPlan(
+            cfg.n_refs, cfg.n_samples, [ent],
+            [FilteredMean(keep, include_reference=cfg.include_reference, name="mean"),
+             SampleMetrics([ent.name], name="metrics")], cfg.batch_size)
+
+    def filters(self, ctx: CaseContext, result: Any) -> dict:
+        thr, source, base = self._thr
+        filters, self._n_kept, self._used = steps.filter_summary(self.cfg, result, thr, source,
+                                                                 base, ctx.gamma)
+        figs.filter_figure(ctx, result["metrics/entropy_diff"], filters["entropy_diff"])
+        return filters
+
+    def describe(self, ctx: CaseContext, observed: Any, result: Any) -> Table:
+        cfg = self.cfg
+        refs, means = result["mean/reference"], result["mean/mean"]
+        table = steps.trace_table(ctx, cfg, refs, means, result.ref_indices, self._n_kept,
+                                  self._used)
+        avg = table[table.source == "averaged"]
+        if len(avg) < cfg.n_modes:
+            raise AnalysisError(
+                f"only {len(avg)} traces found in {int(self._used.sum())} averaged images, fewer "
+                f"than n_modes={cfg.n_modes}; all-noise generator, or raise n_refs / lower "
+                "trace_threshold")
+        ref_rows = table.source == "reference"
+        self.counts = {"n_refs": int(len(refs)), "n_samples": int(cfg.n_samples),
+                       "n_refs_used": int(self._used.sum()), "n_traces_averaged": int(len(avg)),
+                       "n_traces_reference": int(ref_rows.sum()),
+                       "n_fidelity": int(cfg.n_fidelity)}
+        self._sections["traces"] = {
+            "anisotropy_reference": stats(table.loc[ref_rows, "anisotropy"]),
+            "anisotropy_averaged": stats(avg["anisotropy"]),
+            "tortuosity_averaged": stats(avg["tortuosity"]),
+            "tortuosity_convention": "arc-chord ratio of the smoothed skeleton path, >= 1 "
+                                     "(1 = straight)"}
+        self._sections["diffusion_area"] = self._diffusion(ctx, avg["diffusion_area"])
+        return Table(table, steps.table_units(ctx))
+
+    def _diffusion(self, ctx: CaseContext, values: Any) -> dict:
+        t_s = float(self.cfg.gamma_time_s)
+        truth = dict(ctx.store.truth or {})
+        d_modes = np.asarray(truth.get("mode_diffusion_nm2_s", []), dtype=np.float64).ravel()
+        d_free = (d_modes[FREE] if d_modes.size > FREE
+                  else PAPER["xpcs_diffusion_nm2_per_s"]["mean"] / 4)
+        diffusion = {
+            "unit": steps.area_unit(ctx),
+            "definition": "MSD-equivalent spread: (tr Σ_trace - tr Σ of the still reference "
+                          "particle) × pixel_size²",
+            "time_s": t_s, **stats(values), "planted_free_4Dt": float(4.0 * d_free * t_s),
+            "paper": PAPER["diffusion_area_nm2"]}
+        ctx.log({"diffusion_area/mean": diffusion["mean"], "diffusion_area/std": diffusion["std"]})
+        return diffusion
+
+    def group(self, ctx: CaseContext, table: Table) -> dict:
+        summary, self._results, self._rows = steps.cluster(self.cfg, table.frame)
+        return {"clustering": summary}
+
+    def recover(self, ctx: CaseContext, observed: Any, table: Table) -> dict:
+        if "region_map" not in ctx.store.truth:
+            return None  # type: ignore[return-value]
+        return recover(ctx, self.cfg, table.frame, self._results, self._rows)
+
+    def figures(self, ctx: CaseContext, observed: Any, result: Any, table: Table) -> None:
+        cfg, df, au = self.cfg, table.frame, steps.area_unit(ctx)
+        self._cluster_figures(ctx, df)
+        figs.variation_figures(ctx, result["mean/reference"], result["mean/mean"], self._n_kept,
+                               self._used, cfg.n_show)
+        avg = df[df.source == "averaged"]
+        figs.diffusion_figure(ctx, avg["diffusion_area"].to_numpy(),
+                              self._sections["diffusion_area"], au,
+                              PAPER["diffusion_area_nm2"]["mean"])
+        if "planted_mode" in df:
+            figs.recovery_figures(ctx, df, self._rows, mode_names(ctx.store), au)
+        else:
+            ctx.save(figs.ref_vs_avg_figure(df, None, {}), "traces_anisotropy_reference_averaged")
+
+    def _cluster_figures(self, ctx: CaseContext, df: Any) -> None:
+        cfg = self.cfg
+        sub = df.loc[self._rows]
+        feats, robust = list(cfg.features), list(cfg.robust_features) or list(cfg.features)
+        every = list(dict.fromkeys(feats + robust))
+        shown = list(dict.fromkeys(["anisotropy", "tortuosity"] + every))
+        units = {"diffusion_area": steps.area_unit(ctx),
+                 "rms_displacement": steps.length_unit(ctx)}
+        aniso, area = sub["anisotropy"].to_numpy(), sub["diffusion_area"].to_numpy()
+        for method, res in self._results.items():
+            names = steps.name_clusters(res.labels, aniso, area, cfg.n_modes)
+            figs.cluster_figures(ctx, sub, method, res, names,
+                                 feats if method == "average" else robust, shown, units,
+                                 cfg.n_modes)
+
+    def sections(self, ctx: CaseContext) -> dict:
+        return dict(self._sections, paper=PAPER)
+
+
+register_case(CASE, NPDiffusionCase, Config)

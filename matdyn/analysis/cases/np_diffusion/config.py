@@ -1,0 +1,145 @@
+"""Settings of the NP-diffusion case (paper §3.3): Config, the paper's numbers, names."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from matdyn.analysis.case import at_least, one_of, positive_ints
+from matdyn.errors import ConfigError
+
+CASE = "np_diffusion"
+MODE_NAMES = ("directed", "free", "confined")  # region_map values 0, 1, 2 of the stand-in
+DIRECTED, FREE, CONFINED = 0, 1, 2
+_METHODS = ("average", "trimmed", "ward")
+_FEATURES = (
+    "anisotropy",
+    "tortuosity",
+    "diffusion_area",
+    "rms_displacement",
+    "area",
+    "ellipse_area",
+    "major_sigma",
+    "minor_sigma",
+)
+
+
+#: the paper's numbers for the report table (§3.3.1, §3.3.2)
+PAPER: dict[str, Any] = {
+    "particle_area_w1": 0.068,  # §3.3.1, observed vs generated NP areas
+    "n_fidelity": 1000,  # §3.3.1, generated samples
+    "gamma": 1.0,  # §3.3.1
+    "gamma_time_s": 1.0,  # §3.3.1: γ = 1 ≈ NP motion over ~1 s
+    "entropy_threshold": 0.2,  # §3.3.2
+    "entropy_upper_bound_consecutive": 0.26,  # §3.3.1
+    "n_refs": 200,  # §3.3.2
+    "n_samples": 500,  # §3.3.2
+    "diffusion_area_nm2": {"mean": 7712.0, "std": 2862.0},  # §3.3.2, Fig. 6b
+    "xpcs_diffusion_nm2_per_s": {"mean": 7550.0, "std": 850.0},  # §3.3.2
+    "n_modes": 3,  # §3.3.2, Fig. 6c
+    "linkage": "average",  # §3.3.2
+}
+
+
+@dataclass
+class Config:
+    """Every count and threshold of the NP case; CPU-sized counts, paper values in comments."""
+
+    n_refs: int = 60  # paper: 200 reference states (§3.3.2)
+    n_samples: int = 100  # paper: 500 perturbed images per reference (§3.3.2)
+    n_fidelity: int = 200  # paper: 1000 generated frames vs the observed ones (§3.3.1)
+    # filter: |H(x) - H(x_ref)| <= threshold; a number (paper 0.2, §3.3.2, on the paper's
+    # entropy scale) or "auto" = `entropy_bound` of consecutive observed frames (paper's rule)
+    entropy_threshold: float | str = "auto"
+    entropy_bound: str = "max"  # "max" (paper: upper bound 0.26, §3.3.1) or "p95"
+    entropy_bins: int = 256  # grey levels of the image entropy (ours, FINDINGS.md)
+    baseline_frames: int = 500  # consecutive observed frames for the baseline (paper: all 2000)
+    baseline_stride: int = 1  # frame step of the consecutive-frame baseline
+    include_reference: bool = True  # G(z_i) belongs to its variation V_i (Eq. 3)
+    min_kept: int = 5  # references with fewer kept samples are left out (ours)
+    gamma_time_s: float = 1.0  # time the run's γ stands for (paper: γ = 1 ≈ 1 s, §3.3.1)
+    # trace extraction (FINDINGS.md: σ 1, top-hat 6, threshold 0.3-0.4 of the depth, 6 px)
+    trace_sigma: float = 1.0
+    tophat_radius: int = 6
+    trace_threshold: float = 0.35
+    min_area: int = 6
+    moment_window: float = 3.5  # Mahalanobis radius of the moment window (diffusion area)
+    path_sigma: float = 1.0  # smoothing of the skeleton path for tortuosity
+    depth_frames: int = 64  # observed frames used to measure the particle depth
+    # fidelity
+    area_normalize: str | None = "range"  # W1 of areas: "range" | "std" | None (nm²)
+    baseline_repeats: int = 3  # random halvings for the real-vs-real baselines
+    swd_patches: int = 2048  # per pyramid level (PGGAN: 16384 on 2^13 images)
+    swd_directions: int = 128
+    swd_repeats: int = 2
+    noise_corr_ratio: float = 0.5  # generated lag-1 autocorrelation below this × observed: noise
+    # clustering (§3.3.2: scaled distance, HAC average linkage, 3 modes)
+    n_modes: int = 3
+    features: Sequence[str] = ("anisotropy", "tortuosity")  # the paper's two descriptors
+    # features of the robust variants (trimmed, ward); empty: same as `features`. Tortuosity
+    # is ~1 for nearly every trace here (FINDINGS.md); rms displacement separates the modes
+    robust_features: Sequence[str] = ("anisotropy", "rms_displacement")
+    scaling: str | None = "range"
+    methods: Sequence[str] = ("average", "trimmed", "ward")  # paper first, robust variants
+    trim_z: float = 2.0
+    # execution
+    batch_size: int = 64
+    n_show: int = 6  # image pairs in the grid figures
+
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        self.robust_features = tuple(self.robust_features or ())
+        self.methods = tuple(self.methods)
+        if isinstance(self.area_normalize, str) and self.area_normalize.lower() in ("none", "null"):
+            self.area_normalize = None
+
+    def validate(self) -> None:
+        """One-line ConfigError naming the first bad field."""
+        positive_ints(self, ("n_refs", "n_samples", "entropy_bins", "baseline_stride", "min_area",
+                             "batch_size", "tophat_radius", "depth_frames", "swd_patches",
+                             "swd_directions", "swd_repeats", "baseline_repeats", "n_show"))
+        at_least(self, {"n_fidelity": 4, "baseline_frames": 2, "min_kept": 0, "n_modes": 2})
+        self._validate_threshold()
+        self._validate_traces()
+        one_of(self, "entropy_bound", ("max", "p95"))
+        one_of(self, "area_normalize", (None, "range", "std"))
+        one_of(self, "scaling", (None, "range", "iqr", "std"))
+        bad = [f for f in (*self.features, *self.robust_features) if f not in _FEATURES]
+        if not self.features or bad:
+            raise ConfigError(f"analysis.features must be a non-empty subset of {_FEATURES}, "
+                              f"got {list(self.features)}")
+        if not self.methods or any(m not in _METHODS for m in self.methods):
+            raise ConfigError(f"analysis.methods must be a non-empty subset of {_METHODS}, "
+                              f"got {list(self.methods)}")
+
+    def _validate_threshold(self) -> None:
+        thr = self.entropy_threshold
+        if isinstance(thr, str) and thr != "auto":
+            try:
+                thr = float(thr)
+            except ValueError:
+                raise ConfigError(
+                    f"analysis.entropy_threshold must be a number or 'auto', got {thr!r}"
+                ) from None
+        if not isinstance(thr, str) and not (math.isfinite(float(thr)) and float(thr) >= 0):
+            raise ConfigError(f"analysis.entropy_threshold must be >= 0 or 'auto', got {thr!r}")
+
+    def _validate_traces(self) -> None:
+        if not 0.0 < self.trace_threshold < 1.0:
+            raise ConfigError("analysis.trace_threshold is a fraction of the particle depth in "
+                              f"(0, 1), got {self.trace_threshold}")
+        if self.trace_sigma < 0 or self.path_sigma < 0 or not self.moment_window > 0:
+            raise ConfigError("analysis.trace_sigma and path_sigma must be >= 0, moment_window > 0")
+        if not self.gamma_time_s > 0:
+            raise ConfigError(f"analysis.gamma_time_s must be > 0, got {self.gamma_time_s}")
+        if not 0.0 <= self.noise_corr_ratio < 1.0:
+            raise ConfigError(
+                f"analysis.noise_corr_ratio must be in [0, 1), got {self.noise_corr_ratio}")
+
+    def threshold_value(self) -> float | None:
+        """The fixed entropy threshold, or None for 'auto'."""
+        return None if self.entropy_threshold == "auto" else float(self.entropy_threshold)
+
+
