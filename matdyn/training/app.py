@@ -168,7 +168,8 @@ def build(
     if channels != dm.channels:
         raise ConfigError(f"model.channels={channels} but the dataset store has {dm.channels} "
                           f"channel(s); set model.channels={dm.channels}")
-    stages, prof_filters, extras = build_stages(profile, str(ds.name), dm.ndim, top)
+    stages, prof_filters, extras = build_stages(profile, str(ds.name), dm.ndim, top,
+                                                 n_frames=dm.n_frames)
     filters = [int(f) for f in (_plain(m.get("filters")) or prof_filters)]
     if len(filters) < len(stages):
         raise ConfigError(f"model.filters has {len(filters)} widths but {top} px needs "
