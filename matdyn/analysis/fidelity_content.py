@@ -74,8 +74,8 @@ class Check(NamedTuple):
     floor: float = 0.0
 
     def flagged(self, factor: float = 2.0) -> bool:
-        """True when ``value > factor * max(baseline, floor)`` (NaN values are not flagged)."""
-        return bool(np.isfinite(self.value) and self.value > factor * max(self.baseline, self.floor))
+        """True when ``value > factor * max(baseline, floor)`` (NaN is not flagged, inf is)."""
+        return bool(not np.isnan(self.value) and self.value > factor * max(self.baseline, self.floor))
 
 
 def ratio_check(name: str, ratio: float, baseline_ratio: float) -> Check:
