@@ -16,7 +16,7 @@ frames), so a distance reads as "how far beyond sampling noise":
   distances and — when the store has a planted region map (NP stand-in) — particles per
   frame in each region with the generated/observed ratio
   (:func:`matdyn.analysis.fidelity_content.particle_fidelity`; issue 11);
-* ``composition`` (multi-channel frames): per-channel mass fractions and, with
+* ``composition`` (multi-channel 3D volumes): per-channel mass fractions and, with
   ``stage_days`` labels, the stage mix (:func:`~matdyn.analysis.fidelity_content.
   composition_fidelity`);
 * ``slit_widths`` (Ta-chart stand-in with truth): slit widths d1, d2 in generated and
@@ -120,7 +120,7 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     their baseline). ``pixel_size``: working pixel size (``unit`` per px). ``particles``:
     measure dark particles in channel 0 (None: any 1-channel 2D set). ``region_map``
     [H, W] at the frames' size and ``region_names``: planted regions (NP stand-in).
-    ``stages``: one label per real frame for the composition's stage mix (multi-channel).
+    ``stages``: one label per real frame for the composition's stage mix (multi-channel 3D).
     """
     if generated.shape[1:] != real.shape[1:]:
         raise AnalysisError(f"generated frames {generated.shape[1:]} and observed frames "
@@ -141,7 +141,7 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
                                                     region_names=region_names, seed=seed)
             out["particles"]["channel"] = channel_names[0]
             checks += c
-    if real.shape[1] > 1:
+    if real.ndim == 5 and real.shape[1] > 1:  # multi-species volumes (brass clumps, §3.4)
         try:
             out["composition"], c = composition_fidelity(real, generated, channel_names,
                                                          stages=stages, seed=seed)
