@@ -39,8 +39,9 @@ def main(cfg: DictConfig) -> None:
             print(f"particle-area Wasserstein (range-normalised): {pa['generated_vs_real']:.4f} "
                   f"(real vs real {pa['real_vs_real']:.4f})")
         for name, r in (summary.get("particles", {}).get("regions") or {}).items():
+            ratio = "undefined" if r["ratio"] is None else f"{r['ratio']:.2f}"
             print(f"particles per frame, {name}: generated {r['generated_per_frame']:.2f} / "
-                  f"observed {r['real_per_frame']:.2f} = {r['ratio']:.2f}")
+                  f"observed {r['real_per_frame']:.2f} = {ratio}")
         flags = summary.get("flags", [])
         print(f"fidelity flags (> {summary.get('flag_factor', 2):g}x real-vs-real): "
               + (", ".join(flags) if flags else "none"))

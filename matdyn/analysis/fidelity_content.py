@@ -264,22 +264,22 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     """
     a, b = half_split(real.n_frames, seed)
     ra, rb = real.subset(a), real.subset(b)
+    ratio, base = _ratio(generated.per_frame, real.per_frame), _ratio(rb.per_frame, ra.per_frame)
     ppf = {"real": real.per_frame, "generated": generated.per_frame,
-           "ratio": _ratio(generated.per_frame, real.per_frame),
-           "real_vs_real_ratio": _ratio(rb.per_frame, ra.per_frame)}
+           "ratio": _num(ratio), "real_vs_real_ratio": _num(base)}
     out: dict[str, Any] = {"particles_per_frame": ppf}
-    checks = [ratio_check("particles_per_frame", ppf["ratio"], ppf["real_vs_real_ratio"])]
+    checks = [ratio_check("particles_per_frame", ratio, base)]
     d_real = centre_density(real.rc, shape, bins)
     d_a, d_b = centre_density(ra.rc, shape, bins), centre_density(rb.rc, shape, bins)
     if len(generated):
         d_gen = centre_density(generated.rc, shape, bins)
         emd, chi2 = density_emd(d_real, d_gen), density_chi2(d_real, d_gen)
-    else:  # nothing drawn: as far from the observed density as it gets
+    else:  # nothing drawn: as far from the observed density as it gets (None in the summary)
         emd, chi2 = float("inf"), 1.0
     base_emd, base_chi2 = density_emd(d_a, d_b), density_chi2(d_a, d_b)
     out["centre_density"] = {
         "bins": bins, "emd_unit": "fraction of the frame side",
-        "emd": {"generated_vs_real": emd, "real_vs_real": base_emd},
+        "emd": {"generated_vs_real": _num(emd), "real_vs_real": base_emd},
         "chi2": {"generated_vs_real": chi2, "real_vs_real": base_chi2},
     }
     checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
@@ -303,11 +303,12 @@ def _region_fidelity(real: Centres, gen: Centres, ra: Centres, rb: Centres, regi
     for k in range(n):
         if not (region_map == k).any():
             continue
-        entry = {"real_per_frame": float(cr[k]), "generated_per_frame": float(cg[k]),
-                 "ratio": _ratio(cg[k], cr[k]), "real_vs_real_ratio": _ratio(cb[k], ca[k])}
-        out[names[k]] = entry
-        checks.append(ratio_check(f"region_ratio.{names[k]}", entry["ratio"],
-                                  entry["real_vs_real_ratio"]))
+        ratio, base = _ratio(cg[k], cr[k]), _ratio(cb[k], ca[k])
+        checks.append(ratio_check(f"region_ratio.{names[k]}", ratio, base))
+        # a ratio over zero observed particles is undefined: None in the summary (the check
+        # above still flags particles drawn where the data have none)
+        out[names[k]] = {"real_per_frame": float(cr[k]), "generated_per_frame": float(cg[k]),
+                         "ratio": _num(ratio), "real_vs_real_ratio": _num(base)}
     return out, checks
 
 
