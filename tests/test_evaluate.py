@@ -105,3 +105,25 @@ def test_region_labels_follow_the_frames_geometry():
     m[:, 5:15] = 2  # the central square of a wide frame is all traps
     assert (region_labels(m, 5, "crop") == 2).all()
     assert (region_labels(m, 10, "pad")[:2] == -1).all()  # padding rows hold no region
+
+
+def test_chart_slit_widths_of_observed_frames_match_the_truth_within_a_pixel(tmp_path):
+    from matdyn.analysis.evaluate_chart import chart_slit_summary
+    from matdyn.analysis.fidelity_content import flagged
+    from matdyn.data.frames import ObservedFrames
+    from matdyn.data.store import open_store
+    from matdyn.data.synthetic.ta_chart import generate
+
+    store = open_store(generate(tmp_path / "c.zarr", n_frames=12, n_augment=1, progress=False))
+    idx = np.arange(len(store))
+    obs = ObservedFrames(store, idx, 64, "crop")
+    x = obs.load()
+    assert obs.pixel_size == pytest.approx(20.72 * 178 / 64)
+    s, checks = chart_slit_summary(store, x[::-1].copy(), x, idx, 64, "crop", obs.pixel_size)
+    for k, truth in (("d1", 309.0), ("d2", 324.0)):
+        assert s[k]["truth"] == truth and s[k]["generated"]["n"] == len(idx)  # every frame measured
+        assert abs(s[k]["generated_minus_truth_px"]) < 0.5 and s[k]["within_1px_of_truth"]
+    assert flagged(checks) == []
+    blank = np.zeros_like(x[:4])  # a generator that draws no chart: no slit found
+    s, checks = chart_slit_summary(store, blank, x, idx, 64, "crop", obs.pixel_size)
+    assert s["d1"]["generated"]["n"] == 0 and checks == []
