@@ -127,3 +127,24 @@ def test_chart_slit_widths_of_observed_frames_match_the_truth_within_a_pixel(tmp
     blank = np.zeros_like(x[:4])  # a generator that draws no chart: no slit found
     s, checks = chart_slit_summary(store, blank, x, idx, 64, "crop", obs.pixel_size)
     assert s["d1"]["generated"]["n"] == 0 and checks == []
+
+
+def test_study_profile_table_from_summaries():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "study_profile.py"
+    spec = importlib.util.spec_from_file_location("study_profile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_settings(["lr=model.optimizer.lr=0.0005 model.n_critic=2"]) == \
+        {"lr": ["model.optimizer.lr=0.0005", "model.n_critic=2"]}
+    with pytest.raises(Exception, match="NAME=override"):
+        mod.parse_settings(["no-equals-sign"])
+    summary = {"particles": {"regions": {"directed": {"ratio": 0.5}, "free": {"ratio": 0.9},
+                                         "confined": {"ratio": 1.0}},
+                             "particles_per_frame": {"ratio": 0.8}},
+               "swd": {"generated_vs_real": 0.3, "real_vs_real": 0.1}, "flags": ["swd"]}
+    rows = [mod.row("quick", "default", 1.5, summary), mod.row("w2", "heldout_a", 2.0, None)]
+    text = mod.table(rows)
+    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 3.00 | swd |" in text
+    assert "| w2 | heldout_a | 2.0 | training or evaluation failed |" in text
