@@ -175,6 +175,42 @@ ROWS: dict[str, list[Row]] = {
     ],
 }
 
+def _flags(ctx: Mapping[str, Any]) -> Value:
+    flags = dig(ctx, "train.flags")
+    return flags if isinstance(flags, Missing) else f"{len(flags)}" + (f": {', '.join(flags)}" if flags else "")
+
+
+#: training-summary fidelity (issue 11: every number with its real-vs-real baseline; flags
+#: name those more than 2x their baseline). Appended to every case's table.
+TRAIN_ROWS: list[Row] = [
+    Row("SWD, generated vs observed (truth column: real vs real)", "—", "train.swd.generated_vs_real",
+        "train.swd.real_vs_real"),
+    Row("fidelity numbers > 2× their real-vs-real baseline (training summary)", "—", _flags, "=0"),
+]
+ROWS["np_diffusion"] += [
+    Row("particles per frame, generated / observed (truth column: real-vs-real ratio)", "—",
+        "train.particles.particles_per_frame.ratio",
+        "train.particles.particles_per_frame.real_vs_real_ratio", ".2f"),
+    *(Row(f"particles per frame in the planted {m} region, generated / observed", "—",
+          f"train.particles.regions.{m}.ratio", f"train.particles.regions.{m}.real_vs_real_ratio", ".2f")
+      for m in ("directed", "free", "confined")),
+    Row("particle-centre density EMD, generated vs observed (frame sides; truth: real vs real)", "—",
+        "train.particles.centre_density.emd.generated_vs_real",
+        "train.particles.centre_density.emd.real_vs_real"),
+]
+ROWS["ta_chart"] += [
+    Row(f"slit width {k}, generated at the working pixel size (training summary, nm)", "—",
+        _pm(f"train.slit_widths.{k}.generated.mean", f"train.slit_widths.{k}.generated.std"),
+        f"train.slit_widths.{k}.truth") for k in ("d1", "d2")
+]
+ROWS["brass_clump"] += [
+    Row("stage mix: largest share difference, generated vs observed (truth: real vs real)", "—",
+        "train.composition.stage_mix.max_share_difference.generated_vs_real",
+        "train.composition.stage_mix.max_share_difference.real_vs_real", ".2f"),
+]
+for _rows in ROWS.values():
+    _rows += TRAIN_ROWS
+
 TITLES = {
     "ta_chart": "Ta test chart: rigid motion (paper §3.2, Figs. 3–4)",
     "np_diffusion": "Gold nanoparticles diffusing in PVA (paper §3.3, Figs. 5–6)",

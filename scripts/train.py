@@ -38,18 +38,25 @@ def main(cfg: DictConfig) -> None:
     n_eval = int(cfg.get("eval_frames", 1000))  # paper §3.3.1: 1000 generated vs observed frames
     is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
     if bundle is not None and n_eval > 0 and is_main and not cfg.get("dry_run", False):
+        from matdyn.analysis.evaluate import evaluate_bundle
         from matdyn.io import write_json_atomic
-        from matdyn.training.evaluate import evaluate_bundle
 
         summary = evaluate_bundle(bundle, Path(cfg.dataset.path), n=n_eval,
                                   seed=int(cfg.seed), fit=str(cfg.dataset.get("fit", "crop")),
-                                  # particle areas only mean something for particle data (§3.3.1)
+                                  # particle measures only mean something for particle data (§3.3.1)
                                   particles=cfg.dataset.name == "np_diffusion")
         write_json_atomic(run_dir / "summary.json", summary)
         pa = summary.get("particle_area_w1", {})
-        if "generated_vs_real" in pa:
+        if pa.get("real_vs_real") is not None:
             print(f"particle-area Wasserstein (range-normalised): {pa['generated_vs_real']:.4f} "
                   f"(real vs real {pa['real_vs_real']:.4f})")
+        for name, r in (summary.get("particles", {}).get("regions") or {}).items():
+            ratio = "undefined" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            print(f"particles per frame, {name}: generated {r['generated_per_frame']:.2f} / "
+                  f"observed {r['real_per_frame']:.2f} = {ratio}")
+        flags = summary.get("flags", [])
+        print(f"fidelity flags (> {summary.get('flag_factor', 2):g}x real-vs-real): "
+              + (", ".join(flags) if flags else "none"))
         print(f"summary: {run_dir / 'summary.json'}")
 
 

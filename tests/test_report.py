@@ -24,6 +24,7 @@ TINY = [
     "np_diffusion:analyze:analysis.n_refs=4", "np_diffusion:analyze:analysis.n_samples=6",
     "np_diffusion:analyze:analysis.n_fidelity=16", "np_diffusion:analyze:analysis.baseline_frames=16",
     "np_diffusion:analyze:analysis.depth_frames=8", "np_diffusion:analyze:progress=false",
+    "np_diffusion:analyze:analysis.min_kept=1",  # a 96-image generator keeps few samples at γ ≤ 1
 ]
 
 

@@ -246,7 +246,8 @@ def build(
     log.info(message)
     top = _top_resolution(cfg, profile_name)
     dm = _data(cfg, top)
-    stages, prof_filters, extras = build_stages(profile, str(cfg.dataset.name), dm.ndim, top)
+    stages, prof_filters, extras = build_stages(profile, str(cfg.dataset.name), dm.ndim, top,
+                                                 n_frames=dm.n_frames)
     model_kw = _model_kwargs(cfg, dm, len(stages), prof_filters, extras, cuda)
     dm.set_stage(stages[0].resolution, stages[0].batch_size)
 

@@ -126,15 +126,25 @@ def schedule_position(images_seen: int, stages: Sequence[StageSpec]) -> tuple[in
 
 
 def build_stages(
-    profile: Mapping[str, Any], dataset_name: str, ndim: int, top_resolution: int
+    profile: Mapping[str, Any], dataset_name: str, ndim: int, top_resolution: int,
+    n_frames: int | None = None,
 ) -> tuple[list[StageSpec], list[int], dict[str, Any]]:
     """Resolve a schedule profile (a plain dict, see ``conf/schedule/*.yaml``) for one dataset.
 
     The profile gives per-stage lists ``batch_size_{2d,3d}`` and ``filters_{2d,3d}`` and
     ``fade_images`` / ``stable_images`` (a number or a per-stage list); an entry under
     ``datasets.<dataset_name>`` overrides any of these keys or gives an explicit ``stages``
-    list. Returns (validated stages ending at ``top_resolution``, filters per stage, the
-    remaining scalar options such as ``ema_decay``).
+    list. ``epochs_per_phase`` (a number or per-stage list; ``schedule=paper``) counts every
+    fade and stable phase in passes over the dataset instead, as the authors' code does:
+    with ``n_frames`` (frames in the training set) known, each phase shows
+    ``epochs_per_phase × n_frames`` images and ``fade_images`` / ``stable_images`` are
+    ignored; without it they are the fallback. Returns (validated stages ending at
+    ``top_resolution``, filters per stage, the remaining scalar options such as
+    ``ema_decay``).
+
+    >>> prof = {"filters_2d": [8, 8], "batch_size_2d": [4, 4], "epochs_per_phase": 32}
+    >>> [s.images for s in build_stages(prof, "x", 2, 8, n_frames=100)[0]]
+    [3200, 6400]
     """
     merged = {k: v for k, v in profile.items() if k != "datasets"}
     merged.update((profile.get("datasets") or {}).get(dataset_name) or {})
@@ -164,15 +174,20 @@ def build_stages(
             return [int(x) for x in vals[:n]]
 
         bs = per_stage(f"batch_size_{d}")
-        fade, stable = per_stage("fade_images"), per_stage("stable_images")
+        if merged.get("epochs_per_phase") is not None and n_frames is not None:
+            if int(n_frames) < 1:
+                raise ConfigError(f"epochs_per_phase needs a dataset with frames, got {n_frames}")
+            fade = stable = [e * int(n_frames) for e in per_stage("epochs_per_phase")]
+        else:
+            fade, stable = per_stage("fade_images"), per_stage("stable_images")
         stages = validate_schedule(
             [(4 * 2**k, bs[k], 0 if k == 0 else fade[k], stable[k]) for k in range(n)],
             top_resolution,
         )
     extras = {
         k: v for k, v in merged.items()
-        if not k.startswith(("filters", "batch_size_")) and k not in ("stages", "fade_images",
-                                                                      "stable_images")
+        if not k.startswith(("filters", "batch_size_"))
+        and k not in ("stages", "fade_images", "stable_images", "epochs_per_phase")
     }
     return stages, filters[:n], extras
 

@@ -412,6 +412,38 @@ def recipe(params: NPDiffusionParams | None = None, *, seed: int = 0, **override
                   attrs={"params": asdict(p)})
 
 
+def region_labels(region_map: Any, resolution: int, fit: str = "crop") -> np.ndarray:
+    """The planted mode-region map (truth ``region_map`` [H, W], -1 outside every region)
+    at the working geometry: squared like the frames (``fit="crop"``: centre crop to the
+    short side; ``"pad"``: padded to the long side with -1) and sampled at the centres of a
+    ``resolution`` × ``resolution`` grid (nearest label) -> int8 [resolution, resolution].
+    Labels index ``MODE_NAMES`` (0 directed, 1 free, 2 confined).
+
+    >>> m = np.full((4, 4), -1, np.int8); m[:2] = 0; m[2:] = 2
+    >>> region_labels(m, 2).tolist()
+    [[0, 0], [2, 2]]
+    """
+    from matdyn.data.frames import check_fit
+
+    m = np.asarray(region_map)
+    if m.ndim != 2 or m.size == 0:
+        raise ConfigError(f"region_map must be a 2D label image, got shape {m.shape}")
+    if int(resolution) < 1:
+        raise ConfigError(f"resolution must be >= 1 px, got {resolution}")
+    h, w = m.shape
+    if check_fit(fit) == "crop":
+        s = min(h, w)
+        sq = m[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    else:
+        s = max(h, w)
+        sq = np.full((s, s), -1, m.dtype)
+        sq[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = m
+    # centre of working pixel i lies at source coordinate (i + 0.5) * s / R - 0.5
+    idx = np.clip(np.floor((np.arange(int(resolution)) + 0.5) * s / int(resolution)).astype(int),
+                  0, s - 1)
+    return sq[np.ix_(idx, idx)].astype(np.int8)
+
+
 def simulate(params: NPDiffusionParams | None = None, *, seed: int = 0,
              **overrides: Any) -> SyntheticData:
     """Frames and ground truth in memory (use tiny ``n_frames``).

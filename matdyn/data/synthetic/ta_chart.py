@@ -55,6 +55,7 @@ _S_LAYOUT, _S_ANGLES, _S_FRAME = 0, 1, 2
 # slit block rows and positions inside a cell, as fractions of the frame / cell width
 SLIT_ROWS = (0.36, 0.64)  # top and bottom of the slit row, fractions of the field of view
 _SLIT1_LEFT, _SLIT2_LEFT, _BLOCK_LEFT, _BLOCK_RIGHT = 0.30, 0.62, 0.02, 0.92
+SLIT_LEFT_FRACS = (_SLIT1_LEFT, _SLIT2_LEFT)  # left edges of slits d1, d2, fractions of a cell
 
 
 @dataclass(frozen=True)

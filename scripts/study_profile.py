@@ -1,0 +1,173 @@
+"""CPU training-profile study (issue 11, part 2): which settings make the generator learn the
+moving particles of the NP stand-in within a CPU budget?
+
+Each setting (a named list of Hydra overrides of scripts/train.py: schedule, model widths,
+learning rate, critic steps, batch sizes, EMA, minibatch-stddev group, precision, ...) is
+trained on each layout (the default stand-in and held-out layouts with other lane / band /
+trap positions, counts, speeds and seeds, made through ``dataset.synthetic`` overrides); the
+run's summary.json (matdyn.analysis.evaluate) gives the per-region particle ratios
+(generated / observed particles per frame in each planted region) and the SWD against its
+real-vs-real baseline. Prints, and writes to ``<out>/study.md`` and ``study.json``, a table:
+setting → layout → minutes → per-region ratios → SWD / baseline → flags.
+
+    python scripts/study_profile.py                                  # quick profile, 3 layouts
+    python scripts/study_profile.py --setting "w2=model.filters=[128,128,64,32,32,16]" \\
+        --setting "lr5e-4=model.optimizer.lr=0.0005" --layouts default heldout_a
+    python scripts/study_profile.py --smoke                          # ~1 min end-to-end check
+
+``minutes`` is the wall time of the whole train.py call (store generation excluded: stores
+are made first; evaluation of ``--eval-frames`` frames included). Run it on a quiet machine:
+timings on a shared one say nothing. Bad input ends with one ``error: ...`` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from matdyn.cli import guarded  # noqa: E402
+from matdyn.errors import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: held-out layouts (positions in px of the 142 px frame; FINDINGS.md "The generator learns
+#: still particles first" used one like heldout_a: traps on top, lanes at the bottom)
+LAYOUTS: dict[str, dict[str, object]] = {
+    "default": {"seed": 0},
+    "heldout_a": {"seed": 1, "trap_positions_px": [[18, 25], [30, 55], [18, 85], [30, 115]],
+                  "band_rows_px": [46, 86], "lane_offsets_px": [33, 55], "particles_per_lane": 2,
+                  "n_free": 7, "lane_speed_nm_s": 400.0, "free_diffusion_nm2_s": 2500.0},
+    "heldout_b": {"seed": 2, "band_rows_px": [8, 44], "lane_offsets_px": [-12, 10, 32],
+                  "particles_per_lane": 2, "n_free": 4, "lane_speed_nm_s": 300.0,
+                  "trap_positions_px": [[124, 20], [124, 70], [124, 120]],
+                  "alternate_lane_directions": False},
+}
+DEFAULT_SETTINGS = {"quick": []}
+#: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores
+SMOKE = {"smoke16": ["resolution=16", "model.filters=[32,32,16]",
+                     "+schedule.datasets.np_diffusion.stages=[[4,16,0,800],[8,16,800,800],[16,16,800,800]]"]}
+
+
+def make_store(name: str, store_dir: Path, n_frames: int | None) -> Path:
+    """The store of one layout, generated once (matdyn.data.synthetic.np_diffusion.generate)
+    before any training, so that training times do not include it."""
+    from matdyn.data.synthetic.np_diffusion import generate
+
+    if name not in LAYOUTS:
+        raise ConfigError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
+    spec = dict(LAYOUTS[name])
+    if n_frames:
+        spec["n_frames"] = n_frames
+    path = store_dir / f"{name}_{spec.get('n_frames', 2000)}.zarr"
+    if not path.exists():
+        generate(path, progress=False, **spec)  # type: ignore[arg-type]
+    return path
+
+
+def layout_overrides(store: Path) -> list[str]:
+    """train.py overrides that use an existing stand-in store (its planted truth included)."""
+    return ["dataset=np_diffusion", "dataset.source=store", f"dataset.path={store}"]
+
+
+def parse_settings(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=override override ...`` (whitespace-separated Hydra overrides) -> dict."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--setting {item!r} must be NAME=override [override ...]")
+        out[name.strip()] = rest.split()
+    return out
+
+
+def run_one(setting: list[str], layout: list[str], run_dir: Path, eval_frames: int,
+            num_threads: int) -> tuple[float, dict | None, str]:
+    """Train once; (minutes, summary or None, last lines of the log)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *layout, *setting, "~logger",
+           "trainer.enable_progress_bar=false", "progress=false", f"eval_frames={eval_frames}",
+           f"num_threads={num_threads}", f"hydra.run.dir={run_dir}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    minutes = (time.perf_counter() - t0) / 60
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if proc.returncode == 0 and summary_path.is_file() else None
+    return minutes, summary, (proc.stdout + proc.stderr)[-1500:]
+
+
+def row(setting: str, layout: str, minutes: float, s: dict | None) -> dict:
+    """The table row of one run, from its summary.json."""
+    r: dict = {"setting": setting, "layout": layout, "minutes": round(minutes, 2)}
+    if s is None:
+        return {**r, "error": "training or evaluation failed"}
+    regions = (s.get("particles") or {}).get("regions") or {}
+    r["ratios"] = {k: v.get("ratio") for k, v in regions.items()}
+    swd = s.get("swd") or {}
+    r["swd_ratio"] = (swd["generated_vs_real"] / swd["real_vs_real"]
+                      if swd.get("real_vs_real") else None)
+    ppf = (s.get("particles") or {}).get("particles_per_frame") or {}
+    r["particles_ratio"] = ppf.get("ratio")
+    r["flags"] = s.get("flags", [])
+    return r
+
+
+def _f(v: object) -> str:
+    return "—" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| setting | layout | minutes | directed | free | confined | all particles | "
+            "SWD / baseline | flags |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
+                         f"{r['error']} | | | | | |")
+            continue
+        rat = r["ratios"]
+        lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
+                     + " | ".join(_f(rat.get(m)) for m in ("directed", "free", "confined"))
+                     + f" | {_f(r['particles_ratio'])} | {_f(r['swd_ratio'])} | "
+                     f"{', '.join(r['flags']) or 'none'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="a named setting: whitespace-separated train.py overrides (repeatable)")
+    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), help=f"from {list(LAYOUTS)}")
+    ap.add_argument("--out", default="outputs/study_profile")
+    ap.add_argument("--eval-frames", type=int, default=400, help="generated and observed frames")
+    ap.add_argument("--n-frames", type=int, default=None, help="frames per store (default 2000)")
+    ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true", help="one tiny 16 px setting, 300 frames")
+    a = ap.parse_args(argv)
+    settings = parse_settings(a.setting) or (SMOKE if a.smoke else DEFAULT_SETTINGS)
+    n_frames = a.n_frames or (300 if a.smoke else None)
+    out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
+    rows = []
+    for lay in a.layouts:
+        lay_args = layout_overrides(make_store(lay, out / "stores", n_frames))
+        for name, overrides in settings.items():
+            minutes, summary, log = run_one(overrides, lay_args, out / name / lay, a.eval_frames,
+                                            a.num_threads)
+            rows.append(row(name, lay, minutes, summary))
+            if summary is None:
+                print(f"[{name} / {lay}] failed:\n{log}", file=sys.stderr)
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.md").write_text(text + "\n")
+    (out / "study.json").write_text(json.dumps(rows, indent=1))
+    print("\n" + text)
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main)())

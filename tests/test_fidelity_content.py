@@ -1,0 +1,132 @@
+"""Content fidelity (issue 11) on cases with known answers: the NP stand-in at 64 px with
+its planted region map; a generator that copies the data, drops a region, or shifts it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matdyn.analysis.fidelity_content import (
+    Centres,
+    Check,
+    centre_density,
+    composition_fidelity,
+    dark_particle_centres,
+    density_chi2,
+    density_emd,
+    flagged,
+    particle_fidelity,
+)
+from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
+from matdyn.errors import AnalysisError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def np64():
+    d = simulate(n_frames=800, size=64, seed=0)
+    return d.frames, d.truth["region_map"]
+
+
+def _fid(real: np.ndarray, gen: np.ndarray, region_map: np.ndarray):
+    return particle_fidelity(dark_particle_centres(real), dark_particle_centres(gen), (64, 64),
+                             region_map=region_map, region_names=MODE_NAMES)
+
+
+def test_identical_sets_sit_at_zero_and_fresh_draws_at_baseline_level(np64):
+    frames, rm = np64
+    real = frames[np.random.default_rng(1).permutation(800)[:300]]
+    s, checks = _fid(real, real, rm)
+    assert s["centre_density"]["emd"]["generated_vs_real"] == 0.0
+    assert s["particles_per_frame"]["ratio"] == 1.0
+    assert {k: v["ratio"] for k, v in s["regions"].items()} == dict.fromkeys(MODE_NAMES, 1.0)
+    assert flagged(checks) == []
+    # a disjoint random draw of the same data: distances at the split-half baseline level
+    perm = np.random.default_rng(2).permutation(800)
+    s, checks = _fid(frames[perm[:300]], frames[perm[300:600]], rm)
+    emd = s["centre_density"]["emd"]
+    assert emd["generated_vs_real"] < 2 * emd["real_vs_real"]
+    for r in s["regions"].values():
+        assert 0.9 < r["ratio"] < 1.1
+    assert flagged(checks) == []
+    assert s["regions"]["confined"]["real_per_frame"] == 4.0  # 4 traps, always inside
+
+
+def test_a_generator_that_drops_the_lanes_has_lane_ratio_zero(np64):
+    frames, rm = np64
+    real, gen = frames[:400], frames[400:].copy()
+    lanes = rm == 0
+    for img in gen[:, 0]:
+        img[lanes] = np.median(img)  # erase every lane particle
+    s, checks = _fid(real, gen, rm)
+    assert s["regions"]["directed"]["ratio"] == 0.0
+    assert s["regions"]["confined"]["ratio"] == 1.0
+    assert s["centre_density"]["emd"]["generated_vs_real"] > 5 * s["centre_density"]["emd"]["real_vs_real"]
+    names = flagged(checks)
+    assert "region_ratio.directed" in names and "region_ratio.confined" not in names
+    assert "centre_density_emd" in names
+
+
+def test_a_shifted_set_is_far_in_density(np64):
+    frames, rm = np64
+    s, checks = _fid(frames[:400], np.roll(frames[400:], 8, axis=2), rm)
+    emd = s["centre_density"]["emd"]
+    assert emd["generated_vs_real"] > 4 * emd["real_vs_real"]
+    assert s["regions"]["confined"]["ratio"] < 0.3  # most traps moved off their region
+    assert "centre_density_emd" in flagged(checks)
+
+
+def test_density_distances_on_known_histograms():
+    p = np.zeros((8, 8))
+    p[2, 2] = 1.0
+    q = np.roll(p, 3, axis=1)
+    assert density_emd(p, q) == pytest.approx(3 / 8)  # 3 bins of a 1/8 frame side
+    assert density_chi2(p, q) == 1.0 and density_chi2(p, p) == 0.0
+    d = centre_density([[0.0, 0.0], [0.0, 0.0], [63.0, 63.0]], (64, 64), bins=4)
+    assert d[0, 0] == pytest.approx(2 / 3) and d[3, 3] == pytest.approx(1 / 3)
+    with pytest.raises(AnalysisError, match="no particle centres"):
+        centre_density(np.zeros((0, 2)), (8, 8))
+
+
+def test_empty_generator_is_flagged_not_crashing():
+    real = Centres(np.array([0, 1]), np.array([[2.0, 2.0], [5.0, 5.0]]), np.array([9, 9]), 2)
+    empty = Centres(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64), 2)
+    s, checks = particle_fidelity(real, empty, (8, 8), bins=2)
+    assert s["particles_per_frame"]["ratio"] == 0.0
+    assert s["centre_density"]["emd"]["generated_vs_real"] is None  # undefined: nothing drawn
+    assert {"particles_per_frame", "centre_density_emd"} <= set(flagged(checks))
+
+
+def test_check_floor_and_factor():
+    assert not Check("r", 0.10, 0.0, 0.075).flagged()  # within 2 x the ratio floor
+    assert Check("r", 0.16, 0.0, 0.075).flagged()
+    assert not Check("d", 0.0, 0.0).flagged() and not Check("d", float("nan"), 1.0).flagged()
+    with pytest.raises(ConfigError):
+        flagged([], factor=0)
+
+
+def test_region_labels_at_working_resolution():
+    d = simulate(n_frames=1, seed=0)  # 142 px paper layout
+    m = d.truth["region_map"]
+    lab = region_labels(m, 64)
+    assert lab.shape == (64, 64) and lab.dtype == np.int8
+    for k in (-1, 0, 1, 2):  # area shares survive the resampling
+        assert abs((lab == k).mean() - (m == k).mean()) < 0.04
+    wide = np.zeros((4, 8), np.int8)
+    wide[:, :2] = 1
+    assert region_labels(wide, 4, "crop").tolist() == [[0] * 4] * 4
+    assert region_labels(wide, 8, "pad")[0].tolist() == [-1] * 8
+    with pytest.raises(ConfigError, match="fit"):
+        region_labels(wide, 4, "stretch")
+
+
+def test_composition_fidelity_sees_a_shifted_channel_mix():
+    rng = np.random.default_rng(0)
+    stages = np.repeat([0, 14, 28], 100)
+    share = np.stack([1 - stages / 40, stages / 40], axis=1)  # channel 1 grows with the stage
+    real = share[:, :, None, None, None] * (1 + 0.05 * rng.random((300, 2, 4, 4, 4)))
+    s, checks = composition_fidelity(real, real, ["Cu", "CuS"], stages=stages)
+    assert flagged(checks) == [] and s["mass_fraction"]["Cu"]["w1"]["generated_vs_real"] == 0.0
+    young = real[stages == 0]  # a generator that only draws the first stage
+    s, checks = composition_fidelity(real, young, ["Cu", "CuS"], stages=stages)
+    assert s["stage_mix"]["generated_share"] == [1.0, 0.0, 0.0]
+    assert set(flagged(checks)) == {"mass_fraction_w1.Cu", "mass_fraction_w1.CuS", "stage_mix"}
