@@ -76,6 +76,7 @@ def test_two_channel_2d_frames_train_and_evaluate_end_to_end(tmp_path):
     overrides = [
         "model=pggan2d", f"dataset.path={store}", "dataset.source=store", "dataset.name=np2",
         "dataset.ndim=2", "dataset.channels=2", "dataset.channel_names=[phase,amplitude]",
+        "dataset.pixel_size=null",
         "schedule=quick", "+schedule.datasets.np2.stages=[[4,8,0,16],[8,8,16,16],[16,8,16,16]]",
         "model.filters=[16,16,8]", "~logger", "trainer.enable_progress_bar=false", "resolution=16",
     ]
@@ -91,12 +92,14 @@ def test_two_channel_2d_frames_train_and_evaluate_end_to_end(tmp_path):
     write_json_atomic(tmp_path / "summary.json", s)
     assert json.loads((tmp_path / "summary.json").read_text())["n_real"] == 32
     # the NP case analysis wants one phase channel: it refuses with one line
-    from matdyn.analysis.cases.np_diffusion import Config, run
+    from matdyn.analysis.case import run_case
+    from matdyn.analysis.cases.np_diffusion import Config
     from matdyn.data.store import open_store
     from matdyn.training.bundle import load_generator
 
     with pytest.raises(AnalysisError, match="1-channel") as err:
-        run(load_generator(bundle), open_store(store), Config(), gamma=1.0, out_dir=tmp_path / "a")
+        run_case("np_diffusion", load_generator(bundle), open_store(store), Config(), gamma=1.0,
+                 out_dir=tmp_path / "a")
     assert "\n" not in str(err.value)
 
 

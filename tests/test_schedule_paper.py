@@ -47,7 +47,8 @@ def test_training_plan_counts_the_store_frames(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[
             "model=pggan2d", f"dataset.path={path}", "dataset.source=store", "dataset.name=tiny",
-            "schedule=paper", "resolution=16", "model.filters=[8,8,8]", "~logger",
+            "dataset.channel_names=null", "dataset.pixel_size=null", "schedule=paper", "resolution=16",
+            "model.filters=[8,8,8]", "~logger",
             "+schedule.datasets.tiny.batch_size_2d=[8,8,4]"])
     plan = build(cfg, tmp_path / "run", cuda=False)["plan"]
     # top-level paper rule for other datasets: 32, 16, 32 epochs over 24 frames
