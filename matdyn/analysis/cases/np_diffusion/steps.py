@@ -21,7 +21,6 @@ from matdyn.analysis.cases.np_diffusion.traces import (
     spreads,
 )
 from matdyn.analysis.clustering import HACResult, hac, trimmed_hac
-from matdyn.gamma.continuity import consecutive_differences, summarize
 from matdyn.analysis.fidelity import (
     s2_baseline,
     s2_distance,
@@ -34,6 +33,7 @@ from matdyn.analysis.fidelity import (
 from matdyn.descriptors.differences import EntropyDifference
 from matdyn.descriptors.particles import Binarizer, particle_areas_batch
 from matdyn.errors import AnalysisError
+from matdyn.gamma.continuity import consecutive_differences, summarize
 
 
 def area_unit(ctx: CaseContext) -> str:
