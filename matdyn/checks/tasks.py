@@ -292,12 +292,12 @@ def check_sweep(ctx: Context) -> None:
     if proc.returncode != 0:
         raise CheckFailed(f"sweep_gamma.py exit {proc.returncode}: "
                           f"{last_error_line(proc.stdout + proc.stderr)}")
-    jobs = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
+    jobs = [json.loads(p.read_text()) for p in sorted(out.glob("*/job.json"))]
     devices = sorted({str(j["device"]) for j in jobs if "device" in j})
     g = json.loads((out / "gamma.json").read_text()) if (out / "gamma.json").is_file() else {}
     ctx.record(jobs=len(jobs), job_devices=devices, gamma=g.get("gamma"))
     if len(jobs) != 2:
-        raise CheckFailed(f"{len(jobs)} job metrics.json files, expected 2")
+        raise CheckFailed(f"{len(jobs)} job.json records, expected 2")
     if devices and devices != [ctx.device]:
         raise CheckFailed(f"jobs ran on {devices}, not {ctx.device}")
     if not isinstance(g.get("gamma"), (int, float)) or not math.isfinite(g["gamma"]):
