@@ -406,7 +406,7 @@ def _analysis_sampler(tmp: Path, bundle: Path, sweep_dir: Path, out: Path) -> di
     def probe(case, gen, store, cfg, *, out_dir, gamma, **kw):
         sampler, g, source = case_mod._sampler(gamma, None, case)
         seen.update(gamma=g, sampler=sampler, source=source)
-        return {"case": case, "sampler": case_mod._spec(sampler)}
+        return {"case": case, "sampler": sw.sampler_spec(sampler)}
 
     real = case_mod.run_case
     case_mod.run_case = probe

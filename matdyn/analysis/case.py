@@ -412,29 +412,12 @@ class CaseSummary:
 def _sampler(gamma: Any, sweep: Any, case: str, sampler_cfg: Mapping[str, Any] | None = None,
              **identity: Any) -> tuple[Any, float, str]:
     """(sampler, its scale γ, where it came from) — the ONE place the analysis gets its
-    sampler: ``gamma`` itself when it is a sampler (``scale``: γ of a uniform, σ of a
-    gaussian) or a :class:`~matdyn.gamma.ResolvedSampler`, else
-    :func:`matdyn.gamma.resolve_sampler` (``gamma``, ``sweep``, ``sampler_cfg``;
-    ``identity``: ``bundle_sha256`` / ``store`` checked against a sweep's gamma.json)."""
-    from matdyn.gamma import ResolvedSampler, resolve_sampler
-    from matdyn.sampling.samplers import PerturbationSampler
+    sampler: :func:`matdyn.gamma.as_resolved` (a sampler, a ResolvedSampler, or γ / sweep /
+    ``sampler_cfg`` through :func:`~matdyn.gamma.resolve_sampler`)."""
+    from matdyn.gamma import as_resolved
 
-    if isinstance(gamma, ResolvedSampler):
-        return gamma.sampler, gamma.gamma, gamma.source
-    if isinstance(gamma, PerturbationSampler):
-        return gamma, float(getattr(gamma, "scale", float("nan"))), "given"
-    r = resolve_sampler(gamma, sweep, case, sampler_cfg, **identity)
+    r = as_resolved(gamma, sweep, case, sampler_cfg, **identity)
     return r.sampler, r.gamma, r.source
-
-
-def _spec(sampler: Any) -> dict[str, Any]:
-    """The sampler's ``{_target_: ..., args}`` (its repr when it keeps no arguments)."""
-    from matdyn.gamma.records import sampler_spec
-
-    try:
-        return sampler_spec(sampler)
-    except ConfigError:
-        return {"repr": repr(sampler)}
 
 
 def _check_inputs(case: Case, generator: Any, store: Any) -> tuple[int, int]:
@@ -579,6 +562,8 @@ def run_case(
     Returns the summary dict (:class:`CaseSummary` layout). Raises ConfigError /
     AnalysisError with a one-line message on bad input or a failing check.
     """
+    from matdyn.gamma.records import sampler_spec
+
     t0 = time.perf_counter()
     inst, ctx, gamma_source = make_context(case, generator, store, cfg, out_dir=out_dir,
                                            gamma=gamma, sweep=sweep, seed=seed, fit=fit,
@@ -599,7 +584,7 @@ def run_case(
         _log_numbers(ctx, "recovery", recovery, depth=3)
     _log_numbers(ctx, "fidelity", fidelity)
     summary = CaseSummary(
-        case=ctx.name, gamma=ctx.gamma, gamma_source=gamma_source, sampler=_spec(ctx.sampler),
+        case=ctx.name, gamma=ctx.gamma, gamma_source=gamma_source, sampler=sampler_spec(ctx.sampler, strict=False),
         seed=ctx.seed, fit=ctx.fit, resolution=ctx.resolution, pixel_size=ctx.pixel_size,
         unit=ctx.unit, counts=getattr(inst, "counts", {}), figures=ctx.figures, table=table_rel,
         table_units=table.units if table is not None else {}, config=config_dict(ctx.cfg),

@@ -38,7 +38,13 @@ from matdyn.gamma.records import (
     scan_jobs,
     store_identity,
 )
-from matdyn.gamma.resolve import PAPER_GAMMA, ResolvedSampler, read_gamma_record, resolve_sampler
+from matdyn.gamma.resolve import (
+    PAPER_GAMMA,
+    ResolvedSampler,
+    as_resolved,
+    read_gamma_record,
+    resolve_sampler,
+)
 from matdyn.gamma.rules import GammaChoice, gamma_at_acceptance, gamma_at_bound, gamma_from_angle
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
 
@@ -54,6 +60,7 @@ __all__ = [
     "ResolvedSampler",
     "RuleSpec",
     "aggregate_sweep",
+    "as_resolved",
     "build_sampler",
     "case_metrics",
     "check_bundle_fits",

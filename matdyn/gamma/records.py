@@ -61,8 +61,11 @@ _JOB_KEYS = ("sampler", "seed", "n_refs", "n_samples", "metric_specs")
 
 
 # ----------------------------------------------------------------------------- sampler spec
-def sampler_spec(sampler: Any) -> dict[str, Any]:
+def sampler_spec(sampler: Any, strict: bool = True) -> dict[str, Any]:
     """Full specification of a sampler object: ``_target_`` and constructor arguments.
+
+    A sampler that does not keep its arguments as attributes raises ConfigError, or with
+    ``strict=False`` gives ``{"_target_": ..., "repr": repr(sampler)}``.
 
     >>> from matdyn.sampling.samplers import GaussianSampler
     >>> sampler_spec(GaussianSampler(sigma=0.3))
@@ -74,6 +77,8 @@ def sampler_spec(sampler: Any) -> dict[str, Any]:
         if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         if not hasattr(sampler, name):
+            if not strict:
+                return {"_target_": spec["_target_"], "repr": repr(sampler)}
             raise ConfigError(f"{cls.__name__} does not keep its argument {name!r} as an attribute, "
                               f"so its specification cannot be recorded; store it as self.{name}")
         spec[name] = to_jsonable(getattr(sampler, name))

@@ -25,7 +25,7 @@ from matdyn.gamma.records import (
     sampler_spec,
 )
 
-__all__ = ["PAPER_GAMMA", "ResolvedSampler", "read_gamma_record", "resolve_sampler"]
+__all__ = ["PAPER_GAMMA", "ResolvedSampler", "as_resolved", "read_gamma_record", "resolve_sampler"]
 
 log = logging.getLogger("matdyn.gamma")
 
@@ -143,3 +143,17 @@ def resolve_sampler(
     log.info("gamma=auto without a sweep: using the paper's γ = %s for %s", PAPER_GAMMA[case], case)
     s = build_sampler(spec, PAPER_GAMMA[case])
     return ResolvedSampler(s, float(s.scale), "paper")
+
+
+def as_resolved(gamma: Any = "auto", sweep: str | os.PathLike | None = None, case: str | None = None,
+                sampler_cfg: Mapping[str, Any] | None = None, **identity: Any) -> ResolvedSampler:
+    """``gamma`` as a :class:`ResolvedSampler`: itself when it is one, a sampler object as
+    given (scale: γ of a uniform, σ of a gaussian; source ``given``), else
+    :func:`resolve_sampler` (``identity``: ``bundle_sha256`` / ``store``)."""
+    from matdyn.sampling.samplers import PerturbationSampler
+
+    if isinstance(gamma, ResolvedSampler):
+        return gamma
+    if isinstance(gamma, PerturbationSampler):
+        return ResolvedSampler(gamma, float(getattr(gamma, "scale", float("nan"))), "given")
+    return resolve_sampler(gamma, sweep, case, sampler_cfg, **identity)
