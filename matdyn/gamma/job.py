@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from matdyn.descriptors.differences import DifferenceMetric
-from matdyn.errors import AnalysisError, CheckpointError, ConfigError
+from matdyn.errors import CheckpointError, ConfigError
 from matdyn.gamma.continuity import metrics_from_spec, summarize
 from matdyn.gamma.records import (
     JOB_FORMAT,
@@ -217,11 +217,11 @@ def finish_sharded_jobs(sweep_dir: str | os.PathLike) -> list[Path]:
         if not any((res_dir / SHARDS_SUBDIR).glob("shard_*.json")):
             continue
         t0 = time.perf_counter()
-        try:
-            result = require_complete(res_dir, f"γ job {job.path.name} (γ = {job.gamma:g})")
-        except AnalysisError as err:
-            raise AnalysisError(f"{err}; then aggregate again (python scripts/aggregate_sweep.py "
-                                f"dir={Path(sweep_dir)})") from None
+        root = Path(sweep_dir)
+        result = require_complete(
+            res_dir, f"γ job {job.path.name} (γ = {job.gamma:g})",
+            then=f"run those shards with hydra.sweep.dir={root}, then aggregate again "
+                 f"(python scripts/aggregate_sweep.py dir={root})")
         latent_dim = int(_read_manifest(res_dir)["fingerprint"]["latent_dim"])
         rec = finish_job_record(job.data, result, build_sampler(job.data["sampler"]), latent_dim, t0)
         write_json_atomic(job.path / JOB_RECORD, rec)

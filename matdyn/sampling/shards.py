@@ -147,9 +147,11 @@ def run_shard(engine: Any, out_dir: str | Path, shard: str | tuple[int, int]) ->
     return result, report
 
 
-def require_complete(out_dir: str | Path, what: str = "the variation run") -> VariationResult:
+def require_complete(out_dir: str | Path, what: str = "the variation run",
+                     then: str = "run those shards into the same directory, then merge again",
+                     ) -> VariationResult:
     """The complete result of ``out_dir`` (every block present), else an AnalysisError
-    naming the missing shards and references."""
+    naming the missing shards and references, followed by ``then`` (what to do)."""
     out = Path(out_dir)
     if not (out / "manifest.json").is_file():
         raise AnalysisError(f"{out} holds no variation results: run the shards (shard=k/n) of "
@@ -159,6 +161,5 @@ def require_complete(out_dir: str | Path, what: str = "the variation run") -> Va
     if not result.complete:
         miss = missing_description(out, result.missing_blocks, int(manifest["n_refs"]),
                                    int(manifest["block_size"]))
-        raise AnalysisError(f"{what} in {out} is incomplete, missing {miss}; run those shards "
-                            "into the same directory, then merge again")
+        raise AnalysisError(f"{what} in {out} is incomplete, missing {miss}; {then}")
     return result
