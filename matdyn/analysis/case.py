@@ -300,7 +300,7 @@ class Case(Protocol):
     Class attributes: ``name`` (the registry key), ``channels``, ``ndim`` and ``what``
     (the frames it needs, for the one-line shape error). Each step may add entries to
     the summary by returning a dict (``fidelity``, ``filters``, ``group``, ``recover``)
-    or through :meth:`sections`. ``observe`` returns whatever the later steps need.
+    or through :meth:`sections`. ``variations`` may use only what ``observe`` set (a shard runs no other step).
     """
 
     name: str

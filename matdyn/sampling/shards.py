@@ -28,7 +28,7 @@ from matdyn.io import write_json_atomic
 from matdyn.sampling.results import VariationResult, _done_blocks, _read_manifest, merge_results
 from matdyn.sampling.streams import block_ranges, parse_shard, shard_blocks
 
-__all__ = ["SHARDS_SUBDIR", "ShardReport", "missing_description", "require_complete",
+__all__ = ["SHARDS_SUBDIR", "ShardReport", "fmt_ranges", "missing_description", "require_complete",
            "run_shard", "shard_counts"]
 
 #: sub-folder of a results directory holding one record per finished shard
