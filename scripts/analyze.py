@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from matdyn.cli import guarded, hydra_output_dir, project_path
+from matdyn.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
@@ -33,6 +34,9 @@ def main(cfg: DictConfig) -> None:
 
     shard = None if cfg.shard is None else str(cfg.shard)
     check_shard_options(shard, cfg.merge, cfg.block_size)  # bad specs fail before any work
+    if (shard is not None or cfg.merge) and not cfg.out_dir:
+        raise ConfigError(f"{'shard' if shard is not None else 'merge'} needs out_dir=<dir>, the "
+                          "one directory that all shards and the merge share")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -45,6 +45,9 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_root = project_path(hc.sweep.dir if multirun else hc.runtime.output_dir)
+    if cfg.shard is not None and not multirun and OmegaConf.is_missing(cfg, "dir"):
+        raise ConfigError("shard=k/n needs one folder for all shards: run with -m and a fixed "
+                          "hydra.sweep.dir=<dir>, or give a lone job dir=<job folder>")
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset["path"] = str(project_path(str(dataset.get("path") or "")))
     summary = run_sweep_job(

@@ -152,6 +152,8 @@ def test_merge_refuses_missing_shards_and_bad_specs(analysis):
         err = _errors(proc)
         assert proc.returncode == 2 and len(err) == 1 and msg in err[0], proc.stderr[-2000:]
     assert not (tmp / "bad").exists()  # refused before anything was written
+    proc = _run("analyze.py", *args, "shard=0/2", f"hydra.run.dir={tmp / 'h5'}")  # no out_dir
+    assert proc.returncode == 2 and "shard needs out_dir=<dir>" in _errors(proc)[0]
 
 
 # ----------------------------------------------------------------------------- sweep_gamma.py
