@@ -42,7 +42,7 @@ def fmt_ranges(indices: Any) -> str:
     '0-2, 5, 7-8'
     """
     idx = sorted(int(i) for i in indices)
-    parts: list[str] = []
+    parts: list[list[int]] = []
     for i in idx:
         if parts and parts[-1][1] == i - 1:
             parts[-1][1] = i
