@@ -6,7 +6,8 @@
 The jobs are found by their records (``<dir>/*/job.json``), which also name the dataset,
 the generator bundle and the metrics; the rule, calibration and baseline settings come from
 conf/sweep.yaml and the command line. Writes gamma.json and continuity.{png,svg} into the
-sweep directory.
+sweep directory. Jobs split with ``shard=k/n`` are merged first (their ``job.json`` is
+finished once every shard's blocks are in; missing shards are one ``error:`` line).
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
     python scripts/analyze.py dataset=np_diffusion bundle=<run>/generator.pt [gamma=auto|<value>] [sweep=<dir>] [sampler=gaussian]
 
+Sharded Monte Carlo (processes, GPUs, a SLURM array; all with the same settings and out_dir):
+
+    python scripts/analyze.py ... out_dir=<dir> shard=k/n     # one per k = 0..n-1
+    python scripts/analyze.py ... out_dir=<dir> merge=true    # then: describe, group, figures
+
 Parses the config and calls :func:`matdyn.analysis.run.run_analysis`, which runs the case
 (:func:`matdyn.analysis.case.run_case`) with ``dataset.fit``. Writes figures (PNG + SVG),
 variations.csv and summary.json (schema: :class:`matdyn.analysis.case.CaseSummary`) into
@@ -13,7 +18,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, hydra_output_dir
+from matdyn.cli import guarded, hydra_output_dir, project_path
+from matdyn.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
@@ -23,16 +29,30 @@ def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from matdyn.analysis.run import run_analysis
+    from matdyn.analysis.shards import check_shard_options
+    from matdyn.sampling.shards import ShardReport
 
+    shard = None if cfg.shard is None else str(cfg.shard)
+    check_shard_options(shard, cfg.merge, cfg.block_size)  # bad specs fail before any work
+    if (shard is not None or cfg.merge) and not cfg.out_dir:
+        raise ConfigError(f"{'shard' if shard is not None else 'merge'} needs out_dir=<dir>, the "
+                          "one directory that all shards and the merge share")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    out = project_path(cfg.out_dir) if cfg.out_dir else hydra_output_dir()
     summary = run_analysis(
-        resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, hydra_output_dir(),
+        resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, out,
         gamma=cfg.gamma, sweep=cfg.sweep, sampler=resolved.get("sampler"), seed=int(cfg.seed), device=str(cfg.device),
         progress=bool(cfg.progress), wandb_cfg=resolved["wandb"], resolved_config=resolved,
+        shard=shard, merge=cfg.merge,
+        block_size=cfg.block_size,
     )
-    print(f"summary: {hydra_output_dir() / 'summary.json'}")
+    if shard is not None:
+        print(ShardReport(**summary).line(f"merge: python scripts/analyze.py <same settings> "
+                                          f"out_dir={out} merge=true"))
+        return
+    print(f"summary: {out / 'summary.json'}")
     rec = summary.get("recovery") or {}
     for k, v in rec.items():
         if isinstance(v, (int, float)):

@@ -300,7 +300,7 @@ class Case(Protocol):
     Class attributes: ``name`` (the registry key), ``channels``, ``ndim`` and ``what``
     (the frames it needs, for the one-line shape error). Each step may add entries to
     the summary by returning a dict (``fidelity``, ``filters``, ``group``, ``recover``)
-    or through :meth:`sections`. ``observe`` returns whatever the later steps need.
+    or through :meth:`sections`. ``variations`` may use only what ``observe`` set (a shard runs no other step).
     """
 
     name: str
@@ -461,17 +461,6 @@ def _validate(cfg: Any, gamma: float, seed: Any) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def _variations(case: Case, ctx: CaseContext, observed: Any) -> Any:
-    from matdyn.sampling.engine import VariationEngine
-
-    plan = case.variations(ctx, observed)
-    engine = VariationEngine(ctx.generator, ctx.sampler, n_refs=plan.n_refs,
-                             n_samples=plan.n_samples, seed=ctx.seed, metrics=list(plan.metrics),
-                             reducers=list(plan.reducers), batch_size=plan.batch_size,
-                             progress=ctx.progress)
-    return engine.run(ctx.out_dir / "variations")
-
-
 def _write_table(ctx: CaseContext, table: Table | None) -> str | None:
     from matdyn.io import atomic_write_text
 
@@ -541,6 +530,8 @@ def run_case(
     log: Callable[[Mapping[str, Any]], None] | None = None,
     provenance: Mapping[str, Any] | None = None,
     sampler: Mapping[str, Any] | None = None,
+    merge: bool = False,
+    block_size: int | None = None,
 ) -> dict[str, Any]:
     """Run one case study end to end; write ``figures/``, ``variations.csv``,
     ``variations/`` (resumable engine blocks) and ``summary.json`` into ``out_dir``.
@@ -558,6 +549,9 @@ def run_case(
         fit: ``dataset.fit`` of training ("crop" / "pad"): observed frames and pixel sizes.
         log: receives ``{"analysis/<case>/<key>": float}`` (e.g. W&B's ``run.log``).
         provenance: written as ``summary["provenance"]`` (bundle, store, resolved config).
+        merge: finish a sharded run (:func:`matdyn.analysis.shards.run_case_shard`): use the
+            shards' blocks in ``out_dir/variations``, compute none; AnalysisError naming the
+            missing shards otherwise. block_size: references per engine block.
 
     Returns the summary dict (:class:`CaseSummary` layout). Raises ConfigError /
     AnalysisError with a one-line message on bad input or a failing check.
@@ -570,7 +564,9 @@ def run_case(
                                            progress=progress, log=log, sampler=sampler)
     observed = inst.observe(ctx)
     fidelity = inst.fidelity(ctx, observed)
-    result = _variations(inst, ctx, observed)
+    from matdyn.analysis.shards import variation_step
+
+    result = variation_step(inst, ctx, observed, merge=merge, block_size=block_size)
     filters = inst.filters(ctx, result)
     _log_filters(ctx, filters)
     table = inst.describe(ctx, observed, result)

@@ -59,6 +59,9 @@ def run_analysis(
     progress: bool = True,
     wandb_cfg: Mapping[str, Any] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
+    shard: str | None = None,
+    merge: bool = False,
+    block_size: int | None = None,
 ) -> dict[str, Any]:
     """Library entry of ``scripts/analyze.py``: open the bundle and the store it was
     trained on, then :func:`matdyn.analysis.case.run_case` with the case of `analysis`
@@ -67,19 +70,29 @@ def run_analysis(
     The perturbation sampler comes from :func:`matdyn.gamma.resolve_sampler` (``gamma``,
     ``sweep``, optional ``sampler`` spec ``{_target_: ..., ...}``): a sweep's gamma.json
     gives exactly the sampler it recorded, checked against this bundle and store.
+
+    ``shard="k/n"``: compute only that shard of the variations into ``out_dir/variations``
+    and return its report (:func:`matdyn.analysis.shards.run_case_shard`; no W&B, no
+    summary); ``merge=True``: finish the analysis from the shards' blocks (missing shards
+    are an AnalysisError naming them). ``block_size``: references per engine block.
     """
     import torch
 
     from matdyn.analysis.case import get_case, run_case
+    from matdyn.analysis.shards import check_shard_options, run_case_shard
     from matdyn.cli import project_path
     from matdyn.data.sources import ensure_store
     from matdyn.data.store import open_store
     from matdyn.gamma import resolve_sampler, store_identity
+    from matdyn.sampling.shards import require_complete
     from matdyn.training.bundle import load_generator
 
+    check_shard_options(shard, merge)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     case, _ = get_case(analysis)
+    if merge:  # refuse missing shards before any work
+        require_complete(out / "variations", f"the {case} analysis")
+    out.mkdir(parents=True, exist_ok=True)
     bundle_path = project_path(bundle_path)
     gen = load_generator(bundle_path)
     ensure_store(dataset, progress=progress)
@@ -100,14 +113,18 @@ def run_analysis(
     )
     log.info("analysis %s: bundle %s, sampler %r (%s), output %s", case, bundle_path,
              resolved.sampler, resolved.source, out)
+    fit = str(dataset.get("fit") or "crop")
+    if shard is not None:
+        return run_case_shard(case, gen, store, analysis, out_dir=out, shard=shard, gamma=resolved,
+                              seed=seed, fit=fit, progress=progress, block_size=block_size)
     provenance = {"bundle": str(bundle_path), "bundle_sha256": sha,
                   "store": str(store.path), "resolved_config": dict(resolved_config or {})}
     run_wandb = _wandb(wandb_cfg, out, case, resolved_config)
     try:
         summary = run_case(case, gen, store, analysis, out_dir=out, gamma=resolved,
-                           seed=seed, fit=str(dataset.get("fit") or "crop"), progress=progress,
+                           seed=seed, fit=fit, progress=progress,
                            log=run_wandb.log if run_wandb is not None else None,
-                           provenance=provenance)
+                           provenance=provenance, merge=merge, block_size=block_size)
         if run_wandb is not None:
             _log_outputs(run_wandb, out, summary)
     finally:

@@ -5,7 +5,8 @@
 * :mod:`~matdyn.gamma.specs` — typed settings (``rule``, ``calibration``, ``baseline``).
 * :mod:`~matdyn.gamma.continuity` — difference metrics per case and the consecutive-frame
   baseline on frames prepared like training (:mod:`matdyn.data.frames`).
-* :mod:`~matdyn.gamma.job` — one γ job (variation engine -> ``<job>/job.json``).
+* :mod:`~matdyn.gamma.job` — one γ job (variation engine -> ``<job>/job.json``), whole or
+  in shards (``shard="k/n"``; :func:`finish_sharded_jobs` is the merge step).
 * :mod:`~matdyn.gamma.records` — sampler specification, store identity, job records and
   their discovery by scanning (jobs are found by γ value, never by folder number).
 * :mod:`~matdyn.gamma.aggregate` — all jobs -> ``gamma.json`` + ``continuity.{png,svg}``.
@@ -28,7 +29,13 @@ from matdyn.gamma.continuity import (
     summarize,
 )
 from matdyn.gamma.inversion import inversion_calibration
-from matdyn.gamma.job import check_bundle_fits, run_gamma_job, run_sweep_job, sweep_name
+from matdyn.gamma.job import (
+    check_bundle_fits,
+    finish_sharded_jobs,
+    run_gamma_job,
+    run_sweep_job,
+    sweep_name,
+)
 from matdyn.gamma.records import (
     JOB_RECORD,
     JobRecord,
@@ -66,6 +73,7 @@ __all__ = [
     "check_bundle_fits",
     "consecutive_differences",
     "default_metrics",
+    "finish_sharded_jobs",
     "finished_jobs",
     "gamma_at_acceptance",
     "gamma_at_bound",

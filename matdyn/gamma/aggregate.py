@@ -1,7 +1,8 @@
 """Aggregation of a γ sweep into ``gamma.json`` and the continuity figure.
 
 :func:`aggregate_sweep` finds the sweep's jobs by scanning their records
-(:func:`matdyn.gamma.records.finished_jobs`), pools the samples of every job with one γ,
+(:func:`matdyn.gamma.records.finished_jobs`; jobs split into shards are finished first by
+:func:`matdyn.gamma.job.finish_sharded_jobs`, which names missing shards), pools the samples of every job with one γ,
 measures the same metrics between consecutive *real* frames at the generator's resolution
 (the baseline, :func:`matdyn.gamma.continuity.real_baseline`), draws the continuity curves
 and picks γ with the rule of :class:`~matdyn.gamma.specs.RuleSpec`
@@ -30,7 +31,13 @@ import numpy as np
 from matdyn.errors import AnalysisError, ConfigError
 from matdyn.gamma.continuity import metrics_from_spec, real_baseline, summarize
 from matdyn.gamma.inversion import inversion_calibration
-from matdyn.gamma.job import check_bundle_fits, resolve_device, sweep_name, wandb_run
+from matdyn.gamma.job import (
+    check_bundle_fits,
+    finish_sharded_jobs,
+    resolve_device,
+    sweep_name,
+    wandb_run,
+)
 from matdyn.gamma.records import (
     GAMMA_FORMAT,
     GAMMA_VERSION,
@@ -263,6 +270,7 @@ def _open_sweep(root: Path, dataset: Mapping[str, Any] | None, bundle_path: Any,
     from matdyn.io import file_sha256
     from matdyn.training.bundle import load_generator
 
+    finish_sharded_jobs(root)  # the merge step of sharded jobs
     jobs = finished_jobs(root)
     first = jobs[0].data
     dataset = dict(dataset if dataset is not None else first["dataset_config"])

@@ -33,12 +33,13 @@ from matdyn.gamma.records import (
     check_job_folder,
     check_siblings,
     sampler_spec,
+    scan_jobs,
     store_identity,
 )
 from matdyn.gamma.rules import statistic
 
-__all__ = ["check_bundle_fits", "resolve_device", "run_gamma_job", "run_sweep_job", "sweep_name",
-           "wandb_run"]
+__all__ = ["check_bundle_fits", "finish_job_record", "finish_sharded_jobs", "resolve_device",
+           "run_gamma_job", "run_sweep_job", "sweep_name", "wandb_run"]
 
 log = logging.getLogger("matdyn.gamma")
 
@@ -126,15 +127,20 @@ def run_gamma_job(
     device: str | None = None,
     progress: bool = True,
     record: Mapping[str, Any] | None = None,
+    shard: str | None = None,
 ) -> dict[str, Any]:
     """Run the variation engine for one sampler and write ``<out_dir>/job.json``.
 
     ``record`` adds identity fields (bundle, store, ...) to the job record. Returns the
-    finished record (``objective`` = typical value of the first metric).
+    finished record (``objective`` = typical value of the first metric). With ``shard="k/n"``
+    only that shard's references are computed (:func:`matdyn.sampling.shards.run_shard`);
+    the record stays ``status: running`` until the last shard's blocks are in, and the
+    returned record then carries ``shard_report`` (what this shard did, what is left).
     """
     from matdyn.io import write_json_atomic
     from matdyn.sampling.engine import VariationEngine
     from matdyn.sampling.reducers import LatentStats, SampleMetrics
+    from matdyn.sampling.shards import require_complete, run_shard
 
     t0 = time.perf_counter()
     if not metrics:
@@ -148,34 +154,80 @@ def run_gamma_job(
         "metric_names": [m.name for m in metrics], "metric_specs": [repr(m) for m in metrics],
         **dict(record or {}),
     }
-    write_json_atomic(out / JOB_RECORD, rec)
     engine = VariationEngine(
         generator, sampler, n_refs=n_refs, n_samples=n_samples, seed=seed,
         metrics=metrics, reducers=[SampleMetrics(), LatentStats()], batch_size=batch_size,
         block_size=block_size, device=device, progress=progress,
     )
-    result = engine.run(out / RESULTS_SUBDIR, resume=True)
-    d = engine.latent_dim
-    per_metric = {m.name: _metric_summary(result[f"metrics/{m.name}"]) for m in metrics}  # [M, N] each
+    if not (shard is not None and (out / JOB_RECORD).is_file()):
+        write_json_atomic(out / JOB_RECORD, rec)  # a shard never overwrites a finished record
+    if shard is None:
+        result = engine.run(out / RESULTS_SUBDIR, resume=True)
+    else:
+        _, report = run_shard(engine, out / RESULTS_SUBDIR, shard)
+        if not report.complete:
+            return {**rec, "shard_report": report.as_dict()}
+        result = require_complete(out / RESULTS_SUBDIR)
+        rec["shard_report"] = report.as_dict()
+    done = finish_job_record(rec, result, sampler, engine.latent_dim, t0)
+    write_json_atomic(out / JOB_RECORD, {k: v for k, v in done.items() if k != "shard_report"})
+    return done
+
+
+def finish_job_record(rec: Mapping[str, Any], result: Any, sampler: Any, latent_dim: int,
+                      t0: float) -> dict[str, Any]:
+    """The ``status: done`` job record: ``rec`` plus the metric summaries of a complete
+    engine ``result`` (``metrics/<name>`` [M, N], ``latent/...`` [M, N])."""
+    names = list(rec["metric_names"])
+    per_metric = {k: _metric_summary(result[f"metrics/{k}"]) for k in names}  # [M, N] each
     per_dim = np.asarray(result["latent/per_dim_distance"], dtype=np.float64)
     angle = np.asarray(result["latent/angular_step"], dtype=np.float64)
-    first = metrics[0].name
-    rec.update(
-        status="done",
-        latent_dim=d,
-        per_dim_distance_mean=float(per_dim.mean()),
-        per_dim_distance_expected=float(sampler.per_dimension_distance(d)),
-        angular_step_mean=float(angle.mean()),
-        angular_step_mean_deg=float(np.degrees(angle.mean())),
-        angular_step_expected_deg=float(np.degrees(sampler.angular_step())),
-        metrics=per_metric,
-        objective_metric=first,
-        objective=per_metric[first]["typical"],
-        results_dir=RESULTS_SUBDIR,
-        elapsed_s=round(time.perf_counter() - t0, 3),
-    )
-    write_json_atomic(out / JOB_RECORD, rec)
-    return rec
+    return {
+        **rec,
+        "status": "done",
+        "latent_dim": int(latent_dim),
+        "per_dim_distance_mean": float(per_dim.mean()),
+        "per_dim_distance_expected": float(sampler.per_dimension_distance(latent_dim)),
+        "angular_step_mean": float(angle.mean()),
+        "angular_step_mean_deg": float(np.degrees(angle.mean())),
+        "angular_step_expected_deg": float(np.degrees(sampler.angular_step())),
+        "metrics": per_metric,
+        "objective_metric": names[0],
+        "objective": per_metric[names[0]]["typical"],
+        "results_dir": RESULTS_SUBDIR,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+
+
+def finish_sharded_jobs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """The merge step of a sharded sweep: every unfinished job of ``sweep_dir`` whose
+    results are complete gets its ``status: done`` record (the job folders it finished are
+    returned). AnalysisError (one line) naming γ and the missing shards / references when a
+    sharded job (one with shard records) is incomplete; other unfinished jobs are left to
+    :func:`~matdyn.gamma.records.finished_jobs`, which names them."""
+    from matdyn.io import write_json_atomic
+    from matdyn.sampling.results import _read_manifest
+    from matdyn.sampling.shards import SHARDS_SUBDIR, require_complete
+
+    finished = []
+    for job in scan_jobs(sweep_dir):
+        res_dir = job.results_dir
+        if job.done or not (res_dir / "manifest.json").is_file():
+            continue
+        if not any((res_dir / SHARDS_SUBDIR).glob("shard_*.json")):
+            continue
+        t0 = time.perf_counter()
+        root = Path(sweep_dir)
+        result = require_complete(
+            res_dir, f"γ job {job.path.name} (γ = {job.gamma:g})",
+            then=f"run those shards with hydra.sweep.dir={root}, then aggregate again "
+                 f"(python scripts/aggregate_sweep.py dir={root})")
+        latent_dim = int(_read_manifest(res_dir)["fingerprint"]["latent_dim"])
+        rec = finish_job_record(job.data, result, build_sampler(job.data["sampler"]), latent_dim, t0)
+        write_json_atomic(job.path / JOB_RECORD, rec)
+        log.info("merged the shards of γ job %s", job.path.name)
+        finished.append(job.path)
+    return finished
 
 
 def _open_store_meta(dataset: Mapping[str, Any]) -> Any:
@@ -220,6 +272,7 @@ def run_sweep_job(
     wandb_cfg: Mapping[str, Any] | None = None,
     group: str | None = None,
     overrides: Sequence[str] = (),
+    shard: str | None = None,
 ) -> dict[str, Any]:
     """One γ job from plain settings (library entry of ``scripts/sweep_gamma.py``).
 
@@ -227,10 +280,16 @@ def run_sweep_job(
     object or its specification ``{_target_: ..., gamma: ...}``; ``sweep_dir``: the
     directory holding the sweep's job folders (None for a lone job). Refuses (ConfigError,
     one line) a job folder holding another job, and a sweep directory whose other jobs used
-    another bundle or store. Returns the finished job record.
+    another bundle or store. Returns the finished job record; with ``shard="k/n"`` (k-th of n
+    contiguous groups of reference blocks, :mod:`matdyn.sampling.shards`) the record of this
+    shard's part (``shard_report``), finished only when the last shard's blocks are in.
     """
     from matdyn.io import file_sha256
+    from matdyn.sampling.streams import parse_shard
     from matdyn.training.bundle import load_generator
+
+    if shard is not None:
+        parse_shard(shard)  # a bad spec fails before the bundle is read
 
     sampler = build_sampler(sampler) if isinstance(sampler, Mapping) else sampler
     gamma = getattr(sampler, "scale", None)
@@ -249,7 +308,8 @@ def run_sweep_job(
         "dataset": dataset.get("name"), "dataset_config": dict(dataset),
         "store": store_identity(dataset, meta), "bundle": str(bundle_path),
         "bundle_sha256": file_sha256(bundle_path), "resolution": int(bundle.resolution),
-        "metrics_config": metrics, "overrides": [str(o) for o in overrides], "device": dev,
+        "metrics_config": metrics, "device": dev,
+        "overrides": [str(o) for o in overrides if not str(o).startswith("shard=")],
     }
     resumed = check_job_folder(out, identity)
     if sweep_dir is not None:
@@ -262,9 +322,9 @@ def run_sweep_job(
         summary = run_gamma_job(
             bundle.to(dev), sampler, ms, out, n_refs=n_refs, n_samples=n_samples, seed=seed,
             batch_size=batch_size, block_size=block_size, device=dev, progress=progress,
-            record=identity,
+            record=identity, shard=shard,
         )
-        if run is not None:
+        if run is not None and summary["status"] == "done":
             _log_job(run, summary)
     finally:
         if run is not None:

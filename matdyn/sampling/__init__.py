@@ -25,6 +25,7 @@ from matdyn.sampling.reducers import (
     ZarrImageSink,
 )
 from matdyn.sampling.samplers import GaussianSampler, PerturbationSampler, UniformSampler
+from matdyn.sampling.shards import ShardReport, require_complete, run_shard
 
 __all__ = [
     "FilteredMean",
@@ -36,6 +37,7 @@ __all__ = [
     "ReferenceBlock",
     "RunInfo",
     "SampleMetrics",
+    "ShardReport",
     "UniformSampler",
     "VariationBatch",
     "VariationEngine",
@@ -44,5 +46,7 @@ __all__ = [
     "load_results",
     "merge_results",
     "parse_shard",
+    "require_complete",
+    "run_shard",
     "variation_latents",
 ]

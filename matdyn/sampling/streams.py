@@ -76,7 +76,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     except (ValueError, TypeError):
         raise ConfigError(f"shard must look like 'k/n' (e.g. '2/8'), got {shard!r}") from None
     if not (n >= 1 and 0 <= k < n):
-        raise ConfigError(f"shard {shard!r} is out of range: use 'k/n' with 0 <= k < n (0-based)")
+        raise ConfigError(f"shard {shard!r} is out of range: use 'k/n' with n >= 1 and 0 <= k < n (0-based)")
     return k, n
 
 
