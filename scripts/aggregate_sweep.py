@@ -14,10 +14,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
 from matdyn.errors import ConfigError
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
 @guarded
 def main(cfg: DictConfig) -> None:

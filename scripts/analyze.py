@@ -13,9 +13,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, hydra_output_dir
+from matdyn.cli import entry_point, guarded, hydra_output_dir
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 @guarded
 def main(cfg: DictConfig) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
 
 
 def absolute_paths(cfg: DictConfig) -> None:
@@ -25,6 +25,7 @@ def absolute_paths(cfg: DictConfig) -> None:
             cfg[key] = str(project_path(cfg[key]))
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> None:
