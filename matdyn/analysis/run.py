@@ -83,7 +83,7 @@ def run_analysis(
     bundle_path = project_path(bundle_path)
     gen = load_generator(bundle_path)
     ensure_store(dataset, progress=progress)
-    store = open_store(project_path(dataset["path"]), validate=False)
+    store = open_store(project_path(dataset["path"]))  # validated: NaN/inf, missing chunks
     trained_on = str(gen.meta.get("name", ""))
     if trained_on and trained_on != store.meta.name:
         raise AnalysisError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,17 @@ class AggregateSweepCallback(_HydraCallback):  # type: ignore[misc,valid-type]
             return
         from omegaconf import OmegaConf
 
-        from matdyn.cli import matdyn_cause
+        from matdyn.cli import fail, user_error_message
 
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
         try:
             out = aggregate_from_config(sweep_dir, plain_config(config))
         except Exception as e:
-            cause = matdyn_cause(e)
-            if cause is None:
-                raise
-            print(f"error: {cause}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            # Hydra turns an exception of a callback into a warning and exit 0 (a sweep that
+            # "succeeded" without gamma.json): exit here instead, 2 for input, 1 for a bug
+            msg = user_error_message(e)
+            if msg is None:
+                traceback.print_exc()
+                sys.exit(1)
+            fail(f"aggregating {sweep_dir}: {msg}")
         print(f"gamma: {out['gamma']:.4g} ({out['calibration']}) -> {sweep_dir / 'gamma.json'}")

@@ -46,7 +46,8 @@ log = logging.getLogger("matdyn.gamma")
 # ----------------------------------------------------------------------------- helpers
 def check_bundle_fits(bundle: Any, dataset: Mapping[str, Any], meta: Any = None, path: Any = "") -> None:
     """Refuse (CheckpointError) a generator whose channels / dimensionality do not match the
-    dataset config or the store's metadata ``meta``."""
+    dataset config or the store's metadata ``meta``, or that was trained on another store
+    (by the store name the bundle records)."""
     name = dataset.get("name")
     for what, got, want in (
         ("channel(s)", getattr(bundle, "channels", None), dataset.get("channels")),
@@ -61,8 +62,9 @@ def check_bundle_fits(bundle: Any, dataset: Mapping[str, Any], meta: Any = None,
             )
     trained = (getattr(bundle, "meta", None) or {}).get("name")
     if trained and name and meta is not None and trained != getattr(meta, "name", trained):
-        log.warning("generator %s was trained on store '%s', the sweep compares with '%s'",
-                    path, trained, getattr(meta, "name", name))
+        raise CheckpointError(
+            f"{path} was trained on store '{trained}' but the sweep compares with store "
+            f"'{getattr(meta, 'name', name)}'; pass the bundle and dataset that belong together")
 
 
 def resolve_device(device: str | None) -> str:
@@ -179,13 +181,14 @@ def run_gamma_job(
 
 
 def _open_store_meta(dataset: Mapping[str, Any]) -> Any:
-    """The store's metadata when it exists (read only: parallel jobs never write it)."""
+    """The store's metadata when it exists (read only: parallel jobs never write it), after
+    the full validation (NaN/inf, missing or unreadable chunks: one-line StoreError)."""
     path = Path(str(dataset.get("path") or ""))
     if not dataset.get("path") or not path.exists():
         return None
     from matdyn.data.store import open_store
 
-    return open_store(path, validate=False).meta
+    return open_store(path).meta
 
 
 def _log_job(run: Any, summary: Mapping[str, Any]) -> None:
