@@ -158,9 +158,8 @@ def user_error_message(err: BaseException) -> str | None:
     for e in chain:
         if isinstance(e, OSError) and e.errno in ENV_ERRNOS:
             where = e.filename or "the output location"
-            return (f"cannot write {where}: {ENV_ERRNOS[e.errno]}; choose a writable location "
-                    "with free space (out=..., dataset.path=..., hydra.run.dir=... or "
-                    "hydra.sweep.dir=...)")
+            return (f"cannot write {where}: {ENV_ERRNOS[e.errno]}; choose a writable output "
+                    "location with free space")
     return None
 
 
