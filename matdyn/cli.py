@@ -151,15 +151,17 @@ def user_error_message(err: BaseException) -> str | None:
     for e in chain:
         if isinstance(e, MatdynError):
             return one_line(str(e))
+    for e in chain:  # before Hydra's wrappers: a full disk inside a constructor is the disk
+        if isinstance(e, OSError) and e.errno in ENV_ERRNOS:
+            where = Path(os.fsdecode(e.filename)) if e.filename else None
+            while where is not None and where.name.startswith(".") and where.parent != where:
+                where = where.parent  # name the folder, not our hidden temporary file
+            return (f"cannot write {where or 'the output location'}: {ENV_ERRNOS[e.errno]}; "
+                    "choose a writable output location with free space")
     for e in chain:
         msg = _hydra_message(e)
         if msg is not None:
             return msg
-    for e in chain:
-        if isinstance(e, OSError) and e.errno in ENV_ERRNOS:
-            where = e.filename or "the output location"
-            return (f"cannot write {where}: {ENV_ERRNOS[e.errno]}; choose a writable output "
-                    "location with free space")
     return None
 
 

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from matdyn.cli import entry_point, guarded, hydra_output_dir
+from matdyn.errors import ConfigError
 
 
 @entry_point
@@ -25,6 +26,8 @@ def main(cfg: DictConfig) -> None:
 
     from matdyn.analysis.run import run_analysis
 
+    if OmegaConf.is_missing(cfg, "bundle"):
+        raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -150,12 +150,12 @@ def run_gamma_job(
         "metric_names": [m.name for m in metrics], "metric_specs": [repr(m) for m in metrics],
         **dict(record or {}),
     }
-    write_json_atomic(out / JOB_RECORD, rec)
-    engine = VariationEngine(
+    engine = VariationEngine(  # checks the counts before anything is written
         generator, sampler, n_refs=n_refs, n_samples=n_samples, seed=seed,
         metrics=metrics, reducers=[SampleMetrics(), LatentStats()], batch_size=batch_size,
         block_size=block_size, device=device, progress=progress,
     )
+    write_json_atomic(out / JOB_RECORD, rec)
     result = engine.run(out / RESULTS_SUBDIR, resume=True)
     d = engine.latent_dim
     per_metric = {m.name: _metric_summary(result[f"metrics/{m.name}"]) for m in metrics}  # [M, N] each

@@ -141,7 +141,14 @@ def _data(cfg: DictConfig, top: int) -> Any:
     from matdyn.data.sources import ensure_store
 
     ds = cfg.dataset
-    ensure_store(_plain(ds), progress=bool(cfg.get("progress", True)))
+    meta = ensure_store(_plain(ds), progress=bool(cfg.get("progress", True)))
+    fit = str(ds.get("fit", "crop"))
+    side = min(meta.spatial_shape) if fit == "crop" else max(meta.spatial_shape)
+    if top > side:  # frames would be upsampled: detail the data do not have (issue 13)
+        fits = 1 << (side.bit_length() - 1)
+        raise ConfigError(f"resolution {top} is above the data's {side} px (frames "
+                          f"{'x'.join(map(str, meta.spatial_shape))}, fit={fit}) and would upsample "
+                          f"them; set resolution={fits} (or smaller) or use larger frames")
     dm = MicroscopyDataModule(
         Path(str(ds.path)).expanduser().absolute(), resolution=top, batch_size=1,
         seed=int(cfg.seed), fit=ds.get("fit", "crop"),
