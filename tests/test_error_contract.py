@@ -85,6 +85,8 @@ def inputs(tmp_path_factory) -> Path:
     import matdyn.training.app  # noqa: F401
     from matdyn.data.sources import ensure_store
     from matdyn.data.store import StoreWriter
+    from matdyn.gamma.records import GAMMA_FORMAT, GAMMA_VERSION
+    from matdyn.io import write_json_atomic
     from matdyn.models import Generator
     from matdyn.training.bundle import save_bundle
 
@@ -118,6 +120,11 @@ def inputs(tmp_path_factory) -> Path:
     np.save(t / "mixed" / "a2.npy", rng.random((5, 10), dtype=np.float32))
     (t / "exists.zarr").mkdir()
     (t / "exists.zarr" / "keep.txt").write_text("keep")
+    (t / "other_sweep").mkdir()
+    write_json_atomic(t / "other_sweep" / "gamma.json", {
+        "format": GAMMA_FORMAT, "version": GAMMA_VERSION, "bundle": "/elsewhere/generator.pt",
+        "bundle_sha256": "0" * 64, "gamma": 0.5,
+        "sampler": {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 0.5}})
     (t / "ro").mkdir()
     (t / "full").mkdir()
     return t
@@ -205,6 +212,14 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
         ("analyze-hole-store", "analyze.py", [*_np(t, "hole.zarr"), B, "gamma=0.5"], "are missing", None),
         ("analyze-other-store", "analyze.py", [*_np(t, "other.zarr"), B, "gamma=0.5"],
          "trained on store 'np_diffusion'", None),
+        ("analyze-gamma-abc", "analyze.py", [*_np(t), B, "gamma=abc"], "gamma must be a number", None),
+        ("analyze-no-gamma-json", "analyze.py", [*_np(t), B, f"sweep={t / 'runs'}"], "no gamma.json", None),
+        ("analyze-other-bundle-gamma", "analyze.py", [*_np(t), B, f"sweep={t / 'other_sweep'}"],
+         "chose γ for another generator bundle", None),
+        ("analyze-other-sampler-gamma", "analyze.py", [*_np(t), B, f"sweep={t / 'other_sweep'}",
+                                                       "sampler=gaussian"], "but the analysis asks for", None),
+        ("analyze-misspelt-analysis", "analyze.py", [*_np(t), B, "analysis=np_difusion"],
+         "analysis=np_difusion does not exist", None),
         ("analyze-bundle-garbage", "analyze.py", [*_np(t), f"bundle={t}/garbage.pt"],
          "not a readable generator bundle", None),
         # --- reproduce (argparse, not Hydra)
@@ -277,3 +292,30 @@ def test_a_bug_keeps_its_traceback(inputs, monkeypatch):
     r = run_entry("make_data.py", *_np(inputs), f"hydra.run.dir={inputs / 'runs' / 'bug'}", patch=patch)
     assert r.rc == 1 and "Traceback" in r.stderr and "ZeroDivisionError: internal bug" in r.stderr
     assert not r.error_lines
+
+
+@pytest.mark.parametrize("raised,rc", [("config", 2), ("bug", 1)])
+def test_sweep_exits_nonzero_when_aggregation_fails(inputs, raised, rc):
+    """Hydra turns a callback's exception into a warning (exit 0, no gamma.json); the
+    sweep's aggregation callback exits itself: 2 with one line for input, 1 for a bug."""
+
+    def patch() -> None:
+        import matdyn.gamma.hydra_glue as glue
+        from matdyn.errors import ConfigError
+
+        def fails(*a, **k):
+            if raised == "config":
+                raise ConfigError("rule.bound_stat must be max or p95")
+            raise ZeroDivisionError("internal bug")
+
+        glue.aggregate_from_config = fails
+
+    out = inputs / "runs" / f"agg-{raised}"
+    r = run_entry("sweep_gamma.py", "-m", *_np(inputs), f"bundle={inputs / 'g.pt'}", "sampler.gamma=0.5",
+                  "n_refs=2", "n_samples=2", f"hydra.sweep.dir={out}", patch=patch)
+    assert r.rc == rc, r.stderr[-2000:]
+    assert not (out / "gamma.json").exists() and (out / "uniform=0.5" / "job.json").is_file()
+    if raised == "config":
+        assert r.error_lines == [f"error: aggregating {out}: rule.bound_stat must be max or p95"]
+    else:
+        assert "Traceback" in r.stderr and not r.error_lines
