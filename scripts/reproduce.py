@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             case, step, override = e.split(":", 2)
             extra.setdefault(case, {}).setdefault(step, []).append(override)
         root = Path(a.out).resolve()
-        for case, path in stores.items():  # a wrong --store fails now, not after other cases ran
+        for path in stores.values():  # a wrong --store fails now, not after other cases ran
             validate_store(Path(path).expanduser().resolve(), check_values=False)
         if not a.dry_run:
             root.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before any step

@@ -16,6 +16,7 @@ frame never leaves a half-written store at the target path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import zarr
 
 from matdyn.errors import StoreError
 from matdyn.io import clean_stale_siblings, replace_dir, temp_token, to_jsonable
+from matdyn.locks import sibling_lock_path, writer_lock
 
 FORMAT_VERSION = 1
 #: frames per zarr chunk are chosen so one chunk holds about this many bytes
@@ -129,10 +131,17 @@ class StoreWriter:
         self._group: zarr.Group | None = None
         self._images: zarr.Array | None = None
         self._n = 0
+        self._lock = contextlib.ExitStack()
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = contextlib.ExitStack()
+        try:  # one writer per store path; a second one is refused naming the first
+            self._lock.enter_context(writer_lock(sibling_lock_path(self.path), f"store {self.path}"))
+        except BaseException:
+            self._lock.close()
+            raise
         clean_stale_siblings(self.path)
         self._tmp = self.path.with_name(f".{self.path.name}.tmp-{temp_token()}-{uuid.uuid4().hex[:8]}")
         self._group = zarr.open_group(str(self._tmp), mode="w")
@@ -150,14 +159,17 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
         try:
-            self._finish()
-        except BaseException:
-            self._discard()
-            raise
+            if exc_type is not None:
+                self._discard()
+                return
+            try:
+                self._finish()
+            except BaseException:
+                self._discard()
+                raise
+        finally:
+            self._lock.close()
 
     # -- writing -----------------------------------------------------------------------------
     @property
