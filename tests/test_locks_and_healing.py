@@ -1,0 +1,96 @@
+"""Writer locks (one writer per run directory / store; a dead owner's lock is taken over)
+and self-healing resumes (an unreadable variations block is recomputed, one log line)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from forkrun import ROOT, run_entry
+
+from matdyn.data.store import StoreWriter
+from matdyn.errors import LockedError
+from matdyn.locks import dir_lock_path, sibling_lock_path, writer_lock
+
+
+def test_second_writer_is_refused_naming_the_owner(tmp_path):
+    lock = dir_lock_path(tmp_path)
+    with writer_lock(lock, f"run directory {tmp_path}"):
+        owner = json.loads(lock.read_text())
+        assert (owner["pid"], owner["host"]) == (os.getpid(), socket.gethostname())
+        with pytest.raises(LockedError, match=rf"run directory {tmp_path} is being written by pid "
+                           rf"{os.getpid()} on {socket.gethostname()} \(since "):
+            with writer_lock(lock, f"run directory {tmp_path}"):
+                pass
+    assert not lock.exists()  # released and removed
+    with writer_lock(lock, "again"):
+        pass
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    lock = dir_lock_path(tmp_path)
+    lock.write_text(json.dumps({"pid": p.pid, "host": socket.gethostname(), "started": 0}))
+    with caplog.at_level(logging.INFO, logger="matdyn"), writer_lock(lock, "run x"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert [r for r in caplog.records if f"took over the lock of pid {p.pid}" in r.getMessage()]
+
+
+def test_killed_holder_releases_its_lock(tmp_path):
+    """flock dies with its process: after kill -9 the next writer proceeds at once."""
+    lock = dir_lock_path(tmp_path)
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from matdyn.locks import writer_lock\n"
+            f"with writer_lock({str(lock)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"held"
+    with pytest.raises(LockedError, match=f"pid {p.pid}"):
+        with writer_lock(lock, "x"):
+            pass
+    p.kill()
+    p.wait()
+    with writer_lock(lock, "x"):
+        pass
+
+
+def test_store_writers_exclude_each_other(tmp_path):
+    path = tmp_path / "s.zarr"
+    with StoreWriter(path, spatial_shape=(4, 4), channel_names=["a"], pixel_size=1.0) as w:
+        w.append(np.zeros((1, 1, 4, 4), np.float32))
+        with pytest.raises(LockedError, match=f"store {path} is being written by pid {os.getpid()}"):
+            with StoreWriter(path, spatial_shape=(4, 4), channel_names=["a"], pixel_size=1.0):
+                pass
+    assert path.is_dir() and not sibling_lock_path(path).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_second_training_into_a_locked_run_dir_is_one_error_line(tmp_path):
+    """The child inherits nothing that lets it in: it opens the lock file anew."""
+    run = tmp_path / "run"
+    with writer_lock(dir_lock_path(run), f"run directory {run}"):
+        r = run_entry("train.py", "dataset=np_diffusion", f"dataset.path={tmp_path}/none.zarr",
+                      "dry_run=true", f"hydra.run.dir={run}")
+    assert r.rc == 2 and len(r.error_lines) == 1 and "Traceback" not in r.stderr
+    assert r.error_lines[0].startswith(f"error: run directory {run} is being written by pid {os.getpid()}")
+
+
+def test_unreadable_block_is_recomputed_with_one_log_line(tmp_path, caplog):
+    from test_sampling import assert_same, engine
+
+    full = engine(n_refs=8, batch_size=4, block_size=2).run(tmp_path / "run")
+    block = tmp_path / "run" / "blocks" / "block_000002.npz"
+    data = block.read_bytes()
+    block.write_bytes(data[: len(data) // 2])  # truncated, e.g. a copy cut short
+    with caplog.at_level(logging.WARNING, logger="matdyn.sampling"):
+        healed = engine(n_refs=8, batch_size=4, block_size=2).run(tmp_path / "run")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "block_000002.npz is unreadable" in msgs[0] and "recomputed" in msgs[0]
+    assert healed.complete
+    assert_same(healed, full)
