@@ -194,3 +194,38 @@ def test_kill9_during_overwrites_never_leaves_the_path_without_a_complete_store(
     _write(path, 5.0, n=32)  # the next writer takes the lock over and removes the leftovers
     assert _siblings(path) == [] and float(open_store(path).load().mean()) == 5.0
     assert reads > 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["import_data.py", "make_data.py"])
+def test_kill9_of_an_overwriting_entry_point(tmp_path, script):
+    """``import_data overwrite=true`` / ``make_data force=true`` killed at random points
+    (4 tries): the path always holds a complete store (old or new, uniform content), and the
+    next run completes and leaves no temporary, old copy or lock behind."""
+    path = tmp_path / "data" / "s.zarr"
+    np.save(tmp_path / "a.npy", np.full((40, 64, 64), 1.0, np.float32))
+    np.save(tmp_path / "b.npy", np.full((40, 64, 64), 2.0, np.float32))
+    base = [f"hydra.run.dir={tmp_path}/run", "progress=false"]
+    if script == "import_data.py":
+        def args(i):
+            return [f"src={tmp_path}/{'ab'[i % 2]}.npy", f"out={path}", "pixel_size=1", "overwrite=true"]
+    else:
+        def args(i):
+            return ["dataset=np_diffusion", "dataset.synthetic.n_frames=24",
+                    f"dataset.synthetic.seed={i}", f"dataset.path={path}", "force=true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "scripts" / script)]
+    assert subprocess.run([*cmd, *args(0), *base], env=env, capture_output=True).returncode == 0
+    rng = random.Random(7)
+    for i in range(1, 5):
+        p = subprocess.Popen([*cmd, *args(i), *base], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 2.5))
+        p.kill()
+        p.wait()
+        store = open_store(path)  # complete: validates every chunk and value
+        if script == "import_data.py":
+            assert np.unique(store.load()).size == 1
+    r = subprocess.run([*cmd, *args(9), *base], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _siblings(path) == [] and len(open_store(path)) == (40 if script == "import_data.py" else 24)
