@@ -96,7 +96,11 @@ def _hydra_message(err: BaseException) -> str | None:
             MissingConfigException,
             OverrideParseException,
         )
-        from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+        from omegaconf.errors import (
+            InterpolationResolutionError,
+            MissingMandatoryValue,
+            ValidationError,
+        )
     except ImportError:  # pragma: no cover
         return None
     text = str(err)
@@ -131,7 +135,9 @@ def _hydra_message(err: BaseException) -> str | None:
         why = one_line(f"{type(cause).__name__}: {cause}") if cause is not None else one_line(text)
         where = f"{m.group(1)}.* options" if m else "its config options"
         return f"cannot create {what} from the config ({why}); fix {where}"
-    if isinstance(err, OmegaConfBaseException):
+    # a user's interpolation or a value of the wrong type for a typed node; NOT a missing
+    # key (ConfigAttributeError/ConfigKeyError): inside the job that is our bug
+    if isinstance(err, (InterpolationResolutionError, ValidationError)):
         key = getattr(err, "full_key", None)
         first = one_line(text).split("; full_key")[0]
         return f"config value {key or ''} is invalid ({first}); fix the override".replace("  ", " ")

@@ -76,6 +76,7 @@ def inputs(tmp_path_factory) -> Path:
     """Tiny inputs: a valid stand-in store, damaged copies (NaN frame, deleted chunk, corrupt
     chunk), a store of another name, a generator bundle, garbage, frames to import."""
     import torch
+    import wandb  # noqa: F401
     import zarr
 
     # imported once here, before the forks (Lightning alone costs seconds)
@@ -149,6 +150,7 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
         ("make-full", "make_data.py", [*DATA, f"dataset.path={t / 'full' / 's.zarr'}"],
          "no space left", full),
         ("make-not-permitted", "make_data.py", [*DATA, "hydra.run.dir=/sys/matdyn-x"], "cannot write /sys/", None),
+        ("make-bad-interpolation", "make_data.py", [*DATA, "dataset.path=${nope}"], "config value", None),
         ("make-bad-source", "make_data.py", [*_np(t), "dataset.source=disk"], "dataset.source must be", None),
         # --- import_data
         ("import-pixel-abc", "import_data.py", [f"src={t / 'ok.npy'}", f"out={t}/o.zarr", "pixel_size=abc"],
@@ -164,6 +166,10 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
         ("import-ndim-abc", "import_data.py", [*imp, f"out={t}/o.zarr", "ndim=abc"], "ndim", None),
         ("import-unknown-key", "import_data.py", [*imp, f"out={t}/o.zarr", "pixelsize=1"], "unknown config key", None),
         ("import-channels", "import_data.py", [*imp, f"out={t}/o.zarr", "channels=[5]"], "channel", None),
+        ("import-axes", "import_data.py", [*imp, f"out={t}/o.zarr", "axes=TCYX"],
+         "axes='TCYX' does not fit an array of shape (4, 16, 16)", None),
+        ("import-channel-names", "import_data.py", [*imp, f"out={t}/o.zarr", "channel_names=[a,b]"],
+         "channel_names has 2", None),
         ("import-full", "import_data.py", [*imp, f"out={t / 'full' / 'o.zarr'}"], "no space left", full),
         # --- train (dry runs: everything is checked before any step)
         ("train-seed-abc", "train.py", [*train, "seed=abc"], "seed='abc' is not an integer", None),
@@ -181,6 +187,9 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
          "chunk(s) of 'images' are missing", None),
         ("train-pixel-size", "train.py", [*_np(t, "other.zarr"), "dry_run=true", "resolution=16",
                                           "dataset.pixel_size=2.0"], "set dataset.pixel_size=40.58", None),
+        ("train-model-channels", "train.py", [*train, "model.channels=3"],
+         "model.channels=3 but the dataset store has 1 channel(s)", None),
+        ("train-wandb-online", "train.py", [*train, "logger.mode=online"], "W&B online logging needs an API key", None),
         ("train-readonly-run", "train.py", [*train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", ro),
         # --- sweep_gamma (one job, run mode)
         ("sweep-no-bundle", "sweep_gamma.py", [*_np(t)], "bundle is required", None),
