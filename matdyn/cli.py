@@ -249,11 +249,15 @@ def check_environment(cfg: Any) -> None:
     if wants:
         import torch
 
+        k, v = wants[0]
         if not torch.cuda.is_available():
-            k, v = wants[0]
             raise ConfigError(f"{k}={v} but no CUDA device is visible (torch "
                               f"{torch.__version__}, CUDA build {torch.version.cuda}); use "
                               f"{k}=cpu or {k}=auto, or run on a GPU machine")
+        index = v.partition(":")[2]
+        if index.isdigit() and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"{k}={v} but only {torch.cuda.device_count()} CUDA device(s) are "
+                              f"visible (indices from 0); use {k}=cuda:0 or {k}=auto")
 
 
 def guarded(task: Callable[..., T]) -> Callable[..., T]:

@@ -132,9 +132,10 @@ def pid_alive(pid: int) -> bool:
 
 def is_stale_token(token: str) -> bool:
     """True for a ``<pid>-<host tag>`` of this host whose process is gone. Names of other
-    hosts (a shared file system) are left alone: their owners may still be running."""
-    m = re.fullmatch(r"(\d+)-([0-9a-f]{6})", token)
-    return bool(m) and m.group(2) == _HOST_TAG and not pid_alive(int(m.group(1)))
+    hosts (a shared file system) are left alone: their owners may still be running. A bare
+    ``<pid>`` (names written before the host tag, matdyn <= 2026-11) counts as this host's."""
+    m = re.fullmatch(r"(\d+)(?:-([0-9a-f]{6}))?", token)
+    return bool(m) and m.group(2) in (None, _HOST_TAG) and not pid_alive(int(m.group(1)))
 
 
 def _remove(p: Path) -> None:
@@ -175,6 +176,12 @@ def clean_stale_siblings(path: str | os.PathLike) -> list[Path]:
         return []
     stale = [(m.group(1) if m.group(3) is None else "nested", p) for m, p in found
              if is_stale_token(m.group(2))]
+    # names of matdyn <= 2026-11 carry no owner; the callers hold the path's writer lock, so
+    # no current writer can own one
+    legacy = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-[0-9a-f]{{8}}")
+    with contextlib.suppress(OSError):
+        stale += [("legacy", path.parent / n) for n in sorted(os.listdir(path.parent))
+                  if legacy.fullmatch(n)]
     if not os.path.lexists(path):
         for kind, p in stale:
             if kind == "old":

@@ -115,8 +115,10 @@ def test_live_writers_temporaries_are_kept(tmp_path):
     other_host = tmp_path / ".s.zarr.tmp-1-ffffff-0123abcd"
     for d in (live, dead, other_host):
         d.mkdir()
+    legacy = tmp_path / ".s.zarr.old-0123abcd"  # matdyn <= 2026-11: no owner in the name
+    legacy.mkdir()
     clean_stale_siblings(path)
-    assert live.exists() and other_host.exists() and not dead.exists()
+    assert live.exists() and other_host.exists() and not dead.exists() and not legacy.exists()
 
 
 def test_stale_file_temporaries_are_removed_by_the_next_write(tmp_path):
@@ -125,8 +127,10 @@ def test_stale_file_temporaries_are_removed_by_the_next_write(tmp_path):
     live = tmp_path / f".summary.json.{os.getpid()}-{_HOST_TAG}.0123abcd.tmp"
     stale.write_text("half")
     live.write_text("half")
+    legacy = tmp_path / f".summary.json.{_dead_pid()}.0123abcd.tmp"
+    legacy.write_text("half")
     atomic_write_text(target, "{}")
-    assert not stale.exists() and live.exists() and target.read_text() == "{}"
+    assert not stale.exists() and not legacy.exists() and live.exists() and target.read_text() == "{}"
     assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
 
 
