@@ -45,12 +45,13 @@ _MATDYN_DIR = Path(__file__).resolve().parent
 
 
 def _chain(err: BaseException | None) -> Iterator[BaseException]:
-    """``err`` and the exceptions behind it (``__cause__``, else ``__context__``)."""
+    """``err`` and the exceptions it was raised from (``raise ... from``: ``__cause__``).
+    ``__context__`` is not followed: a bug raised while handling, say, a full disk is a bug."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         yield err
         seen.add(id(err))
-        err = err.__cause__ if err.__cause__ is not None else err.__context__
+        err = err.__cause__
 
 
 def matdyn_cause(err: BaseException | None) -> MatdynError | None:
