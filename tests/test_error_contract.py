@@ -334,3 +334,40 @@ def test_sweep_exits_nonzero_when_aggregation_fails(inputs, raised, rc):
         assert r.error_lines == [f"error: aggregating {out}: rule.bound_stat must be max or p95"]
     else:
         assert "Traceback" in r.stderr and not r.error_lines
+
+
+def _raise(exc: BaseException, cause: BaseException | None = None) -> BaseException:
+    try:
+        raise exc from cause
+    except BaseException as e:
+        return e
+
+
+def test_user_error_message_sorts_input_from_bugs(tmp_path):
+    from hydra.errors import InstantiationException
+
+    from matdyn.cli import user_error_message
+    from matdyn.errors import StoreError
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".x.zarr.tmp-1-abcdef-0"))
+    assert user_error_message(full) == (f"cannot write {tmp_path}: no space left on the device; "
+                                        "choose a writable output location with free space")
+    wrapped = _raise(InstantiationException("Error in call to target 'x.f':\nfull_key: trainer"),
+                     StoreError("a.zarr: bad\nsecond line"))
+    assert user_error_message(wrapped) == "a.zarr: bad; second line"
+    try:  # a bug raised while handling a full disk is a bug
+        try:
+            raise full
+        except OSError:
+            _ = 1 / 0
+    except ZeroDivisionError as bug:
+        assert user_error_message(bug) is None
+    from matdyn.io import _clean_stale_files  # any function of matdyn raising = our bug
+
+    def ours():
+        _clean_stale_files(None)  # type: ignore[arg-type]
+
+    try:
+        ours()
+    except Exception as inner:
+        assert user_error_message(_raise(InstantiationException("Error in call to target 'y'"), inner)) is None
