@@ -126,6 +126,9 @@ def inputs(tmp_path_factory) -> Path:
         "format": GAMMA_FORMAT, "version": GAMMA_VERSION, "bundle": "/elsewhere/generator.pt",
         "bundle_sha256": "0" * 64, "gamma": 0.5,
         "sampler": {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 0.5}})
+    old_run = t / "runs" / "train-earlier-run" / "checkpoints"
+    old_run.mkdir(parents=True)
+    (old_run / "last.ckpt").write_bytes(b"an earlier run's checkpoint")
     (t / "ro").mkdir()
     (t / "full").mkdir()
     return t
@@ -196,6 +199,8 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
         ("train-model-channels", "train.py", [*train, "model.channels=3"],
          "model.channels=3 but the dataset store has 1 channel(s)", None),
         ("train-wandb-online", "train.py", [*train, "logger.mode=online"], "W&B online logging needs an API key", None),
+        ("train-earlier-run", "train.py", [*_np(t), "resolution=16"],
+         "holds the checkpoint of an earlier run", None),
         ("train-readonly-run", "train.py", [*train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", ro),
         # --- sweep_gamma (one job, run mode)
         ("sweep-no-bundle", "sweep_gamma.py", [*_np(t)], "bundle is required", None),
@@ -254,7 +259,7 @@ def _snapshot(t: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for p in sorted(t.rglob("*")):
         rel = p.relative_to(t).as_posix()
-        if not rel.startswith("runs") and p.is_file():
+        if not rel.startswith("runs/") and p.is_file():
             st = p.stat()
             out[rel] = (st.st_size, st.st_mtime_ns)
     return out
@@ -267,7 +272,7 @@ def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
         run_dir = t / "runs" / cid
         hydra = [] if script == "reproduce.py" or any(a.startswith("hydra.run.dir") for a in args) \
             else [f"hydra.run.dir={run_dir}"]
-        before = _snapshot(t)
+        before, run_before = _snapshot(t), _snapshot(run_dir) if run_dir.exists() else {}
         t0 = time.perf_counter()
         r = run_entry(script, *args, *hydra, patch=patch, env={"HYDRA_FULL_ERROR": "0"})
         print(f"{cid}: {time.perf_counter() - t0:.1f} s")
@@ -283,9 +288,8 @@ def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
             problems.append("traceback")
         if _snapshot(t) != before:
             problems.append("inputs changed")
-        written = [p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")
-                   if p.is_file() and not p.name.endswith(".log") and ".hydra" not in p.parts] \
-            if run_dir.exists() else []
+        written = [k for k, v in (_snapshot(run_dir) if run_dir.exists() else {}).items()
+                   if run_before.get(k) != v and not k.endswith(".log") and not k.startswith(".hydra/")]
         if written:
             problems.append(f"wrote {written}")
         if problems:

@@ -299,6 +299,12 @@ def run_training(
     from matdyn.training.bundle import save_bundle
 
     run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and not cfg.get("ckpt_path") and not cfg.get("dry_run"):
+        # refuse rather than resume silently: the config may differ from the checkpoint's,
+        # and a fresh start would overwrite the earlier run's checkpoints (issue 13)
+        raise ConfigError(f"{run_dir} holds the checkpoint of an earlier run ({last}); resume it "
+                          f"with ckpt_path={run_dir}, or train into another hydra.run.dir")
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if torch.cuda.is_available() and cfg.get("matmul_precision"):
