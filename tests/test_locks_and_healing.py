@@ -94,3 +94,48 @@ def test_unreadable_block_is_recomputed_with_one_log_line(tmp_path, caplog):
     assert len(msgs) == 1 and "block_000002.npz is unreadable" in msgs[0] and "recomputed" in msgs[0]
     assert healed.complete
     assert_same(healed, full)
+
+
+@pytest.mark.slow
+def test_kill9_of_a_sweep_job_then_rerun_gives_the_uninterrupted_numbers(tmp_path):
+    """A γ job killed at random points (3 tries, each then re-run into the same folder):
+    the lock of the dead job is taken over, its temporaries are removed, and the finished
+    record equals that of an uninterrupted job."""
+    import random
+    import time
+
+    from test_sweep import _tiny_bundle
+
+    bundle = _tiny_bundle(tmp_path / "g.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+
+    def argv(run):
+        return [sys.executable, str(ROOT / "scripts" / "sweep_gamma.py"), "dataset=np_diffusion",
+                "dataset.synthetic.n_frames=8", "dataset.synthetic.size=48",
+                f"dataset.path={tmp_path / 'np.zarr'}", f"bundle={bundle}", "sampler.gamma=0.5",
+                "n_refs=256", "n_samples=8", "block_size=4", "batch_size=16", "progress=false",
+                f"hydra.run.dir={run}"]
+
+    def record(run):
+        rec = json.loads((run / "job.json").read_text())
+        return {k: rec[k] for k in ("status", "metrics", "per_dim_distance_mean", "objective")}
+
+    r = subprocess.run(argv(tmp_path / "ref"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rng = random.Random(3)
+    run = tmp_path / "killed"
+    blocks = run / "variations" / "blocks"
+    done: list[int] = []  # blocks finished when each kill came
+    for target in sorted(rng.sample(range(2, 60), 3)):  # kill once this many blocks are done
+        p = subprocess.Popen(argv(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while p.poll() is None and (len(list(blocks.glob("block_*.npz"))) if blocks.exists() else 0) < target:
+            time.sleep(rng.uniform(0.0, 0.05))
+        p.kill()
+        p.wait()
+        done.append(len(list(blocks.glob("block_*.npz"))))
+    r = subprocess.run(argv(run), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert record(run) == record(tmp_path / "ref")
+    assert all(0 < d < 64 for d in done), done  # every kill landed mid-computation
+    leftovers = [p.name for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == ".matdyn.lock"]
+    assert leftovers == []
