@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,8 +135,11 @@ def inputs(tmp_path_factory) -> Path:
     return t
 
 
-def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
-    """(id, script, args, expected part of the error line, child patch)."""
+Case = tuple[str, str, list[str], str, "Callable | None"]
+
+
+def _context(t: Path) -> SimpleNamespace:
+    """Shared pieces of the cases (bundle, γ job, dataset, patches)."""
     import torch
 
     gpu = torch.cuda.is_available()  # on a GPU machine: an index that does not exist
@@ -145,8 +149,13 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
     train = [*_np(t), "dry_run=true", "resolution=16"]
     ro, full = _unwritable(t / "ro", errno.EROFS), _unwritable(t / "full", errno.ENOSPC)
     imp = [f"src={t / 'ok.npy'}", "pixel_size=1", "progress=false"]
+    return SimpleNamespace(gpu=gpu, cuda=cuda, no_cuda=no_cuda, B=B, G=G, train=train, ro=ro,
+                           full=full, imp=imp)
+
+
+def _make_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- make_data: Hydra composition, types, environment
     return [
-        # --- make_data: Hydra composition, types, environment
         ("make-unknown-key", "make_data.py", ["seeed=1"], "unknown config key 'seeed'", None),
         ("make-misspelt-group", "make_data.py", ["datset=np_diffusion"], "unknown config key 'datset'", None),
         ("make-misspelt-option", "make_data.py", ["dataset=np_difusion"], "dataset=np_difusion does not exist", None),
@@ -154,95 +163,125 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
         ("make-progress-maybe", "make_data.py", ["progress=maybe"], "is not true or false", None),
         ("make-unparsable", "make_data.py", ["force=["], "cannot parse the command-line override", None),
         ("make-readonly", "make_data.py", [*DATA, f"dataset.path={t / 'ro' / 's.zarr'}"],
-         "read-only", ro),
+         "read-only", c.ro),
         ("make-full", "make_data.py", [*DATA, f"dataset.path={t / 'full' / 's.zarr'}"],
-         "no space left", full),
+         "no space left", c.full),
         ("make-not-permitted", "make_data.py", [*DATA, "hydra.run.dir=/sys/matdyn-x"], "cannot write /sys/", None),
         ("make-bad-interpolation", "make_data.py", [*DATA, "dataset.path=${nope}"], "config value", None),
         ("make-bad-source", "make_data.py", [*_np(t), "dataset.source=disk"], "dataset.source must be", None),
-        # --- import_data
+    ]
+
+
+def _import_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- import_data
+    return [
         ("import-pixel-abc", "import_data.py", [f"src={t / 'ok.npy'}", f"out={t}/o.zarr", "pixel_size=abc"],
          "pixel_size must be a number", None),
         ("import-missing-pixel", "import_data.py", [f"src={t / 'ok.npy'}", f"out={t}/o.zarr"], "pixel_size", None),
         ("import-missing-src", "import_data.py", [f"out={t}/o.zarr", "pixel_size=1"], "src not set", None),
         ("import-no-such-src", "import_data.py", [f"src={t / 'none.npy'}", f"out={t}/o.zarr", "pixel_size=1"],
          "none.npy", None),
-        ("import-exists", "import_data.py", [*imp, f"out={t / 'exists.zarr'}"], "already exists; pass overwrite=true", None),
+        ("import-exists", "import_data.py", [*c.imp, f"out={t / 'exists.zarr'}"], "already exists; pass overwrite=true", None),
         ("import-nan", "import_data.py", [f"src={t / 'nan.npy'}", f"out={t}/o.zarr", "pixel_size=1"], "NaN/inf", None),
         ("import-sizes", "import_data.py", [f"src={t / 'mixed'}", f"out={t}/o.zarr", "pixel_size=1"],
          "differs from the first frame", None),
-        ("import-ndim-abc", "import_data.py", [*imp, f"out={t}/o.zarr", "ndim=abc"], "ndim", None),
-        ("import-unknown-key", "import_data.py", [*imp, f"out={t}/o.zarr", "pixelsize=1"], "unknown config key", None),
-        ("import-channels", "import_data.py", [*imp, f"out={t}/o.zarr", "channels=[5]"], "channel", None),
-        ("import-axes", "import_data.py", [*imp, f"out={t}/o.zarr", "axes=TCYX"],
+        ("import-ndim-abc", "import_data.py", [*c.imp, f"out={t}/o.zarr", "ndim=abc"], "ndim", None),
+        ("import-unknown-key", "import_data.py", [*c.imp, f"out={t}/o.zarr", "pixelsize=1"], "unknown config key", None),
+        ("import-channels", "import_data.py", [*c.imp, f"out={t}/o.zarr", "channels=[5]"], "channel", None),
+        ("import-axes", "import_data.py", [*c.imp, f"out={t}/o.zarr", "axes=TCYX"],
          "axes='TCYX' does not fit an array of shape (4, 16, 16)", None),
-        ("import-channel-names", "import_data.py", [*imp, f"out={t}/o.zarr", "channel_names=[a,b]"],
+        ("import-channel-names", "import_data.py", [*c.imp, f"out={t}/o.zarr", "channel_names=[a,b]"],
          "channel_names has 2", None),
-        ("import-full", "import_data.py", [*imp, f"out={t / 'full' / 'o.zarr'}"], "no space left", full),
-        # --- train (dry runs: everything is checked before any step)
-        ("train-seed-abc", "train.py", [*train, "seed=abc"], "seed='abc' is not an integer", None),
-        ("train-precision", "train.py", [*train, "trainer.precision=banana"], "Precision 'banana' is invalid", None),
-        *([] if gpu else [("train-gpu", "train.py", [*train, "trainer.accelerator=gpu"],
+        ("import-full", "import_data.py", [*c.imp, f"out={t / 'full' / 'o.zarr'}"], "no space left", c.full),
+    ]
+
+
+def _train_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- train (dry runs: everything is checked before any step)
+    return [
+        ("train-seed-abc", "train.py", [*c.train, "seed=abc"], "seed='abc' is not an integer", None),
+        ("train-precision", "train.py", [*c.train, "trainer.precision=banana"], "Precision 'banana' is invalid", None),
+        *([] if c.gpu else [("train-gpu", "train.py", [*c.train, "trainer.accelerator=gpu"],
                            "no CUDA device is visible", None)]),
-        ("train-threads-0", "train.py", [*train, "num_threads=0"], "num_threads=0 must be a positive", None),
+        ("train-threads-0", "train.py", [*c.train, "num_threads=0"], "num_threads=0 must be a positive", None),
         ("train-upsample", "train.py", [*_np(t), "dry_run=true", "resolution=64"], "would upsample", None),
         ("train-res-48", "train.py", [*_np(t), "dry_run=true", "resolution=48"], "power of two", None),
-        ("train-misspelt-model", "train.py", [*train, "model=pggan4d"], "model=pggan4d does not exist", None),
-        ("train-unknown-key", "train.py", [*train, "lr=1"], "unknown config key 'lr'", None),
-        ("train-no-store", "train.py", [*train, "dataset.source=store", f"dataset.path={t}/none.zarr"],
+        ("train-misspelt-model", "train.py", [*c.train, "model=pggan4d"], "model=pggan4d does not exist", None),
+        ("train-unknown-key", "train.py", [*c.train, "lr=1"], "unknown config key 'lr'", None),
+        ("train-no-store", "train.py", [*c.train, "dataset.source=store", f"dataset.path={t}/none.zarr"],
          "no such store", None),
         ("train-nan-store", "train.py", [*_np(t, "nan.zarr"), "dry_run=true", "resolution=16"], "NaN/inf", None),
         ("train-hole-store", "train.py", [*_np(t, "hole.zarr"), "dry_run=true", "resolution=16"],
          "chunk(s) of 'images' are missing", None),
         ("train-pixel-size", "train.py", [*_np(t, "other.zarr"), "dry_run=true", "resolution=16",
                                           "dataset.pixel_size=2.0"], "set dataset.pixel_size=40.58", None),
-        ("train-model-channels", "train.py", [*train, "model.channels=3"],
+        ("train-model-channels", "train.py", [*c.train, "model.channels=3"],
          "model.channels=3 but the dataset store has 1 channel(s)", None),
-        ("train-wandb-online", "train.py", [*train, "logger.mode=online"], "W&B online logging needs an API key", None),
+        ("train-wandb-online", "train.py", [*c.train, "logger.mode=online"], "W&B online logging needs an API key", None),
         ("train-earlier-run", "train.py", [*_np(t), "resolution=16"],
          "holds the checkpoint of an earlier run", None),
-        ("train-readonly-run", "train.py", [*train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", ro),
-        # --- sweep_gamma (one job, run mode)
+        ("train-readonly-run", "train.py", [*c.train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", c.ro),
+    ]
+
+
+def _sweep_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- sweep_gamma (one job, run mode)
+    return [
         ("sweep-no-bundle", "sweep_gamma.py", [*_np(t)], "bundle is required", None),
-        ("sweep-seed-abc", "sweep_gamma.py", [*_np(t), B, *G, "seed=abc"], "is not an integer", None),
-        ("sweep-cuda", "sweep_gamma.py", [*_np(t), B, *G, cuda], no_cuda, None),
-        ("sweep-threads-0", "sweep_gamma.py", [*_np(t), B, *G, "num_threads=0"], "num_threads=0", None),
-        ("sweep-bundle-missing", "sweep_gamma.py", [*_np(t), f"bundle={t}/none.pt", *G], "not found", None),
-        ("sweep-bundle-garbage", "sweep_gamma.py", [*_np(t), f"bundle={t}/garbage.pt", *G],
+        ("sweep-seed-abc", "sweep_gamma.py", [*_np(t), c.B, *c.G, "seed=abc"], "is not an integer", None),
+        ("sweep-cuda", "sweep_gamma.py", [*_np(t), c.B, *c.G, c.cuda], c.no_cuda, None),
+        ("sweep-threads-0", "sweep_gamma.py", [*_np(t), c.B, *c.G, "num_threads=0"], "num_threads=0", None),
+        ("sweep-bundle-missing", "sweep_gamma.py", [*_np(t), f"bundle={t}/none.pt", *c.G], "not found", None),
+        ("sweep-bundle-garbage", "sweep_gamma.py", [*_np(t), f"bundle={t}/garbage.pt", *c.G],
          "not a readable generator bundle", None),
-        ("sweep-gamma-negative", "sweep_gamma.py", [*_np(t), B, "sampler.gamma=-1", "n_refs=2", "n_samples=2"],
+        ("sweep-gamma-negative", "sweep_gamma.py", [*_np(t), c.B, "sampler.gamma=-1", "n_refs=2", "n_samples=2"],
          "> 0", None),
-        ("sweep-n-refs-0", "sweep_gamma.py", [*_np(t), B, "sampler.gamma=0.5", "n_refs=0", "n_samples=2"],
+        ("sweep-n-refs-0", "sweep_gamma.py", [*_np(t), c.B, "sampler.gamma=0.5", "n_refs=0", "n_samples=2"],
          "n_refs", None),
-        ("sweep-nan-store", "sweep_gamma.py", [*_np(t, "nan.zarr"), B, *G], "NaN/inf", None),
-        ("sweep-hole-store", "sweep_gamma.py", [*_np(t, "hole.zarr"), B, *G], "are missing", None),
-        ("sweep-corrupt-chunk", "sweep_gamma.py", [*_np(t, "corrupt.zarr"), B, *G], "corrupted", None),
-        ("sweep-other-store", "sweep_gamma.py", [*_np(t, "other.zarr"), B, *G], "trained on store 'np_diffusion'", None),
-        ("sweep-misspelt-sampler", "sweep_gamma.py", [*_np(t), B, "sampler=unifrom"], "sampler=unifrom does not exist", None),
-        # --- aggregate_sweep
+        ("sweep-nan-store", "sweep_gamma.py", [*_np(t, "nan.zarr"), c.B, *c.G], "NaN/inf", None),
+        ("sweep-hole-store", "sweep_gamma.py", [*_np(t, "hole.zarr"), c.B, *c.G], "are missing", None),
+        ("sweep-corrupt-chunk", "sweep_gamma.py", [*_np(t, "corrupt.zarr"), c.B, *c.G], "corrupted", None),
+        ("sweep-other-store", "sweep_gamma.py", [*_np(t, "other.zarr"), c.B, *c.G], "trained on store 'np_diffusion'", None),
+        ("sweep-misspelt-sampler", "sweep_gamma.py", [*_np(t), c.B, "sampler=unifrom"], "sampler=unifrom does not exist", None),
+    ]
+
+
+def _aggregate_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- aggregate_sweep
+    return [
         ("aggregate-no-dir", "aggregate_sweep.py", [], "dir is required", None),
         ("aggregate-no-such-dir", "aggregate_sweep.py", [f"dir={t}/nosweep"], "nosweep", None),
         ("aggregate-unknown-key", "aggregate_sweep.py", [f"dir={t}", "rulez=1"], "unknown config key", None),
-        # --- analyze
+    ]
+
+
+def _analyze_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- analyze
+    return [
         ("analyze-no-bundle", "analyze.py", [*_np(t)], "bundle is required", None),
-        ("analyze-cuda", "analyze.py", [*_np(t), B, cuda], no_cuda, None),
-        ("analyze-seed-abc", "analyze.py", [*_np(t), B, "seed=abc"], "is not an integer", None),
-        ("analyze-nan-store", "analyze.py", [*_np(t, "nan.zarr"), B, "gamma=0.5"], "NaN/inf", None),
-        ("analyze-corrupt-chunk", "analyze.py", [*_np(t, "corrupt.zarr"), B, "gamma=0.5"], "corrupted", None),
-        ("analyze-hole-store", "analyze.py", [*_np(t, "hole.zarr"), B, "gamma=0.5"], "are missing", None),
-        ("analyze-other-store", "analyze.py", [*_np(t, "other.zarr"), B, "gamma=0.5"],
+        ("analyze-cuda", "analyze.py", [*_np(t), c.B, c.cuda], c.no_cuda, None),
+        ("analyze-seed-abc", "analyze.py", [*_np(t), c.B, "seed=abc"], "is not an integer", None),
+        ("analyze-nan-store", "analyze.py", [*_np(t, "nan.zarr"), c.B, "gamma=0.5"], "NaN/inf", None),
+        ("analyze-corrupt-chunk", "analyze.py", [*_np(t, "corrupt.zarr"), c.B, "gamma=0.5"], "corrupted", None),
+        ("analyze-hole-store", "analyze.py", [*_np(t, "hole.zarr"), c.B, "gamma=0.5"], "are missing", None),
+        ("analyze-other-store", "analyze.py", [*_np(t, "other.zarr"), c.B, "gamma=0.5"],
          "trained on store 'np_diffusion'", None),
-        ("analyze-gamma-abc", "analyze.py", [*_np(t), B, "gamma=abc"], "gamma must be a number", None),
-        ("analyze-no-gamma-json", "analyze.py", [*_np(t), B, f"sweep={t / 'runs'}"], "no gamma.json", None),
-        ("analyze-other-bundle-gamma", "analyze.py", [*_np(t), B, f"sweep={t / 'other_sweep'}"],
+        ("analyze-gamma-abc", "analyze.py", [*_np(t), c.B, "gamma=abc"], "gamma must be a number", None),
+        ("analyze-no-gamma-json", "analyze.py", [*_np(t), c.B, f"sweep={t / 'runs'}"], "no gamma.json", None),
+        ("analyze-other-bundle-gamma", "analyze.py", [*_np(t), c.B, f"sweep={t / 'other_sweep'}"],
          "chose γ for another generator bundle", None),
-        ("analyze-other-sampler-gamma", "analyze.py", [*_np(t), B, f"sweep={t / 'other_sweep'}",
+        ("analyze-other-sampler-gamma", "analyze.py", [*_np(t), c.B, f"sweep={t / 'other_sweep'}",
                                                        "sampler=gaussian"], "but the analysis asks for", None),
-        ("analyze-misspelt-analysis", "analyze.py", [*_np(t), B, "analysis=np_difusion"],
+        ("analyze-misspelt-analysis", "analyze.py", [*_np(t), c.B, "analysis=np_difusion"],
          "analysis=np_difusion does not exist", None),
         ("analyze-bundle-garbage", "analyze.py", [*_np(t), f"bundle={t}/garbage.pt"],
          "not a readable generator bundle", None),
-        # --- reproduce (argparse, not Hydra)
+    ]
+
+
+def _reproduce_cases(t: Path, c: SimpleNamespace) -> list[Case]:
+    # --- reproduce (argparse, not Hydra)
+    return [
         ("reproduce-scale", "reproduce.py", ["--scale", "banana"], "invalid choice", None),
         ("reproduce-case", "reproduce.py", ["--cases", "nope", "--dry-run"], "unknown case 'nope'", None),
         ("reproduce-store-form", "reproduce.py", ["--store", "np_diffusion", "--dry-run"], "is not CASE=PATH", None),
@@ -250,9 +289,17 @@ def _cases(t: Path) -> list[tuple[str, str, list[str], str, Callable | None]]:
          "no such store", None),
         ("reproduce-extra", "reproduce.py", ["--extra", "np_diffusion:trian:x=1", "--dry-run"], "unknown step", None),
         ("reproduce-out", "reproduce.py", ["--out", str(t / "ro" / "paper"), "--cases", "np_diffusion"],
-         "read-only", ro),
+         "read-only", c.ro),
         ("reproduce-flag", "reproduce.py", ["--bogus"], "unrecognized arguments", None),
     ]
+
+
+def _cases(t: Path) -> list[Case]:
+    """(id, script, args, expected part of the error line, child patch), per entry point."""
+    c = _context(t)
+    parts = (_make_cases, _import_cases, _train_cases, _sweep_cases, _aggregate_cases,
+             _analyze_cases, _reproduce_cases)
+    return [case for part in parts for case in part(t, c)]
 
 
 def _snapshot(t: Path) -> dict[str, tuple[int, int]]:
