@@ -180,9 +180,18 @@ def fail(msg: str, status: int = 2) -> None:
 
 #: keys whose default is an integer but that legitimately take other types (Lightning)
 _UNION_KEYS = frozenset({"trainer.devices"})
+#: keys whose default is null (unset) but whose value, when set, has a type
+#: (conf/train.yaml, conf/sweep.yaml, conf/import_data.yaml, conf/dataset/*.yaml)
+NULLABLE_TYPES: dict[str, Any] = {
+    "resolution": 1, "block_size": 1, "num_threads": 1, "baseline.max_frames": 1,
+    "dataset.max_frames": 1, "frame_interval": 1.0, "dataset.frame_interval": 1.0,
+    "dataset.pixel_size": 1.0, "dataset.channels": 1, "dataset.ndim": 1,
+}
 
 
 def _type_error(key: str, default: Any, value: Any) -> str | None:
+    if default is None:
+        default = NULLABLE_TYPES.get(key)
     if value is None or key in _UNION_KEYS:
         return None
     if isinstance(default, bool):

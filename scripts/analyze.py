@@ -13,7 +13,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import entry_point, guarded, hydra_output_dir
+from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
 from matdyn.locks import dir_lock_path, writer_lock
 
@@ -29,6 +29,9 @@ def main(cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(cfg, "bundle"):
         raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
+    if cfg.sweep and not project_path(str(cfg.sweep)).exists():
+        raise ConfigError(f"sweep={cfg.sweep}: no such sweep directory or gamma.json; pass the "
+                          "hydra.sweep.dir of scripts/sweep_gamma.py -m, or drop sweep=")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     resolved = OmegaConf.to_container(cfg, resolve=True)
