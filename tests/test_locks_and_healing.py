@@ -71,14 +71,20 @@ def test_store_writers_exclude_each_other(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_second_training_into_a_locked_run_dir_is_one_error_line(tmp_path):
-    """The child inherits nothing that lets it in: it opens the lock file anew."""
+@pytest.mark.parametrize("script,what,args", [
+    ("train.py", "run directory", ["dry_run=true"]),
+    ("sweep_gamma.py", "γ job folder", ["bundle=g.pt"]),
+    ("analyze.py", "analysis folder", ["bundle=g.pt"]),
+])
+def test_second_writer_of_a_locked_folder_is_one_error_line(tmp_path, script, what, args):
+    """Two trainings / γ jobs / analyses into one folder: the second gets one line naming the
+    first (the forked child opens the lock file anew, so the parent's lock holds it off)."""
     run = tmp_path / "run"
-    with writer_lock(dir_lock_path(run), f"run directory {run}"):
-        r = run_entry("train.py", "dataset=np_diffusion", f"dataset.path={tmp_path}/none.zarr",
-                      "dry_run=true", f"hydra.run.dir={run}")
+    with writer_lock(dir_lock_path(run), f"{what} {run}"):
+        r = run_entry(script, "dataset=np_diffusion", f"dataset.path={tmp_path}/none.zarr", *args,
+                      f"hydra.run.dir={run}")
     assert r.rc == 2 and len(r.error_lines) == 1 and "Traceback" not in r.stderr
-    assert r.error_lines[0].startswith(f"error: run directory {run} is being written by pid {os.getpid()}")
+    assert r.error_lines[0].startswith(f"error: {what} {run} is being written by pid {os.getpid()}")
 
 
 def test_unreadable_block_is_recomputed_with_one_log_line(tmp_path, caplog):
