@@ -84,6 +84,8 @@ def _generate_into(spec: Mapping[str, Any], target: Path, fingerprint: str, prog
         extra = dict(g.attrs.get("extra", {}) or {})
         extra["synthetic_fingerprint"] = fingerprint
         g.attrs["extra"] = extra
+        if g.attrs.get("name") == staging.stem:  # a generator that names the store by its path
+            g.attrs["name"] = target.stem
         replace_dir(staging, target)
     finally:
         if staging.exists():
