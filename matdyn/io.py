@@ -166,9 +166,10 @@ def clean_stale_siblings(path: str | os.PathLike) -> list[Path]:
     is moved back first (one log line). Returns the removed paths."""
     path = Path(path)
     # also "..<name>.tmp-<owner>-<hex>.tmp-<owner>-<hex>": a writer's own temporary directory
-    # next to a staging directory (matdyn.data.sources generates into one)
+    # next to a staging directory (matdyn.data.sources generates into one), and the staging
+    # directory's lock file "..<name>.tmp-<owner>-<hex>.lock" (matdyn.locks)
     tok = r"(\d+-[0-9a-f]{6})-[0-9a-f]{8}"
-    pat = re.compile(rf"\.+{re.escape(path.name)}\.(tmp|old)-{tok}(\.(tmp|old)-{tok})?")
+    pat = re.compile(rf"\.+{re.escape(path.name)}\.(tmp|old)-{tok}(\.(tmp|old)-{tok})?(\.lock)?")
     try:
         found = [(m, path.parent / n) for n in sorted(os.listdir(path.parent))
                  if (m := pat.fullmatch(n))]

@@ -117,8 +117,11 @@ def test_live_writers_temporaries_are_kept(tmp_path):
         d.mkdir()
     legacy = tmp_path / ".s.zarr.old-0123abcd"  # matdyn <= 2026-11: no owner in the name
     legacy.mkdir()
+    staging_lock = tmp_path / f"..s.zarr.tmp-{_dead_pid()}-{_HOST_TAG}-0123abcd.lock"
+    staging_lock.write_text("{}")
     clean_stale_siblings(path)
     assert live.exists() and other_host.exists() and not dead.exists() and not legacy.exists()
+    assert not staging_lock.exists()
 
 
 def test_stale_file_temporaries_are_removed_by_the_next_write(tmp_path):
