@@ -145,3 +145,15 @@ def test_kill9_of_a_sweep_job_then_rerun_gives_the_uninterrupted_numbers(tmp_pat
     assert all(0 < d < 64 for d in done), done  # every kill landed mid-computation
     leftovers = [p.name for p in run.rglob("*") if p.name.endswith(".tmp") or p.name == ".matdyn.lock"]
     assert leftovers == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_second_multirun_into_a_locked_sweep_dir_writes_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    with writer_lock(dir_lock_path(sweep), f"sweep directory {sweep}"):
+        r = run_entry("sweep_gamma.py", "-m", "dataset=np_diffusion", f"dataset.path={tmp_path}/none.zarr",
+                      "bundle=g.pt", "sampler.gamma=0.5,1.0", f"hydra.sweep.dir={sweep}")
+    assert r.rc == 2 and r.error_lines == [
+        f"error: sweep directory {sweep} is being written by pid {os.getpid()} on {socket.gethostname()}"
+        f" (since {r.error_lines[0].split('(since ')[1]}"]
+    assert "Traceback" not in r.stderr and sorted(os.listdir(sweep)) == []

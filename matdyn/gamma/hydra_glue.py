@@ -19,7 +19,7 @@ from typing import Any
 from matdyn.gamma.aggregate import aggregate_sweep
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
 
-__all__ = ["AggregateSweepCallback", "aggregate_from_config", "plain_config"]
+__all__ = ["AggregateSweepCallback", "SweepLockCallback", "aggregate_from_config", "plain_config"]
 
 
 def plain_config(config: Any) -> dict[str, Any]:
@@ -85,3 +85,34 @@ class AggregateSweepCallback(_HydraCallback):  # type: ignore[misc,valid-type]
                 sys.exit(1)
             fail(f"aggregating {sweep_dir}: {msg}")
         print(f"gamma: {out['gamma']:.4g} ({out['calibration']}) -> {sweep_dir / 'gamma.json'}")
+
+
+class SweepLockCallback(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (``hydra.callbacks.lock``, before ``aggregate``): the multirun holds the
+    writer lock of its sweep directory (:mod:`matdyn.locks`) from before Hydra writes
+    ``multirun.yaml`` until after the aggregation. A second multirun into the same directory
+    meanwhile ends with one ``error:`` line naming the first (exit 2) and writes nothing.
+    Jobs in worker processes (joblib, submitit) do not take it: the launching process does."""
+
+    def __init__(self) -> None:
+        import contextlib
+
+        self._held = contextlib.ExitStack()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        import atexit
+
+        from omegaconf import OmegaConf
+
+        from matdyn.cli import fail
+        from matdyn.locks import LockedError, dir_lock_path, writer_lock
+
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        try:
+            self._held.enter_context(writer_lock(dir_lock_path(sweep_dir), f"sweep directory {sweep_dir}"))
+        except LockedError as e:  # Hydra would turn an exception here into a warning
+            fail(str(e))
+        atexit.register(self._held.close)  # also when a job's failure ends the multirun
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._held.close()
