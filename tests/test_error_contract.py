@@ -255,7 +255,7 @@ def _aggregate_cases(t: Path, c: SimpleNamespace) -> list[Case]:
     # --- aggregate_sweep
     return [
         ("aggregate-no-dir", "aggregate_sweep.py", [], "dir is required", None),
-        ("aggregate-no-such-dir", "aggregate_sweep.py", [f"dir={t}/nosweep"], "nosweep", None),
+        ("aggregate-no-such-dir", "aggregate_sweep.py", [f"dir={t}/nosweep"], "no such sweep directory", None),
         ("aggregate-unknown-key", "aggregate_sweep.py", [f"dir={t}", "rulez=1"], "unknown config key", None),
     ]
 

@@ -157,3 +157,12 @@ def test_second_multirun_into_a_locked_sweep_dir_writes_nothing(tmp_path):
         f"error: sweep directory {sweep} is being written by pid {os.getpid()} on {socket.gethostname()}"
         f" (since {r.error_lines[0].split('(since ')[1]}"]
     assert "Traceback" not in r.stderr and sorted(os.listdir(sweep)) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_aggregation_refuses_a_sweep_in_progress(tmp_path):
+    sweep = tmp_path / "sweep"
+    with writer_lock(dir_lock_path(sweep), f"sweep directory {sweep}"):
+        r = run_entry("aggregate_sweep.py", f"dir={sweep}", f"hydra.run.dir={tmp_path}/agg")
+    assert r.rc == 2 and len(r.error_lines) == 1
+    assert r.error_lines[0].startswith(f"error: sweep directory {sweep} is being written by pid {os.getpid()}")
