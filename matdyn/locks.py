@@ -29,7 +29,7 @@ from pathlib import Path
 from matdyn.errors import LockedError
 
 log = logging.getLogger("matdyn")
-__all__ = ["LockedError", "dir_lock_path", "sibling_lock_path", "writer_lock"]
+__all__ = ["LockedError", "dir_lock_path", "locks_output_dir", "sibling_lock_path", "writer_lock"]
 
 
 def dir_lock_path(directory: str | os.PathLike) -> Path:
@@ -113,3 +113,21 @@ def writer_lock(lock: str | os.PathLike, what: str, *, wait: float = 0.0) -> Ite
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while holding it: a waiter re-checks the inode (_try_lock)
         os.close(fd)
+
+
+def locks_output_dir(what: str, arg: str = "out_dir", position: int = 3):
+    """Decorator: the function holds the writer lock of its output directory (argument
+    ``arg``, or positional ``position``) while it runs; ``what`` names it in the message,
+    e.g. ``"analysis folder"``."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            out = kwargs[arg] if arg in kwargs else args[position]
+            with writer_lock(dir_lock_path(out), f"{what} {out}"):
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap

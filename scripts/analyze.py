@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
-from matdyn.locks import dir_lock_path, writer_lock
 
 
 @entry_point
@@ -35,14 +34,11 @@ def main(cfg: DictConfig) -> None:
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    out = hydra_output_dir()
-    with writer_lock(dir_lock_path(out), f"analysis folder {out}"):  # one analysis per folder
-        summary = run_analysis(
-            resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, out,
-            gamma=cfg.gamma, sweep=cfg.sweep, sampler=resolved.get("sampler"), seed=int(cfg.seed),
-            device=str(cfg.device), progress=bool(cfg.progress), wandb_cfg=resolved["wandb"],
-            resolved_config=resolved,
-        )
+    summary = run_analysis(
+        resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, hydra_output_dir(),
+        gamma=cfg.gamma, sweep=cfg.sweep, sampler=resolved.get("sampler"), seed=int(cfg.seed), device=str(cfg.device),
+        progress=bool(cfg.progress), wandb_cfg=resolved["wandb"], resolved_config=resolved,
+    )
     print(f"summary: {hydra_output_dir() / 'summary.json'}")
     rec = summary.get("recovery") or {}
     for k, v in rec.items():

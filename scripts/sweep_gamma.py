@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
-from matdyn.locks import dir_lock_path, writer_lock
 
 
 def _plain(value: object) -> object:
@@ -33,6 +32,8 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from matdyn.gamma import run_sweep_job, sweep_name
+
     if OmegaConf.is_missing(cfg, "bundle"):
         raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
     if cfg.num_threads:
@@ -42,18 +43,7 @@ def main(cfg: DictConfig) -> float:
     sweep_root = project_path(hc.sweep.dir if multirun else hc.runtime.output_dir)
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     dataset["path"] = str(project_path(str(dataset.get("path") or "")))
-    job_dir = hydra_output_dir()
-    with writer_lock(dir_lock_path(job_dir), f"γ job folder {job_dir}"):
-        summary = _run_job(cfg, hc, multirun, sweep_root, dataset)
-    print(f"γ = {summary['gamma']:g}: {summary['objective_metric']} typical "
-          f"{summary['objective']:.4g}, per-dim distance {summary['per_dim_distance_mean']:.4g}")
-    return float(summary["objective"])
-
-
-def _run_job(cfg: DictConfig, hc, multirun: bool, sweep_root, dataset: dict) -> dict:
-    from matdyn.gamma import run_sweep_job, sweep_name
-
-    return run_sweep_job(
+    summary = run_sweep_job(
         dataset, project_path(cfg.bundle), OmegaConf.to_container(cfg.sampler, resolve=True),
         hydra_output_dir(), sweep_dir=sweep_root if multirun else None,
         metrics=_plain(cfg.metrics), n_refs=int(cfg.n_refs),
@@ -64,6 +54,9 @@ def _run_job(cfg: DictConfig, hc, multirun: bool, sweep_root, dataset: dict) -> 
         group=cfg.logger.group or sweep_name(cfg.dataset.name, sweep_root),
         overrides=list(hc.overrides.task),
     )
+    print(f"γ = {summary['gamma']:g}: {summary['objective_metric']} typical "
+          f"{summary['objective']:.4g}, per-dim distance {summary['per_dim_distance_mean']:.4g}")
+    return float(summary["objective"])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any
 
 from matdyn.errors import AnalysisError
 from matdyn.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
+from matdyn.locks import locks_output_dir
 
 log = logging.getLogger("matdyn.analysis")
 
@@ -45,6 +46,7 @@ def _log_outputs(run_wandb: Any, out: Path, summary: Mapping[str, Any]) -> None:
     run_wandb.summary.update(_flat(summary.get("recovery") or {}, f"analysis/{case}/recovery"))
 
 
+@locks_output_dir("analysis folder")  # one analysis per folder (matdyn.locks)
 def run_analysis(
     dataset: Mapping[str, Any],
     analysis: Any,

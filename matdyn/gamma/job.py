@@ -36,6 +36,7 @@ from matdyn.gamma.records import (
     store_identity,
 )
 from matdyn.gamma.rules import statistic
+from matdyn.locks import locks_output_dir
 
 __all__ = ["check_bundle_fits", "resolve_device", "run_gamma_job", "run_sweep_job", "sweep_name",
            "wandb_run"]
@@ -205,6 +206,7 @@ def _log_job(run: Any, summary: Mapping[str, Any]) -> None:
                         "sweep/angular_step_deg": summary["angular_step_mean_deg"]})
 
 
+@locks_output_dir("γ job folder")  # one job per folder (matdyn.locks)
 def run_sweep_job(
     dataset: Mapping[str, Any],
     bundle_path: str | os.PathLike,
