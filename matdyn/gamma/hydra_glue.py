@@ -116,3 +116,10 @@ class SweepLockCallback(_HydraCallback):  # type: ignore[misc,valid-type]
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         self._held.close()
+
+    # the joblib launcher pickles the callbacks into its workers: they hold no lock
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
