@@ -30,3 +30,7 @@ class CheckpointError(MatdynError):
 
 class AnalysisError(MatdynError):
     """An analysis cannot produce a meaningful result from its input."""
+
+
+class LockedError(MatdynError):
+    """Another live process is writing the same run directory or store (matdyn.locks)."""

@@ -15,10 +15,12 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
 from matdyn.errors import ConfigError
+from matdyn.locks import dir_lock_path, writer_lock
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
 @guarded
 def main(cfg: DictConfig) -> None:
@@ -30,7 +32,11 @@ def main(cfg: DictConfig) -> None:
     plain = plain_config(cfg)
     if not OmegaConf.is_missing(cfg, "bundle"):
         plain["bundle"] = str(project_path(str(cfg.bundle)))
-    out = aggregate_from_config(sweep_dir, plain)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"dir={cfg.dir}: no such sweep directory; pass the hydra.sweep.dir of "
+                          "scripts/sweep_gamma.py -m")
+    with writer_lock(dir_lock_path(sweep_dir), f"sweep directory {sweep_dir}"):  # not mid-sweep
+        out = aggregate_from_config(sweep_dir, plain)
     print(f"gamma: {out['gamma']:.4g} ({out['calibration']}, rule {out['rule']}, "
           f"{out['metric']} bound {out['bound']:.4g}) -> {sweep_dir / 'gamma.json'}")
     if out.get("inversion"):

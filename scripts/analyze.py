@@ -18,10 +18,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, hydra_output_dir, project_path
+from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 @guarded
 def main(cfg: DictConfig) -> None:
@@ -32,6 +33,11 @@ def main(cfg: DictConfig) -> None:
     from matdyn.analysis.shards import check_shard_options
     from matdyn.sampling.shards import ShardReport
 
+    if OmegaConf.is_missing(cfg, "bundle"):
+        raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
+    if cfg.sweep and not project_path(str(cfg.sweep)).exists():
+        raise ConfigError(f"sweep={cfg.sweep}: no such sweep directory or gamma.json; pass the "
+                          "hydra.sweep.dir of scripts/sweep_gamma.py -m, or drop sweep=")
     shard = None if cfg.shard is None else str(cfg.shard)
     check_shard_options(shard, cfg.merge, cfg.block_size)  # bad specs fail before any work
     if (shard is not None or cfg.merge) and not cfg.out_dir:

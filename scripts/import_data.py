@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
 from matdyn.data.importers import ImportSummary, import_frames
 from matdyn.errors import ConfigError
 
@@ -29,6 +29,7 @@ def _opt_list(c: dict, key: str) -> list | None:
     return v
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="import_data")
 @guarded
 def main(cfg: DictConfig) -> None:

@@ -7,13 +7,14 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
 from matdyn.data.sources import ensure_store
 from matdyn.data.store import open_store
 
 log = logging.getLogger("matdyn")
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="make_data")
 @guarded
 def main(cfg: DictConfig) -> None:

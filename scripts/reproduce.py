@@ -20,12 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-from matdyn.errors import MatdynError
+from matdyn.cli import one_line, user_error_message
+from matdyn.data.store import validate_store
+from matdyn.errors import ConfigError
 from matdyn.pipeline import CASES, STEPS, case_steps, run_steps, scales
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: one ``error:`` line, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {one_line(message)}; see python scripts/reproduce.py --help", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", default=os.environ.get("SCALE", "quick"), choices=scales(),
                     help="preset scale: conf/experiment/<case>_<scale>.yaml")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case studies")
@@ -42,14 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         cases = [c for c in a.cases.split(",") if c]
+        bad = [s for s in a.store if "=" not in s]
+        if bad:
+            raise ConfigError(f"--store {bad[0]!r} is not CASE=PATH, e.g. --store np_diffusion=mine.zarr")
         stores = dict(s.split("=", 1) for s in a.store)
         extra: dict[str, dict[str, list[str]]] = {}
         for e in a.extra:
             if e.count(":") < 2:
-                raise ValueError(f"--extra {e!r} is not CASE:STEP:OVERRIDE")
+                raise ConfigError(f"--extra {e!r} is not CASE:STEP:OVERRIDE, e.g. "
+                                  "np_diffusion:train:num_threads=1")
             case, step, override = e.split(":", 2)
             extra.setdefault(case, {}).setdefault(step, []).append(override)
         root = Path(a.out).resolve()
+        for path in stores.values():  # a wrong --store fails now, not after other cases ran
+            validate_store(Path(path).expanduser().resolve(), check_values=False)
+        if not a.dry_run:
+            root.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before any step
         steps = []
         for case in cases:
             steps += case_steps(case, a.scale, root, store=stores.get(case), extra=extra.get(case))
@@ -71,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    except (MatdynError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # input or environment: one line; a bug: its traceback
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

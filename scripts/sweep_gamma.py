@@ -20,7 +20,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from matdyn.cli import guarded, hydra_output_dir, project_path
+from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
 
 
@@ -28,6 +28,7 @@ def _plain(value: object) -> object:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sweep")
 @guarded
 def main(cfg: DictConfig) -> float:

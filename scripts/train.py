@@ -9,12 +9,14 @@ the run directory. Bad input ends with one ``error: ...`` line and exit status 2
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from matdyn.cli import guarded, project_path
+from matdyn.cli import entry_point, guarded, project_path
+from matdyn.locks import dir_lock_path, writer_lock
 
 
 def absolute_paths(cfg: DictConfig) -> None:
@@ -25,18 +27,25 @@ def absolute_paths(cfg: DictConfig) -> None:
             cfg[key] = str(project_path(cfg[key]))
 
 
+@entry_point
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from matdyn.training.app import run_training
-
     absolute_paths(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    # one training per run directory (DDP ranks > 0 belong to rank 0's run)
+    with writer_lock(dir_lock_path(run_dir), f"run directory {run_dir}") if is_main else nullcontext():
+        _train_and_evaluate(cfg, run_dir, is_main)
+
+
+def _train_and_evaluate(cfg: DictConfig, run_dir: Path, is_main: bool) -> None:
+    from matdyn.training.app import run_training
+
     bundle = run_training(cfg, run_dir)
     n_eval = int(cfg.get("eval_frames", 1000))  # paper §3.3.1: 1000 generated vs observed frames
-    is_main = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
     if bundle is not None and n_eval > 0 and is_main and not cfg.get("dry_run", False):
         from matdyn.analysis.evaluate import evaluate_bundle
         from matdyn.io import write_json_atomic

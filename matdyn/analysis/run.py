@@ -13,6 +13,7 @@ from typing import Any
 
 from matdyn.errors import AnalysisError
 from matdyn.io import file_sha256, write_json_atomic  # noqa: F401  (re-exported)
+from matdyn.locks import locks_output_dir
 
 log = logging.getLogger("matdyn.analysis")
 
@@ -45,6 +46,7 @@ def _log_outputs(run_wandb: Any, out: Path, summary: Mapping[str, Any]) -> None:
     run_wandb.summary.update(_flat(summary.get("recovery") or {}, f"analysis/{case}/recovery"))
 
 
+@locks_output_dir("analysis folder")  # one analysis per folder (matdyn.locks)
 def run_analysis(
     dataset: Mapping[str, Any],
     analysis: Any,
@@ -96,7 +98,7 @@ def run_analysis(
     bundle_path = project_path(bundle_path)
     gen = load_generator(bundle_path)
     ensure_store(dataset, progress=progress)
-    store = open_store(project_path(dataset["path"]), validate=False)
+    store = open_store(project_path(dataset["path"]))  # validated: NaN/inf, missing chunks
     trained_on = str(gen.meta.get("name", ""))
     if trained_on and trained_on != store.meta.name:
         raise AnalysisError(

@@ -7,12 +7,16 @@ import json
 import logging
 import math
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from matdyn.data.store import StoreMeta, open_store, validate_store
 from matdyn.errors import ConfigError, StoreError
+from matdyn.io import clean_stale_siblings, replace_dir, temp_token
+from matdyn.locks import sibling_lock_path, writer_lock
 
 log = logging.getLogger("matdyn.data")
 
@@ -51,6 +55,43 @@ def _instantiate_generator(spec: Mapping[str, Any], path: Path, progress: bool) 
                 _convert_="all")
 
 
+#: how long ensure_store waits for another process generating the same store
+_GENERATE_WAIT_S = 6 * 3600.0
+
+
+def _fresh(target: Path, fingerprint: str) -> bool:
+    """The store at ``target`` exists and was made with these generator settings."""
+    if not target.exists():
+        return False
+    try:
+        return validate_store(target, check_values=False).extra.get("synthetic_fingerprint") == fingerprint
+    except StoreError:
+        return False
+
+
+def _generate_into(spec: Mapping[str, Any], target: Path, fingerprint: str, progress: bool) -> None:
+    """Generate the stand-in in a hidden sibling, stamp its fingerprint there, then swap it
+    in with :func:`matdyn.io.replace_dir`: the path always holds a complete store (the old
+    one or the new one), never one without its fingerprint or half-written attrs."""
+    import zarr
+
+    clean_stale_siblings(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{temp_token()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _instantiate_generator(spec, staging, progress)
+        g = zarr.open_group(str(staging), mode="r+")
+        extra = dict(g.attrs.get("extra", {}) or {})
+        extra["synthetic_fingerprint"] = fingerprint
+        g.attrs["extra"] = extra
+        if g.attrs.get("name") == staging.stem:  # a generator that names the store by its path
+            g.attrs["name"] = target.stem
+        replace_dir(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def ensure_store(
     dataset: Mapping[str, Any],
     *,
@@ -75,23 +116,13 @@ def ensure_store(
         if "_target_" not in spec:
             raise ConfigError(f"dataset '{ds.get('name')}' has source=synthetic but no synthetic._target_")
         fp = synthetic_fingerprint(spec)
-        fresh = False
-        if target.exists() and not force:
-            try:
-                meta = validate_store(target, check_values=False)
-                fresh = meta.extra.get("synthetic_fingerprint") == fp
-            except StoreError:
-                fresh = False
-        if not fresh:
-            log.info("generating synthetic stand-in '%s' at %s (%s)", ds.get("name"), target,
-                     ", ".join(f"{k}={v}" for k, v in spec.items() if k != "_target_"))
-            _instantiate_generator(spec, target, progress)
-            import zarr
-
-            g = zarr.open_group(str(target), mode="r+")
-            extra = dict(g.attrs.get("extra", {}) or {})
-            extra["synthetic_fingerprint"] = fp
-            g.attrs["extra"] = extra
+        if force or not _fresh(target, fp):
+            # one generator per path; others wait for it, then find the store fresh
+            with writer_lock(sibling_lock_path(target), f"store {target}", wait=_GENERATE_WAIT_S):
+                if force or not _fresh(target, fp):
+                    log.info("generating synthetic stand-in '%s' at %s (%s)", ds.get("name"), target,
+                             ", ".join(f"{k}={v}" for k, v in spec.items() if k != "_target_"))
+                    _generate_into(spec, target, fp, progress)
     elif source != "store":
         raise ConfigError(f"dataset.source must be 'synthetic' or 'store', got {source!r}")
     meta = open_store(target, validate=False).meta

@@ -16,6 +16,7 @@ frame never leaves a half-written store at the target path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,8 @@ import numpy as np
 import zarr
 
 from matdyn.errors import StoreError
-from matdyn.io import to_jsonable
+from matdyn.io import clean_stale_siblings, replace_dir, temp_token, to_jsonable
+from matdyn.locks import sibling_lock_path, writer_lock
 
 FORMAT_VERSION = 1
 #: frames per zarr chunk are chosen so one chunk holds about this many bytes
@@ -129,11 +131,19 @@ class StoreWriter:
         self._group: zarr.Group | None = None
         self._images: zarr.Array | None = None
         self._n = 0
+        self._lock = contextlib.ExitStack()
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self._lock = contextlib.ExitStack()
+        try:  # one writer per store path; a second one is refused naming the first
+            self._lock.enter_context(writer_lock(sibling_lock_path(self.path), f"store {self.path}"))
+        except BaseException:
+            self._lock.close()
+            raise
+        clean_stale_siblings(self.path)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{temp_token()}-{uuid.uuid4().hex[:8]}")
         self._group = zarr.open_group(str(self._tmp), mode="w")
         c = len(self.channel_names)
         self._images = self._group.create_array(
@@ -141,19 +151,25 @@ class StoreWriter:
             shape=(0, c, *self.spatial_shape),
             chunks=(_frame_chunk(self.spatial_shape, c), c, *self.spatial_shape),
             dtype="float32",
-            fill_value=0.0,
+            # every chunk is written (zarr 3 skips all-fill chunks by default) and a chunk
+            # lost later reads as NaN, never as plausible zeros: validate_store catches both
+            fill_value=float("nan"),
+            config={"write_empty_chunks": True},
         )
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
         try:
-            self._finish()
-        except BaseException:
-            self._discard()
-            raise
+            if exc_type is not None:
+                self._discard()
+                return
+            try:
+                self._finish()
+            except BaseException:
+                self._discard()
+                raise
+        finally:
+            self._lock.close()
 
     # -- writing -----------------------------------------------------------------------------
     @property
@@ -236,15 +252,8 @@ class StoreWriter:
             )
         )
         validate_store(self._tmp, _display=self.path)
-        # atomic replace: move an old store aside first, then rename the new one into place
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
+        replace_dir(self._tmp, self.path)
         self._tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
     def _write_array(self, key: str, arr: np.ndarray) -> None:
         assert self._group is not None
@@ -365,6 +374,7 @@ def validate_store(
     pixel_size = attrs.get("pixel_size")
     if pixel_size is None or not float(pixel_size) > 0:
         raise _fail(display, f"pixel_size must be a positive number, got {pixel_size!r}")
+    _check_chunks(images, path, display)
     if check_values:
         step = max(1, images.chunks[0])
         for i in range(0, shape[0], step):
@@ -390,6 +400,24 @@ def validate_store(
         spatial_shape=tuple(int(s) for s in shape[2:]),
         extra=dict(attrs.get("extra", {}) or {}),
     )
+
+
+def _check_chunks(images: zarr.Array, path: Path, display: Path) -> None:
+    """A missing chunk of 'images' is an error (zarr would read it as its fill value)."""
+    try:
+        missing = images.nchunks - images.nchunks_initialized
+    except Exception:  # pragma: no cover - a store zarr cannot list
+        return
+    if missing <= 0:
+        return
+    step, where = max(1, images.chunks[0]), ""
+    for i in range(-(-images.shape[0] // step)):
+        key = images.metadata.encode_chunk_key((i,) + (0,) * (images.ndim - 1))
+        if not (path / "images" / key).exists():
+            where = f" (first: frames {i * step}..{min(images.shape[0], (i + 1) * step) - 1})"
+            break
+    raise _fail(display, f"{missing} chunk(s) of 'images' are missing{where}; the store is "
+                "incomplete or damaged, re-create it with make_data.py / import_data.py")
 
 
 def open_store(path: str | os.PathLike, *, validate: bool = True) -> Store:

@@ -286,7 +286,7 @@ def _open_sweep(root: Path, dataset: Mapping[str, Any] | None, bundle_path: Any,
                             f"{[repr(m) for m in metrics]}; aggregate with the sweep's metrics setting")
     meta = ensure_store(dataset, progress=progress)
     check_bundle_fits(bundle, dataset, meta, bundle_path)
-    store = open_store(Path(str(dataset["path"])).absolute(), validate=False)
+    store = open_store(Path(str(dataset["path"])).absolute())  # NaN/inf, missing chunks
     ident = store_identity(dataset, meta)
     diff = identity_conflicts(first["store"], ident)
     if diff:

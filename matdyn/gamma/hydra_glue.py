@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from matdyn.gamma.aggregate import aggregate_sweep
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
 
-__all__ = ["AggregateSweepCallback", "aggregate_from_config", "plain_config"]
+__all__ = ["AggregateSweepCallback", "SweepLockCallback", "aggregate_from_config", "plain_config"]
 
 
 def plain_config(config: Any) -> dict[str, Any]:
@@ -70,15 +71,59 @@ class AggregateSweepCallback(_HydraCallback):  # type: ignore[misc,valid-type]
             return
         from omegaconf import OmegaConf
 
-        from matdyn.cli import matdyn_cause
+        from matdyn.cli import fail, user_error_message
 
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
         try:
             out = aggregate_from_config(sweep_dir, plain_config(config))
         except Exception as e:
-            cause = matdyn_cause(e)
-            if cause is None:
-                raise
-            print(f"error: {cause}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            # Hydra turns an exception of a callback into a warning and exit 0 (a sweep that
+            # "succeeded" without gamma.json): exit here instead, 2 for input, 1 for a bug
+            msg = user_error_message(e)
+            if msg is None:
+                traceback.print_exc()
+                sys.exit(1)
+            fail(f"aggregating {sweep_dir}: {msg}")
         print(f"gamma: {out['gamma']:.4g} ({out['calibration']}) -> {sweep_dir / 'gamma.json'}")
+
+
+class SweepLockCallback(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Hydra callback (``hydra.callbacks.lock``, before ``aggregate``): the multirun holds the
+    writer lock of its sweep directory (:mod:`matdyn.locks`) from before Hydra writes
+    ``multirun.yaml`` until after the aggregation. A second multirun into the same directory
+    meanwhile ends with one ``error:`` line naming the first (exit 2) and writes nothing.
+    Jobs in worker processes (joblib, submitit) do not take it: the launching process does."""
+
+    def __init__(self) -> None:
+        import contextlib
+
+        self._held = contextlib.ExitStack()
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        import atexit
+
+        from omegaconf import OmegaConf
+
+        from matdyn.cli import fail
+        from matdyn.locks import LockedError, dir_lock_path, writer_lock
+
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        # a sharded multirun (e.g. one SLURM array task per shard) locks its shards only
+        shard = next((o.split("=", 1)[1] for o in OmegaConf.select(config, "hydra.overrides.task") or []
+                      if str(o).split("=", 1)[0].lstrip("+~") == "shard" and "=" in str(o)), None)
+        label = f"sweep directory {sweep_dir}" + (f" (shard {shard})" if shard else "")
+        try:
+            self._held.enter_context(writer_lock(dir_lock_path(sweep_dir, shard), label))
+        except LockedError as e:  # Hydra would turn an exception here into a warning
+            fail(str(e))
+        atexit.register(self._held.close)  # also when a job's failure ends the multirun
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._held.close()
+
+    # the joblib launcher pickles the callbacks into its workers: they hold no lock
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()

@@ -37,6 +37,7 @@ from matdyn.gamma.records import (
     store_identity,
 )
 from matdyn.gamma.rules import statistic
+from matdyn.locks import locks_output_dir
 
 __all__ = ["check_bundle_fits", "finish_job_record", "finish_sharded_jobs", "resolve_device",
            "run_gamma_job", "run_sweep_job", "sweep_name", "wandb_run"]
@@ -47,7 +48,8 @@ log = logging.getLogger("matdyn.gamma")
 # ----------------------------------------------------------------------------- helpers
 def check_bundle_fits(bundle: Any, dataset: Mapping[str, Any], meta: Any = None, path: Any = "") -> None:
     """Refuse (CheckpointError) a generator whose channels / dimensionality do not match the
-    dataset config or the store's metadata ``meta``."""
+    dataset config or the store's metadata ``meta``, or that was trained on another store
+    (by the store name the bundle records)."""
     name = dataset.get("name")
     for what, got, want in (
         ("channel(s)", getattr(bundle, "channels", None), dataset.get("channels")),
@@ -62,8 +64,9 @@ def check_bundle_fits(bundle: Any, dataset: Mapping[str, Any], meta: Any = None,
             )
     trained = (getattr(bundle, "meta", None) or {}).get("name")
     if trained and name and meta is not None and trained != getattr(meta, "name", trained):
-        log.warning("generator %s was trained on store '%s', the sweep compares with '%s'",
-                    path, trained, getattr(meta, "name", name))
+        raise CheckpointError(
+            f"{path} was trained on store '{trained}' but the sweep compares with store "
+            f"'{getattr(meta, 'name', name)}'; pass the bundle and dataset that belong together")
 
 
 def resolve_device(device: str | None) -> str:
@@ -154,7 +157,7 @@ def run_gamma_job(
         "metric_names": [m.name for m in metrics], "metric_specs": [repr(m) for m in metrics],
         **dict(record or {}),
     }
-    engine = VariationEngine(
+    engine = VariationEngine(  # checks the counts before anything is written
         generator, sampler, n_refs=n_refs, n_samples=n_samples, seed=seed,
         metrics=metrics, reducers=[SampleMetrics(), LatentStats()], batch_size=batch_size,
         block_size=block_size, device=device, progress=progress,
@@ -231,13 +234,14 @@ def finish_sharded_jobs(sweep_dir: str | os.PathLike) -> list[Path]:
 
 
 def _open_store_meta(dataset: Mapping[str, Any]) -> Any:
-    """The store's metadata when it exists (read only: parallel jobs never write it)."""
+    """The store's metadata when it exists (read only: parallel jobs never write it), after
+    the full validation (NaN/inf, missing or unreadable chunks: one-line StoreError)."""
     path = Path(str(dataset.get("path") or ""))
     if not dataset.get("path") or not path.exists():
         return None
     from matdyn.data.store import open_store
 
-    return open_store(path, validate=False).meta
+    return open_store(path).meta
 
 
 def _log_job(run: Any, summary: Mapping[str, Any]) -> None:
@@ -254,6 +258,7 @@ def _log_job(run: Any, summary: Mapping[str, Any]) -> None:
                         "sweep/angular_step_deg": summary["angular_step_mean_deg"]})
 
 
+@locks_output_dir("γ job folder")  # one job per folder (matdyn.locks)
 def run_sweep_job(
     dataset: Mapping[str, Any],
     bundle_path: str | os.PathLike,

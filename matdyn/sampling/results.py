@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import numpy as np
 from matdyn.errors import AnalysisError, ConfigError
 from matdyn.io import atomic_writer
 from matdyn.sampling.streams import block_ranges
+
+log = logging.getLogger("matdyn.sampling")
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "VariationResult", "load_results", "merge_results"]
 
@@ -113,8 +117,26 @@ def _block_path(out_dir: Path, b: int) -> Path:
     return out_dir / "blocks" / f"block_{b:06d}.npz"
 
 
+def _block_readable(path: Path) -> bool:
+    """A block file that opens as a zip and whose members pass their CRC check. An
+    unreadable one (truncated or damaged: a disk error, a copy cut short) is removed with
+    one log line so that it counts as missing and is recomputed, never fatal."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        if bad is None:
+            return True
+        why = f"member {bad} fails its CRC check"
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        why = f"{type(err).__name__}: {err}"
+    log.warning("%s is unreadable (%s); removed, it will be recomputed", path, why)
+    path.unlink(missing_ok=True)
+    return False
+
+
 def _done_blocks(out_dir: Path, n_blocks: int) -> dict[int, Path]:
-    return {b: p for b in range(n_blocks) if (p := _block_path(out_dir, b)).is_file()}
+    return {b: p for b in range(n_blocks)
+            if (p := _block_path(out_dir, b)).is_file() and _block_readable(p)}
 
 
 def merge_results(*dirs: str | Path, require_complete: bool = True) -> VariationResult:

@@ -141,7 +141,14 @@ def _data(cfg: DictConfig, top: int) -> Any:
     from matdyn.data.sources import ensure_store
 
     ds = cfg.dataset
-    ensure_store(_plain(ds), progress=bool(cfg.get("progress", True)))
+    meta = ensure_store(_plain(ds), progress=bool(cfg.get("progress", True)))
+    fit = str(ds.get("fit", "crop"))
+    side = min(meta.spatial_shape) if fit == "crop" else max(meta.spatial_shape)
+    if top > side:  # frames would be upsampled: detail the data do not have (issue 13)
+        fits = 1 << (side.bit_length() - 1)
+        raise ConfigError(f"resolution {top} is above the data's {side} px (frames "
+                          f"{'x'.join(map(str, meta.spatial_shape))}, fit={fit}) and would upsample "
+                          f"them; set resolution={fits} (or smaller) or use larger frames")
     dm = MicroscopyDataModule(
         Path(str(ds.path)).expanduser().absolute(), resolution=top, batch_size=1,
         seed=int(cfg.seed), fit=ds.get("fit", "crop"),
@@ -292,6 +299,12 @@ def run_training(
     from matdyn.training.bundle import save_bundle
 
     run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and not cfg.get("ckpt_path") and not cfg.get("dry_run"):
+        # refuse rather than resume silently: the config may differ from the checkpoint's,
+        # and a fresh start would overwrite the earlier run's checkpoints (issue 13)
+        raise ConfigError(f"{run_dir} holds the checkpoint of an earlier run ({last}); resume it "
+                          f"with ckpt_path={run_dir}, or train into another hydra.run.dir")
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if torch.cuda.is_available() and cfg.get("matmul_precision"):

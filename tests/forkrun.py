@@ -1,0 +1,80 @@
+"""Run an entry point (``scripts/*.py``) in a forked child of the test process: the exit
+status, stdout and stderr of a real process, without paying Python + torch + Lightning
+imports again for every case (the parent imports them once). POSIX only.
+
+``patch`` runs in the child before the script (e.g. to make a folder read-only for that
+process only, which ``chmod`` cannot do for root)."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.startswith("error:")]
+
+
+def _child(script: Path, args: Sequence[str], cwd: Path, out: str, err: str,
+           patch: Callable[[], None] | None) -> None:
+    code = 1
+    try:
+        fo = os.open(out, os.O_WRONLY | os.O_TRUNC)
+        fe = os.open(err, os.O_WRONLY | os.O_TRUNC)
+        os.dup2(fo, 1)
+        os.dup2(fe, 2)
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+        os.chdir(cwd)
+        sys.argv = [str(script), *args]
+        if patch is not None:
+            patch()
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run_entry(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+              patch: Callable[[], None] | None = None, timeout: float = 300) -> Result:
+    """Run ``scripts/<script>`` with ``args`` in a forked child; its rc, stdout, stderr."""
+    path = ROOT / "scripts" / script
+    with tempfile.TemporaryDirectory() as d:
+        out, err = os.path.join(d, "out"), os.path.join(d, "err")
+        for f in (out, err):
+            open(f, "w").close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            if env:
+                os.environ.update(env)
+            _child(path, args, cwd or ROOT, out, err, patch)
+        _, status = os.waitpid(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        return Result(rc, Path(out).read_text(), Path(err).read_text())
