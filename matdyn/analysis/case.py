@@ -268,6 +268,17 @@ class CaseContext:
         if out:
             self.log_fn(out)
 
+    def vary(self, plan: VariationPlan, sampler: Any = None, subdir: str = "variations") -> Any:
+        """Run the variation engine for ``plan`` with ``sampler`` (default: the run's) into
+        ``out_dir/<subdir>`` (resumable); returns its VariationResult."""
+        from matdyn.sampling.engine import VariationEngine
+
+        engine = VariationEngine(self.generator, sampler or self.sampler, n_refs=plan.n_refs,
+                                 n_samples=plan.n_samples, seed=self.seed,
+                                 metrics=list(plan.metrics), reducers=list(plan.reducers),
+                                 batch_size=plan.batch_size, progress=self.progress)
+        return engine.run(self.out_dir / subdir)
+
     def note(self, text: str) -> None:
         """A remark for the reader of ``summary.json`` (``notes``)."""
         self.notes.append(str(text))
@@ -479,14 +490,7 @@ def _validate(cfg: Any, gamma: float, seed: Any) -> None:
 
 
 def _variations(case: Case, ctx: CaseContext, observed: Any) -> Any:
-    from matdyn.sampling.engine import VariationEngine
-
-    plan = case.variations(ctx, observed)
-    engine = VariationEngine(ctx.generator, ctx.sampler, n_refs=plan.n_refs,
-                             n_samples=plan.n_samples, seed=ctx.seed, metrics=list(plan.metrics),
-                             reducers=list(plan.reducers), batch_size=plan.batch_size,
-                             progress=ctx.progress)
-    return engine.run(ctx.out_dir / "variations")
+    return ctx.vary(case.variations(ctx, observed))
 
 
 def _write_table(ctx: CaseContext, table: Table | None) -> str | None:
