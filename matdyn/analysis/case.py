@@ -597,7 +597,13 @@ def run_case(
     recovery = inst.recover(ctx, observed, table) if store.truth else None
     inst.figures(ctx, observed, result, table)
     table_rel = _write_table(ctx, table)
-    sections = {"fidelity": fidelity, "filters": filters, **grouping, **inst.sections(ctx)}
+    from matdyn.gamma import gamma_rule_status
+
+    rule = gamma_rule_status(gamma_source)
+    if rule["gamma_rule_met"] is False:
+        ctx.note(rule["note"])
+    sections = {"fidelity": fidelity, "filters": filters, "gamma_rule": rule, **grouping,
+                **inst.sections(ctx)}
     if recovery is not None:
         sections["recovery"] = recovery
         _log_numbers(ctx, "recovery", recovery, depth=3)

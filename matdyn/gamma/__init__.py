@@ -38,7 +38,13 @@ from matdyn.gamma.records import (
     scan_jobs,
     store_identity,
 )
-from matdyn.gamma.resolve import PAPER_GAMMA, ResolvedSampler, read_gamma_record, resolve_sampler
+from matdyn.gamma.resolve import (
+    PAPER_GAMMA,
+    ResolvedSampler,
+    gamma_rule_status,
+    read_gamma_record,
+    resolve_sampler,
+)
 from matdyn.gamma.rules import GammaChoice, gamma_at_acceptance, gamma_at_bound, gamma_from_angle
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
 
@@ -63,6 +69,7 @@ __all__ = [
     "gamma_at_acceptance",
     "gamma_at_bound",
     "gamma_from_angle",
+    "gamma_rule_status",
     "inversion_calibration",
     "metrics_from_spec",
     "read_gamma_record",
