@@ -229,6 +229,11 @@ class NPDiffusionCase:
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
         self.counts["n_particles"] = int(len(df))
+        ps = self._sections["particles"]
+        ctx.log({"particles/msd_median": ps["msd"]["median"], "particles/D_median": ps["D"]["median"],
+                 "particles/msd_floor_median": ps["msd_floor"]["median"] if "msd_floor" in ps else None,
+                 "time_calibration/dt": cal["dt_of_analysis_gamma"],
+                 "tracking/D_all": (self._tracking.get("modes", {}).get("all") or {}).get("D")})
         return df, units
 
     # ------------------------------------------------------------------ traces

@@ -87,7 +87,7 @@ class Config:
     msd_samples: int = 50  # samples per reference in the extra γ runs
     locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated
     locate_minmass: float | None = None  # None: Otsu split of the located masses
-    search_radius: float | None = None  # px to link a sample particle; None: one diameter
+    search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
     dark_particles: bool = True  # particles darker than the background (phase dips)
     max_particles: int = 64  # per reference image (more are counted, left out)
     floor_samples: int = 32  # still-scene samples per reference: the locate-noise floor
