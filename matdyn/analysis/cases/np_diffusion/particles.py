@@ -180,6 +180,8 @@ def summary(df: pd.DataFrame, dt: float | None, units: dict[str, str],
               "drift_fraction", "alpha2"):
         if c in df:
             out[c] = stats(df[c])
+    if len(df) and df["n_kept"].sum():
+        out["missing_fraction"] = float(df["n_missing"].sum() / df["n_kept"].sum())
     if "msd" in df and "msd_floor" in df:
         ratio = df["msd"] / df["msd_floor"]
         out["fraction_above_floor_x3"] = finite_or_none((ratio > 3).mean()) if len(df) else None
