@@ -42,23 +42,9 @@ from matdyn.errors import AnalysisError, ConfigError
 from matdyn.io import to_jsonable, write_json_atomic
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "Case",
-    "at_least",
-    "one_of",
-    "positive_ints",
-    "CaseContext",
-    "CaseSummary",
-    "Table",
-    "VariationPlan",
-    "case_names",
-    "fmt_stats",
-    "get_case",
-    "make_context",
-    "register_case",
-    "rejection_summary",
-    "run_case",
-    "stats",
+    "SCHEMA_VERSION", "Case", "at_least", "one_of", "positive_ints", "CaseContext",
+    "CaseSummary", "Table", "VariationPlan", "case_names", "fmt_stats", "get_case",
+    "make_context", "register_case", "rejection_summary", "run_case", "stats",
 ]
 
 #: version of the summary.json layout written by :func:`run_case`
@@ -489,10 +475,6 @@ def _validate(cfg: Any, gamma: float, seed: Any) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def _variations(case: Case, ctx: CaseContext, observed: Any) -> Any:
-    return ctx.vary(case.variations(ctx, observed))
-
-
 def _write_table(ctx: CaseContext, table: Table | None) -> str | None:
     from matdyn.io import atomic_write_text
 
@@ -589,7 +571,7 @@ def run_case(
                                            progress=progress, log=log, sampler=sampler)
     observed = inst.observe(ctx)
     fidelity = inst.fidelity(ctx, observed)
-    result = _variations(inst, ctx, observed)
+    result = ctx.vary(inst.variations(ctx, observed))
     filters = inst.filters(ctx, result)
     _log_filters(ctx, filters)
     table = inst.describe(ctx, observed, result)
@@ -598,10 +580,8 @@ def run_case(
     inst.figures(ctx, observed, result, table)
     table_rel = _write_table(ctx, table)
     from matdyn.gamma import gamma_rule_status
-
-    rule = gamma_rule_status(gamma_source)
-    if rule["gamma_rule_met"] is False:
-        ctx.note(rule["note"])
+    rule = gamma_rule_status(gamma_source)  # said in the summary; a note when γ was clipped
+    ctx.notes.extend([rule["note"]] if rule["gamma_rule_met"] is False else [])
     sections = {"fidelity": fidelity, "filters": filters, "gamma_rule": rule, **grouping,
                 **inst.sections(ctx)}
     if recovery is not None:
