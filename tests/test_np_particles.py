@@ -216,3 +216,22 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert set(table.source) == {"particle"}
     stems = {Path(f).stem for f in s["figures"]}
     assert {"particles_msd_dt", "particles_D", "time_calibration"} <= stems
+
+
+def test_gamma_rule_status_says_when_the_rule_was_not_met(tmp_path):
+    from matdyn.gamma import gamma_rule_status
+
+    rec = {"format": "matdyn-gamma", "version": 2, "gamma": 2.0, "rule": "bound",
+           "bound_stat": "median", "metric": "entropy_diff",
+           "sampler": {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 2.0},
+           "gamma_rule_met": False, "gamma_rule_note": "extend the sweep to larger γ"}
+    (tmp_path / "gamma.json").write_text(json.dumps(rec))
+    st = gamma_rule_status(f"sweep:{tmp_path / 'gamma.json'}")
+    assert st["gamma_rule_met"] is False and st["bound_stat"] == "median"
+    assert "NOT met" in st["note"] and "extend the sweep" in st["note"]
+    # older records: read from the deciding metric's continuity choice
+    old = {k: v for k, v in rec.items() if not k.startswith("gamma_rule")}
+    old["continuity"] = {"choice_entropy_diff": {"clipped": None, "message": None}}
+    (tmp_path / "gamma.json").write_text(json.dumps(old))
+    assert gamma_rule_status(f"sweep:{tmp_path / 'gamma.json'}")["gamma_rule_met"] is True
+    assert gamma_rule_status("paper")["gamma_rule_met"] is None
