@@ -196,7 +196,7 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
     t = np.array([np.nan if dts.get(g) is None else dts[g] for g in gammas])
     modes = {}
     for m, name in mode_names(ctx.store).items():  # one entry per planted mode
-        sub = table[table.planted_mode == m]
+        sub = table[(table.planted_mode == m) & (table.source == "particle")]
         entry = _group_stats(sub) | {"planted_D": finite_or_none(d_modes[m])
                                      if m < d_modes.size else None}
         msd_g = [finite_or_none(np.nanmedian(sub[f"msd_g{gamma_key(g)}"]))
