@@ -98,6 +98,18 @@ def _pm(mean_path: str, std_path: str, spec: str = ".0f") -> Getter:
     return g
 
 
+def _either(first: str | Getter, second: str | Getter) -> Getter:
+    """The first of two paths/getters that is not missing (e.g. nested or top-level)."""
+    def g(ctx: Mapping[str, Any]) -> Value:
+        for x in (first, second):
+            v = x(ctx) if callable(x) else dig(ctx, x)
+            if not isinstance(v, Missing):
+                return v
+        return v
+
+    return g
+
+
 def _within(slit: str) -> Getter:
     def g(ctx: Mapping[str, Any]) -> Value:
         ok = dig(ctx, f"analysis.recovery.slit_widths.{slit}.generated_within_tolerance")
@@ -141,11 +153,31 @@ ROWS: dict[str, list[Row]] = {
             "0.068", "train.particle_area_w1.generated_vs_real", "train.particle_area_w1.real_vs_real",
             ".3f"),
         Row("γ matching consecutive-frame differences", "1.0", "sweep.gamma", None),
-        Row("entropy-difference upper bound of consecutive frames", "0.26", "sweep.bound", None),
-        Row("diffusion area per ~1 s, free mode (nm²)", "7712 ± 2862 (XPCS 7550 ± 850)",
-            _pm("analysis.recovery.free_diffusion_area_mean", "analysis.recovery.free_diffusion_area_std"),
-            "analysis.recovery.free_planted_4Dt"),
-        Row("number of diffusion modes", "3", "analysis.clustering.n_modes", "=3"),
+        Row("entropy-difference bound of consecutive frames (statistic in the sweep's bound_stat)",
+            "0.26 (max)", "sweep.bound", None),
+        Row("γ rule met inside the swept range (false: γ clipped to the sweep's edge)", "—",
+            "analysis.gamma_rule.gamma_rule_met", "=true"),
+        Row("Δt the analysis γ stands for (s, γ→Δt calibration on observed frames)", "≈ 1 s (assumed)",
+            "analysis.time_calibration.dt_of_analysis_gamma", None),
+        Row("free mode D from MC (nm²/s, median over particles; truth: planted D)", "XPCS 7550/4 ≈ 1888",
+            "analysis.recovery.modes.free.median_D", "analysis.recovery.modes.free.planted_D"),
+        Row("free mode D from tracking the observed frames (nm²/s; truth: planted D)", "—",
+            "analysis.tracking_baseline.modes.free.D", "analysis.recovery.modes.free.planted_D"),
+        Row("all particles: MC D median (nm²/s) vs tracking D (truth column)", "—",
+            "analysis.particles.D.median", "analysis.tracking_baseline.modes.all.D"),
+        Row("MC MSD noise floor, median (nm²; still particles)", "—",
+            "analysis.particles.msd_floor.median", None),
+        Row("confined D / free D from MC (goal < 0.3)", "—",
+            "analysis.recovery.confined_D_over_free", None, ".2f"),
+        Row("diffusion area per ~1 s, free mode (nm², descriptors=traces)", "7712 ± 2862 (XPCS 7550 ± 850)",
+            _either(_pm("analysis.recovery.traces.free_diffusion_area_mean",
+                        "analysis.recovery.traces.free_diffusion_area_std"),
+                    _pm("analysis.recovery.free_diffusion_area_mean",
+                        "analysis.recovery.free_diffusion_area_std")),
+            _either("analysis.recovery.traces.free_planted_4Dt",
+                    "analysis.recovery.free_planted_4Dt")),
+        Row("number of diffusion modes (from the data unless analysis.n_modes is fixed)", "3",
+            "analysis.clustering.n_modes", "=3"),
         Row("ARI, paper clustering (average linkage)", "—", "analysis.recovery.ari_average", "=1"),
         Row("ARI, robust clustering (trimmed average linkage)", "—", "analysis.recovery.ari_trimmed", "=1"),
         Row("ARI, robust clustering (Ward)", "—", "analysis.recovery.ari_ward", "=1"),

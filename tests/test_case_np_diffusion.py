@@ -147,6 +147,8 @@ def small_config(**kw) -> case.Config:
         n_show=3,
         batch_size=128,
         features=("anisotropy", "rms_displacement"),
+        descriptors="traces",  # the paper's protocol; particles: tests/test_np_particles.py
+        n_modes=3,
     )
     base.update(kw)
     return case.Config(**base)

@@ -79,7 +79,8 @@ def test_rule_and_calibration_settings_are_checked():
     with pytest.raises(ConfigError, match="unknown key"):
         RuleSpec.from_mapping({"bound_sta": "p95"})
     with pytest.raises(ConfigError, match="bound_stat"):
-        RuleSpec(bound_stat="median")
+        RuleSpec(bound_stat="p50")
+    assert RuleSpec().bound_stat == "median"  # default: robust to outlier frames (issue 12)
     with pytest.raises(ConfigError, match="target"):
         RuleSpec(name="acceptance", target=1.5)
     with pytest.raises(ConfigError, match="calibration.method"):
@@ -253,17 +254,20 @@ def test_two_gamma_multirun_writes_jobs_and_gamma_json(sweep):
     assert g["bundle_sha256"] == file_sha256(bundle)
     assert g["store"]["n_frames"] == 8 and g["store"]["spatial_shape"] == [48, 48]
     assert g["rule"] == "bound" and g["calibration"] == "continuity" and g["inversion"] is None
-    assert g["metric"] == "entropy_diff" and g["bound_stat"] == "max"
-    assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["max"])
+    assert g["metric"] == "entropy_diff" and g["bound_stat"] == "median"
+    assert g["bound"] == pytest.approx(g["baseline"]["summary"]["entropy_diff"]["median"])
     assert g["baseline"]["resolution"] == 16 and g["baseline"]["n_pairs"] == 7
     assert [r["gamma"] for r in g["per_gamma"]] == [0.5, 1.0]
     for r in g["per_gamma"]:
         assert set(r["acceptance"]) == {"entropy_diff", "area_diff", "all", "filter"}
     # the chosen γ is where the typical entropy difference meets the bound
     typ = [r["metrics"]["entropy_diff"]["typical"] for r in g["per_gamma"]]
-    assert typ[0] < g["bound"] <= typ[1]
-    assert g["gamma"] == pytest.approx(gamma_at_bound([0.5, 1.0], typ, g["bound"]).gamma)
-    assert g["continuity"]["choice_entropy_diff"]["clipped"] is None
+    choice = gamma_at_bound([0.5, 1.0], typ, g["bound"])
+    assert g["gamma"] == pytest.approx(choice.gamma)
+    assert g["continuity"]["choice_entropy_diff"]["clipped"] == choice.clipped
+    # whether the rule was met inside the swept range is recorded, with what to do if not
+    assert g["gamma_rule_met"] is (choice.clipped is None)
+    assert g["gamma_rule_note"] == choice.message
     assert (out / "continuity.png").stat().st_size > 0 and (out / "continuity.svg").is_file()
     assert "gamma:" in proc.stdout
 

@@ -42,23 +42,9 @@ from matdyn.errors import AnalysisError, ConfigError
 from matdyn.io import to_jsonable, write_json_atomic
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "Case",
-    "at_least",
-    "one_of",
-    "positive_ints",
-    "CaseContext",
-    "CaseSummary",
-    "Table",
-    "VariationPlan",
-    "case_names",
-    "fmt_stats",
-    "get_case",
-    "make_context",
-    "register_case",
-    "rejection_summary",
-    "run_case",
-    "stats",
+    "SCHEMA_VERSION", "Case", "at_least", "one_of", "positive_ints", "CaseContext",
+    "CaseSummary", "Table", "VariationPlan", "case_names", "fmt_stats", "get_case",
+    "make_context", "register_case", "rejection_summary", "run_case", "stats",
 ]
 
 #: version of the summary.json layout written by :func:`run_case`
@@ -267,6 +253,17 @@ class CaseContext:
                 out[f"analysis/{self.name}/{k}"] = float(v)
         if out:
             self.log_fn(out)
+
+    def vary(self, plan: VariationPlan, sampler: Any = None, subdir: str = "variations") -> Any:
+        """Run the variation engine for ``plan`` with ``sampler`` (default: the run's) into
+        ``out_dir/<subdir>`` (resumable); returns its VariationResult."""
+        from matdyn.sampling.engine import VariationEngine
+
+        engine = VariationEngine(self.generator, sampler or self.sampler, n_refs=plan.n_refs,
+                                 n_samples=plan.n_samples, seed=self.seed,
+                                 metrics=list(plan.metrics), reducers=list(plan.reducers),
+                                 batch_size=plan.batch_size, progress=self.progress)
+        return engine.run(self.out_dir / subdir)
 
     def note(self, text: str) -> None:
         """A remark for the reader of ``summary.json`` (``notes``)."""
@@ -574,7 +571,11 @@ def run_case(
     recovery = inst.recover(ctx, observed, table) if store.truth else None
     inst.figures(ctx, observed, result, table)
     table_rel = _write_table(ctx, table)
-    sections = {"fidelity": fidelity, "filters": filters, **grouping, **inst.sections(ctx)}
+    from matdyn.gamma import gamma_rule_status
+    rule = gamma_rule_status(gamma_source)  # said in the summary; a note when γ was clipped
+    ctx.notes.extend([rule["note"]] if rule["gamma_rule_met"] is False else [])
+    sections = {"fidelity": fidelity, "filters": filters, "gamma_rule": rule, **grouping,
+                **inst.sections(ctx)}
     if recovery is not None:
         sections["recovery"] = recovery
         _log_numbers(ctx, "recovery", recovery, depth=3)

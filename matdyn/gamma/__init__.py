@@ -49,6 +49,7 @@ from matdyn.gamma.resolve import (
     PAPER_GAMMA,
     ResolvedSampler,
     as_resolved,
+    gamma_rule_status,
     read_gamma_record,
     resolve_sampler,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "gamma_at_acceptance",
     "gamma_at_bound",
     "gamma_from_angle",
+    "gamma_rule_status",
     "inversion_calibration",
     "metrics_from_spec",
     "read_gamma_record",

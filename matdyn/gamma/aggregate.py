@@ -338,6 +338,14 @@ def _decide(sw: _Sweep, p: _Pooled, base: Any, seq: Any, rule: RuleSpec,
     return _Decision(bounds, flt, table, choice, key, per_metric, inversion, gamma, margin_at, notes)
 
 
+def rule_met(choice: GammaChoice, per_metric: Mapping[str, GammaChoice], key: str,
+             rule_name: str) -> dict[str, Any]:
+    """``gamma_rule_met`` (False when the rule's crossing lies outside the swept range and
+    γ was clipped) and ``gamma_rule_note`` (what to do), for gamma.json."""
+    c = choice if rule_name == "acceptance" else per_metric.get(key, choice)
+    return {"gamma_rule_met": c.clipped is None, "gamma_rule_note": c.message}
+
+
 def _gamma_record(sw: _Sweep, p: _Pooled, base: Any, seq: Any, rule: RuleSpec,
                   calibration: CalibrationSpec, baseline: BaselineSpec, d: _Decision,
                   figure_paths: Sequence[Path]) -> dict[str, Any]:
@@ -357,6 +365,7 @@ def _gamma_record(sw: _Sweep, p: _Pooled, base: Any, seq: Any, rule: RuleSpec,
                        **{f"choice_{k}": c.as_dict() for k, c in per_metric.items()},
                        **({"choice": choice.as_dict()} if rule.name == "acceptance" else {})},
         "inversion": d.inversion,
+        **rule_met(choice, per_metric, key, rule.name),
         "per_dim_distance": d.margin_at,
         "acceptance": {"filter": d.flt, "at_gamma": float(np.interp(gamma, g, accept)) if inside else None,
                        "target": rule.target},

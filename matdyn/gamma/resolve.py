@@ -25,7 +25,8 @@ from matdyn.gamma.records import (
     sampler_spec,
 )
 
-__all__ = ["PAPER_GAMMA", "ResolvedSampler", "as_resolved", "read_gamma_record", "resolve_sampler"]
+__all__ = ["PAPER_GAMMA", "ResolvedSampler", "as_resolved", "gamma_rule_status",
+           "read_gamma_record", "resolve_sampler"]
 
 log = logging.getLogger("matdyn.gamma")
 
@@ -157,3 +158,34 @@ def as_resolved(gamma: Any = "auto", sweep: str | os.PathLike | None = None, cas
     if isinstance(gamma, PerturbationSampler):
         return ResolvedSampler(gamma, float(getattr(gamma, "scale", float("nan"))), "given")
     return resolve_sampler(gamma, sweep, case, sampler_cfg, **identity)
+
+
+def gamma_rule_status(source: str) -> dict[str, Any]:
+    """The ``gamma_rule`` summary section of an analysis whose γ came from ``source``
+    (:attr:`ResolvedSampler.source`): ``gamma_rule_met`` True/False for a sweep (False when
+    its rule's crossing lay outside the swept range and γ was clipped; read from the
+    gamma.json, older records from their continuity choice), None when no rule chose γ;
+    ``note`` says what that means and what to do.
+
+    >>> gamma_rule_status("given")["gamma_rule_met"] is None
+    True
+    """
+    if not str(source).startswith("sweep:"):
+        return {"gamma_rule_met": None, "source": source,
+                "note": f"γ {source}: no rule matched it to the observed frames"}
+    path = str(source)[len("sweep:"):]
+    try:
+        rec, _ = read_gamma_record(path)
+    except (ConfigError, AnalysisError) as err:
+        return {"gamma_rule_met": None, "source": source, "note": str(err)}
+    met, note = rec.get("gamma_rule_met"), rec.get("gamma_rule_note")
+    if met is None:  # records before gamma_rule_met: the deciding metric's continuity choice
+        cont = rec.get("continuity") or {}
+        choice = cont.get(f"choice_{rec.get('metric')}") or cont.get("choice") or {}
+        met, note = choice.get("clipped") is None, choice.get("message")
+    out = {"gamma_rule_met": bool(met), "source": source, "rule": rec.get("rule"),
+           "bound_stat": rec.get("bound_stat"), "gamma": rec.get("gamma"), "note": note}
+    if not met:
+        out["note"] = (f"the γ rule was NOT met inside the swept range; γ = {rec.get('gamma')} is "
+                       f"the edge of the sweep. {note or ''}").strip()
+    return out

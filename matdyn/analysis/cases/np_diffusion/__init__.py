@@ -1,4 +1,14 @@
-"""NP-diffusion case study (paper §3.3): fidelity, latent Monte Carlo traces, diffusion modes.
+"""NP-diffusion case study (paper §3.3): fidelity, latent Monte Carlo, particle dynamics.
+
+``analysis.descriptors`` chooses what the ``describe`` step measures: ``particles``
+(default, issue 12; :mod:`.particles`): every particle of each reference image located and
+followed through the kept samples, giving MSD (nm²), D = MSD / (2·ndim·Δt) (nm²/s) with
+Δt from the γ → Δt calibration of observed frames (:mod:`.timebase`, summary section
+``time_calibration``), noise floors, anisotropy, drift fraction and, over ``msd_gammas``,
+MSD(Δt) with D from its slope and the MSD exponent; a tracking baseline of the observed
+frames sits beside it (``tracking_baseline``); the number of clusters comes from the data
+(``n_modes: auto``). ``traces`` is the paper's protocol (averaged images, steps 4-7 below),
+``both`` runs the two side by side. The paper's protocol:
 
 A package of the :class:`~matdyn.analysis.case.Case` protocol, run by
 :func:`~matdyn.analysis.case.run_case` (``run_case("np_diffusion", generator, store, cfg,
@@ -77,16 +87,19 @@ A package of the :class:`~matdyn.analysis.case.Case` protocol, run by
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from matdyn.analysis.case import CaseContext, Table, VariationPlan, register_case, stats
 from matdyn.analysis.cases.np_diffusion import figures as figs
-from matdyn.analysis.cases.np_diffusion import steps
+from matdyn.analysis.cases.np_diffusion import particle_figures as pfigs
+from matdyn.analysis.cases.np_diffusion import particles, steps, timebase
 from matdyn.analysis.cases.np_diffusion.config import CASE, FREE, PAPER, Config
-from matdyn.analysis.cases.np_diffusion.recovery import mode_names, recover
-from matdyn.descriptors.differences import EntropyDifference, MetricFilter
+from matdyn.analysis.cases.np_diffusion.recovery import mode_names, recover, recover_particles
+from matdyn.descriptors.differences import DensityDifference, EntropyDifference, MetricFilter
 from matdyn.errors import AnalysisError
 from matdyn.sampling.reducers import FilteredMean, SampleMetrics
 
@@ -102,6 +115,9 @@ class NPDiffusionCase:
         self.cfg = cfg if cfg is not None else Config()
         self.counts: dict[str, Any] = {}
         self._sections: dict[str, Any] = {}
+        self._particles = self.cfg.descriptors in ("particles", "both")
+        self._traces = self.cfg.descriptors in ("traces", "both")
+        self._tracking: dict[str, Any] = {}
 
     def observe(self, ctx: CaseContext) -> steps.Observed:
         return steps.observe(ctx, self.cfg)
@@ -118,17 +134,31 @@ class NPDiffusionCase:
                      f"vs real-vs-real {swd['baseline']:.3g}); is the generator trained?")
         return fid
 
+    def _plan(self, ctx: CaseContext, n_samples: int, floor: int, mean: bool) -> VariationPlan:
+        """Entropy filter (fixed or from consecutive observed frames); per reference the
+        filtered mean (traces), every sample's metrics and, for particles, the links."""
+        from matdyn.dynamics.streaming import ParticleLinks
+
+        cfg = self.cfg
+        ent, dens = EntropyDifference(bins=cfg.entropy_bins), DensityDifference()
+        keep = MetricFilter(upper={ent.name: self._thr[0]})
+        reducers: list[Any] = [SampleMetrics([ent.name, dens.name], name="metrics")]
+        if mean:
+            reducers.insert(0, FilteredMean(keep, include_reference=cfg.include_reference,
+                                            name="mean"))
+        if self._particles:
+            reducers.append(ParticleLinks(self._params, keep, search_radius=cfg.search_radius,
+                                          max_particles=cfg.max_particles, floor_samples=floor,
+                                          seed=ctx.seed, name=particles.PREFIX))
+        return VariationPlan(cfg.n_refs, n_samples, [ent, dens], reducers, cfg.batch_size)
+
     def variations(self, ctx: CaseContext, observed: steps.Observed) -> VariationPlan:
-        """Entropy filter (threshold fixed or from consecutive observed frames), averaged
-        per reference (FilteredMean), the metric of every sample kept for the summary."""
         cfg = self.cfg
         ent = EntropyDifference(bins=cfg.entropy_bins)
         self._thr = steps.entropy_threshold(cfg, observed.baseline, ent, observed.n_store)
-        keep = MetricFilter(upper={ent.name: self._thr[0]})
-        return VariationPlan(
-            cfg.n_refs, cfg.n_samples, [ent],
-            [FilteredMean(keep, include_reference=cfg.include_reference, name="mean"),
-             SampleMetrics([ent.name], name="metrics")], cfg.batch_size)
+        if self._particles:
+            self._params = particles.locate_params(ctx, cfg)
+        return self._plan(ctx, cfg.n_samples, cfg.floor_samples, True)
 
     def filters(self, ctx: CaseContext, result: Any) -> dict:
         thr, source, base = self._thr
@@ -138,21 +168,90 @@ class NPDiffusionCase:
         return filters
 
     def describe(self, ctx: CaseContext, observed: Any, result: Any) -> Table:
+        cfg, frames, units = self.cfg, [], {}
+        refs = result["mean/reference"]
+        self.counts = {"n_refs": int(len(refs)), "n_samples": int(cfg.n_samples),
+                       "n_refs_used": int(self._used.sum()), "n_fidelity": int(cfg.n_fidelity)}
+        if self._particles:
+            df, u = self._describe_particles(ctx, observed, result)
+            frames.append(df)
+            units |= u
+        if self._traces:
+            frames.append(self._describe_traces(ctx, result))
+            units |= steps.table_units(ctx)
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        return Table(frame, units)
+
+    # ------------------------------------------------------------------ particles
+    def _runs(self, ctx: CaseContext, result: Any) -> dict[float, Any]:
+        """The run's variation plus one engine run per other γ of ``msd_gammas``."""
+        from matdyn.gamma.records import build_sampler, sampler_spec
+
+        runs = {ctx.gamma: result}
+        for g in self.cfg.msd_gammas:  # one more engine run per γ, same references
+            if all(abs(g - h) > 1e-9 for h in runs):
+                sampler = build_sampler(sampler_spec(ctx.sampler), g)
+                runs[g] = ctx.vary(self._plan(ctx, self.cfg.msd_samples, 0, False), sampler,
+                                   f"variations_gamma_{particles.gamma_key(g)}")
+        return runs
+
+    def _describe_particles(self, ctx: CaseContext, observed: Any,
+                            result: Any) -> tuple[pd.DataFrame, dict[str, str]]:
+        cfg = self.cfg
+        runs = self._runs(ctx, result)
+        gamma_diff = {g: float(np.nanmedian(r["metrics/density_diff"])) for g, r in runs.items()}
+        cal = timebase.calibrate(ctx, observed.baseline, gamma_diff)
+        if not cal["available"] or cal.get("note"):
+            ctx.note(f"time calibration: {cal.get('note')}")
+        dts = dict(zip(cal["gammas"], cal["dt"])) if cal["available"] else {}
+        nm_px = ctx.pixel_size * (ctx.nm or 1.0)
+        df = particles.table(ctx, runs, dts, nm_px)
+        if df.empty:
+            raise AnalysisError(f"no particle located in any of the {cfg.n_refs} reference "
+                                "images; check locate_diameter / dark_particles")
+        self._gammas, self._dts, self._cal = sorted(runs), dts, cal
+        self._tracking = timebase.tracking(ctx, cfg.tracking_frames, cfg.dark_particles)
+        lu, tu = steps.length_unit(ctx), cal.get("time_unit") or ctx.store.meta.time_unit or "s"
+        units = {"centroid_row": "px", "centroid_col": "px", "msd": f"{lu}^2",
+                 "msd_floor": f"{lu}^2", "D": f"{lu}^2/{tu}", "D_floor": f"{lu}^2/{tu}",
+                 "D_slope": f"{lu}^2/{tu}", "mean_dy": lu, "mean_dx": lu, "rg": lu}
+        units |= {f"msd_g{particles.gamma_key(g)}": f"{lu}^2" for g in runs}
+        r0 = result
+        info = {"locate": {"diameter": self._params.diameter, "minmass": self._params.minmass,
+                           "dark": self._params.dark},
+                "gammas": self._gammas,
+                "appearing_per_kept_sample": float(r0["particles/appearing"].sum()
+                                                   / max(r0["particles/kept"].sum(), 1)),
+                "ref_particles_left_out": int(np.clip(r0["particles/n_ref"] - cfg.max_particles,
+                                                      0, None).sum())}
+        self._sections["particles"] = particles.summary(df, cal["dt_of_analysis_gamma"], units,
+                                                        info)
+        self._sections["time_calibration"] = cal
+        self._sections["tracking_baseline"] = self._tracking
+        self.counts["n_particles"] = int(len(df))
+        ps = self._sections["particles"]
+        ctx.log({"particles/msd_median": ps["msd"]["median"], "particles/D_median": ps["D"]["median"],
+                 "particles/msd_floor_median": ps["msd_floor"]["median"] if "msd_floor" in ps else None,
+                 "time_calibration/dt": cal["dt_of_analysis_gamma"],
+                 "tracking/D_all": (self._tracking.get("modes", {}).get("all") or {}).get("D")})
+        return df, units
+
+    # ------------------------------------------------------------------ traces
+    def _describe_traces(self, ctx: CaseContext, result: Any) -> pd.DataFrame:
         cfg = self.cfg
         refs, means = result["mean/reference"], result["mean/mean"]
         table = steps.trace_table(ctx, cfg, refs, means, result.ref_indices, self._n_kept,
                                   self._used)
         avg = table[table.source == "averaged"]
-        if len(avg) < cfg.n_modes:
+        need = cfg.fixed_modes() or 3
+        if len(avg) < need:
             raise AnalysisError(
                 f"only {len(avg)} traces found in {int(self._used.sum())} averaged images, fewer "
-                f"than n_modes={cfg.n_modes}; all-noise generator, or raise n_refs / lower "
+                f"than {need} modes; all-noise generator, or raise n_refs / lower "
                 "trace_threshold")
         ref_rows = table.source == "reference"
-        self.counts = {"n_refs": int(len(refs)), "n_samples": int(cfg.n_samples),
-                       "n_refs_used": int(self._used.sum()), "n_traces_averaged": int(len(avg)),
-                       "n_traces_reference": int(ref_rows.sum()),
-                       "n_fidelity": int(cfg.n_fidelity)}
+        self.counts |= {"n_traces_averaged": int(len(avg)),
+                        "n_traces_reference": int(ref_rows.sum())}
         self._sections["traces"] = {
             "anisotropy_reference": stats(table.loc[ref_rows, "anisotropy"]),
             "anisotropy_averaged": stats(avg["anisotropy"]),
@@ -160,48 +259,114 @@ class NPDiffusionCase:
             "tortuosity_convention": "arc-chord ratio of the smoothed skeleton path, >= 1 "
                                      "(1 = straight)"}
         self._sections["diffusion_area"] = self._diffusion(ctx, avg["diffusion_area"])
-        return Table(table, steps.table_units(ctx))
+        return table
 
     def _diffusion(self, ctx: CaseContext, values: Any) -> dict:
         t_s = float(self.cfg.gamma_time_s)
         truth = dict(ctx.store.truth or {})
         d_modes = np.asarray(truth.get("mode_diffusion_nm2_s", []), dtype=np.float64).ravel()
-        d_free = (d_modes[FREE] if d_modes.size > FREE
-                  else PAPER["xpcs_diffusion_nm2_per_s"]["mean"] / 4)
         diffusion = {
             "unit": steps.area_unit(ctx),
             "definition": "MSD-equivalent spread: (tr Σ_trace - tr Σ of the still reference "
                           "particle) × pixel_size²",
-            "time_s": t_s, **stats(values), "planted_free_4Dt": float(4.0 * d_free * t_s),
+            "time_s": t_s, **stats(values),
+            "planted_free_4Dt": float(4.0 * d_modes[FREE] * t_s) if d_modes.size > FREE else None,
             "paper": PAPER["diffusion_area_nm2"]}
         ctx.log({"diffusion_area/mean": diffusion["mean"], "diffusion_area/std": diffusion["std"]})
         return diffusion
 
+    def _trace_cfg(self, df: pd.DataFrame) -> Config:
+        """The config with ``n_modes`` resolved: fixed, or chosen from the trace features."""
+        from matdyn.dynamics import choose_n_clusters
+
+        cfg = self.cfg
+        if cfg.fixed_modes() is not None:
+            return cfg
+        avg = df[df.source == "averaged"]
+        x = avg[list(cfg.robust_features or cfg.features)].to_numpy(np.float64)
+        x = x[np.isfinite(x).all(axis=1)]
+        k = choose_n_clusters(x, method=cfg.cluster_count, min_silhouette=cfg.min_silhouette).k
+        return replace(cfg, n_modes=int(k))
+
+    # ------------------------------------------------------------------ group, recover
     def group(self, ctx: CaseContext, table: Table) -> dict:
-        summary, self._results, self._rows = steps.cluster(self.cfg, table.frame)
-        return {"clustering": summary}
+        out = {}
+        if self._traces:
+            df = table.frame
+            self._tcfg = self._trace_cfg(df)
+            summary, self._results, self._rows = steps.cluster(self._tcfg, df)
+            out["clustering_traces" if self._particles else "clustering"] = summary
+        if self._particles:
+            df = table.frame
+            sub = df[df.source == "particle"].copy()
+            summary, self._presults, self._prows = particles.cluster(self.cfg, sub)
+            for c in [c for c in sub.columns if c.startswith(("cluster_", "mode_"))]:
+                if c not in df:
+                    df[c] = -1 if c.startswith("cluster_") else ""
+                df.loc[sub.index, c] = sub[c]
+            self._preal = summary["separation_real"]
+            out["clustering"] = summary
+        return out
 
     def recover(self, ctx: CaseContext, observed: Any, table: Table) -> dict:
         if "region_map" not in ctx.store.truth:
             return None  # type: ignore[return-value]
-        return recover(ctx, self.cfg, table.frame, self._results, self._rows)
+        rec = {}
+        if self._traces:
+            rec = recover(ctx, self._tcfg, table.frame, self._results, self._rows)
+        if self._particles:
+            prec = recover_particles(ctx, table.frame, self._presults, self._prows, self._gammas,
+                                     self._dts, self._tracking)
+            rec = prec | ({"traces": rec} if rec else {})
+        return rec
 
+    # ------------------------------------------------------------------ figures
     def figures(self, ctx: CaseContext, observed: Any, result: Any, table: Table) -> None:
-        cfg, df, au = self.cfg, table.frame, steps.area_unit(ctx)
-        self._cluster_figures(ctx, df)
+        cfg, df = self.cfg, table.frame
         figs.variation_figures(ctx, result["mean/reference"], result["mean/mean"], self._n_kept,
                                self._used, cfg.n_show)
+        if self._particles:
+            self._particle_figures(ctx, df[df.source == "particle"])
+        if not self._traces:
+            return
+        au = steps.area_unit(ctx)
+        self._cluster_figures(ctx, df)
         avg = df[df.source == "averaged"]
+        truth = bool(ctx.store.truth)
         figs.diffusion_figure(ctx, avg["diffusion_area"].to_numpy(),
                               self._sections["diffusion_area"], au,
-                              PAPER["diffusion_area_nm2"]["mean"])
+                              PAPER["diffusion_area_nm2"]["mean"] if truth else None)
         if "planted_mode" in df:
-            figs.recovery_figures(ctx, df, self._rows, mode_names(ctx.store), au)
+            figs.recovery_figures(ctx, df[df.source != "particle"], self._rows,
+                                  mode_names(ctx.store), au)
         else:
-            ctx.save(figs.ref_vs_avg_figure(df, None, {}), "traces_anisotropy_reference_averaged")
+            ctx.save(figs.ref_vs_avg_figure(df[df.source != "particle"], None, {}),
+                     "traces_anisotropy_reference_averaged")
+
+    def _particle_figures(self, ctx: CaseContext, df: pd.DataFrame) -> None:
+        lu = steps.length_unit(ctx)
+        tu = self._cal.get("time_unit") or ctx.store.meta.time_unit or "s"
+        truth = "planted_mode" in df
+        group = "planted_mode" if truth else "cluster_average" if "cluster_average" in df else None
+        names = mode_names(ctx.store) if truth else {}
+        pfigs.msd_dt_figure(ctx, df, self._gammas, self._cal, self._tracking, group, names, lu)
+        d_modes = np.asarray(dict(ctx.store.truth).get("mode_diffusion_nm2_s", []),
+                             np.float64).ravel()
+        planted = float(d_modes[FREE]) if truth and d_modes.size > FREE else None
+        pfigs.d_histogram(ctx, df, self._tracking, planted, lu, tu)
+        pfigs.calibration_figure(ctx, self._cal)
+        sub = df.loc[self._prows]
+        shown = [c for c in ("msd", "D", "anisotropy", "drift_fraction", "msd_exponent")
+                 if c in sub and sub[c].notna().any()]
+        units = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}"}
+        for method, res in self._presults.items():
+            names_c = particles.name_clusters(res.labels, sub["msd"].to_numpy(np.float64),
+                                              self._preal)
+            figs.cluster_figures(ctx, sub, method, res, names_c, list(self.cfg.particle_features),
+                                 shown, units, int(len(set(res.labels))), tag="particles")
 
     def _cluster_figures(self, ctx: CaseContext, df: Any) -> None:
-        cfg = self.cfg
+        cfg = self._tcfg
         sub = df.loc[self._rows]
         feats, robust = list(cfg.features), list(cfg.robust_features) or list(cfg.features)
         every = list(dict.fromkeys(feats + robust))

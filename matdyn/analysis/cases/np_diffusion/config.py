@@ -25,6 +25,9 @@ _FEATURES = (
     "minor_sigma",
 )
 
+_PARTICLE_FEATURES = ("log_msd", "msd", "drift_fraction", "anisotropy", "alpha2", "log_rg",
+                      "msd_exponent")
+
 
 #: the paper's numbers for the report table (§3.3.1, §3.3.2)
 PAPER: dict[str, Any] = {
@@ -75,8 +78,30 @@ class Config:
     swd_directions: int = 128
     swd_repeats: int = 2
     noise_corr_ratio: float = 0.5  # generated lag-1 autocorrelation below this × observed: noise
-    # clustering (§3.3.2: scaled distance, HAC average linkage, 3 modes)
-    n_modes: int = 3
+    # descriptors: "particles" (particle-level MC displacements, issue 12), "traces" (the
+    # paper's averaged-image traces, §3.3.2) or "both" side by side
+    descriptors: str = "particles"
+    # MC MSD at these γ too (each one more engine run, the run's γ is always measured):
+    # MSD(Δt) through the γ → Δt calibration of consecutive observed frames (ours)
+    msd_gammas: Sequence[float] = (0.5, 1.0, 2.0)
+    msd_samples: int = 50  # samples per reference in the extra γ runs
+    locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated
+    locate_minmass: float | None = None  # None: Otsu split of the located masses
+    search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
+    dark_particles: bool = True  # particles darker than the background (phase dips)
+    max_particles: int = 64  # per reference image (more are counted, left out)
+    floor_samples: int = 32  # still-scene samples per reference: the locate-noise floor
+    tracking_frames: int = 2000  # observed frames tracked for the baseline (trackpy; 0: off)
+    # log MSD alone: on the demo generator silhouette finds 3 modes, ARI 0.70; adding drift and
+    # anisotropy gave k = 2, ARI 0.0-0.4 (issue 12 measurements)
+    particle_features: Sequence[str] = ("log_msd",)
+    # clustering (§3.3.2: scaled distance, HAC average linkage, 3 modes); "auto": from the
+    # data (cluster_count: silhouette or gap, matdyn.dynamics.modes), 1 when no structure
+    n_modes: int | str = "auto"
+    # gap statistic (Tibshirani et al. 2001): on one log-normal mode silhouette split log MSD
+    # into 6 (1D silhouettes of contiguous splits exceed 0.5), gap said 1; demo: both 3
+    cluster_count: str = "gap"
+    min_silhouette: float = 0.5  # Kaufman & Rousseeuw 1990: <= 0.5 weak structure
     features: Sequence[str] = ("anisotropy", "tortuosity")  # the paper's two descriptors
     # features of the robust variants (trimmed, ward); empty: same as `features`. Tortuosity
     # is ~1 for nearly every trace here (FINDINGS.md); rms displacement separates the modes
@@ -92,6 +117,8 @@ class Config:
         self.features = tuple(self.features)
         self.robust_features = tuple(self.robust_features or ())
         self.methods = tuple(self.methods)
+        self.msd_gammas = tuple(float(g) for g in (self.msd_gammas or ()))
+        self.particle_features = tuple(self.particle_features)
         if isinstance(self.area_normalize, str) and self.area_normalize.lower() in ("none", "null"):
             self.area_normalize = None
 
@@ -100,7 +127,14 @@ class Config:
         positive_ints(self, ("n_refs", "n_samples", "entropy_bins", "baseline_stride", "min_area",
                              "batch_size", "tophat_radius", "depth_frames", "swd_patches",
                              "swd_directions", "swd_repeats", "baseline_repeats", "n_show"))
-        at_least(self, {"n_fidelity": 4, "baseline_frames": 2, "min_kept": 0, "n_modes": 2})
+        at_least(self, {"n_fidelity": 4, "baseline_frames": 2, "min_kept": 0,
+                        "msd_samples": 2, "max_particles": 1, "floor_samples": 0,
+                        "tracking_frames": 0})
+        if self.n_modes != "auto":
+            at_least(self, {"n_modes": 1})
+        one_of(self, "descriptors", ("particles", "traces", "both"))
+        one_of(self, "cluster_count", ("silhouette", "gap"))
+        self._validate_particles()
         self._validate_threshold()
         self._validate_traces()
         one_of(self, "entropy_bound", ("max", "p95"))
@@ -137,6 +171,21 @@ class Config:
         if not 0.0 <= self.noise_corr_ratio < 1.0:
             raise ConfigError(
                 f"analysis.noise_corr_ratio must be in [0, 1), got {self.noise_corr_ratio}")
+
+    def _validate_particles(self) -> None:
+        if any(not (math.isfinite(g) and g > 0) for g in self.msd_gammas):
+            raise ConfigError(f"analysis.msd_gammas must be numbers > 0, got {list(self.msd_gammas)}")
+        bad = [f for f in self.particle_features if f not in _PARTICLE_FEATURES]
+        if not self.particle_features or bad:
+            raise ConfigError(f"analysis.particle_features must be a non-empty subset of "
+                              f"{_PARTICLE_FEATURES}, got {list(self.particle_features)}")
+        if self.search_radius is not None and not self.search_radius > 0:
+            raise ConfigError(f"analysis.search_radius must be > 0 px or null, got "
+                              f"{self.search_radius!r}")
+
+    def fixed_modes(self) -> int | None:
+        """The fixed number of clusters, or None for "auto" (chosen from the data)."""
+        return None if self.n_modes == "auto" else int(self.n_modes)
 
     def threshold_value(self) -> float | None:
         """The fixed entropy threshold, or None for 'auto'."""

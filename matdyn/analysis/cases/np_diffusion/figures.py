@@ -130,16 +130,19 @@ def filter_figure(ctx: CaseContext, ediff: np.ndarray, entry: dict) -> None:
 
 
 def cluster_figures(ctx: CaseContext, sub: pd.DataFrame, method: str, res, names: dict,
-                    feats: list[str], shown: list[str], units: dict, k: int) -> None:
-    """Fig. 6c (dendrogram) and Fig. 6d (descriptors per mode) of one clustering."""
+                    feats: list[str], shown: list[str], units: dict, k: int,
+                    tag: str = "") -> None:
+    """Fig. 6c (dendrogram) and Fig. 6d (descriptors per mode) of one clustering; ``tag``
+    prefixes the file names (``<tag>_fig6c_...``) and names the rows in the titles."""
     label = "average linkage, trimmed" if method == "trimmed" else f"{method} linkage"
+    pre, what = (f"{tag}_", tag) if tag else ("", "NP variations")
     if len(res.linkage):
-        fig = dendrogram_figure(res.linkage, k=k, xlabel="NP variations")
-        ctx.save(fig, f"fig6c_dendrogram_{method}",
+        fig = dendrogram_figure(res.linkage, k=k, xlabel=what)
+        ctx.save(fig, f"{pre}fig6c_dendrogram_{method}",
                  f"Fig. 6c: HAC ({label}) on scaled {', '.join(feats)}")
     fig = cluster_boxplots({f: sub[f].to_numpy(dtype=np.float64) for f in shown}, res.labels,
                            group_names=names, units=units)
-    ctx.save(fig, f"fig6d_boxplots_{method}", f"Fig. 6d: descriptors per mode ({label})")
+    ctx.save(fig, f"{pre}fig6d_boxplots_{method}", f"Fig. 6d: {what} per cluster ({label})")
 
 
 def variation_figures(ctx: CaseContext, refs: np.ndarray, means: np.ndarray,
@@ -153,19 +156,22 @@ def variation_figures(ctx: CaseContext, refs: np.ndarray, means: np.ndarray,
 
 
 def diffusion_figure(ctx: CaseContext, values: np.ndarray, diffusion: dict, area_unit: str,
-                     paper_mean: float) -> None:
-    """Fig. 6b: histogram of the diffusion areas with mean, planted 4Dt and the paper's."""
+                     paper_mean: float | None) -> None:
+    """Fig. 6b: histogram of the diffusion areas with the mean; the planted 4Dt only when
+    the store has it, the paper's value only when given (a store with truth, nm units)."""
     mean_line = (
         (diffusion["mean"], f"mean {diffusion['mean']:.0f} ± {diffusion['std']:.0f}", "red", "-")
         if diffusion["n"] else (float("nan"), "", "red", "-"))
-    paper_line = paper_mean if ctx.nm is not None else float("nan")
-    planted = diffusion["planted_free_4Dt"]
+    lines = [mean_line]
+    planted = diffusion.get("planted_free_4Dt")
+    if planted is not None:
+        lines.append((planted, f"planted free 4Dt {planted:.0f}", "C0", "--"))
+    if paper_mean is not None and ctx.nm is not None:
+        lines.append((paper_mean, f"paper {paper_mean:.0f}", "C2", ":"))
     fig = hist_figure(
         values, xlabel=f"diffusion area ({area_unit})",
         title=f"Fig. 6b: diffusion areas of NP variations (γ = {ctx.gamma:g} ≈ "
-              f"{diffusion['time_s']:g} s)",
-        lines=[mean_line, (planted, f"planted free 4Dt {planted:.0f}", "C0", "--"),
-               (paper_line, f"paper {paper_mean:.0f}", "C2", ":")])
+              f"{diffusion['time_s']:g} s, assumed)", lines=lines)
     ctx.save(fig, "fig6b_diffusion_area")
 
 

@@ -167,3 +167,59 @@ def mode_names(store: Any) -> dict[int, str]:
     """Planted mode id -> name (the store's ``mode_names`` truth attribute)."""
     names = list((store.truth_attrs or {}).get("mode_names", MODE_NAMES))
     return {i: str(n) for i, n in enumerate(names)}
+
+
+def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], rows: np.ndarray,
+                      gammas: list[float], dts: Mapping[float, float | None],
+                      tracking: Mapping[str, Any]) -> dict[str, Any]:
+    """Ground truth against the particle table (adds ``planted_mode``): ARI per clustering
+    method, and per planted mode the MC MSD / D medians beside the planted D, the true MSD
+    over the calibrated Δt (from the trajectories) and the tracking D of that mode."""
+    from matdyn.analysis.cases.np_diffusion.particles import _group_stats, gamma_key
+    from matdyn.dynamics import msd_curve
+
+    truth = dict(ctx.store.truth)
+    rm = region_map_at(truth["region_map"], ctx.resolution, ctx.fit)
+    table["planted_mode"] = planted_mode(rm, table["centroid_row"].to_numpy(),
+                                         table["centroid_col"].to_numpy())
+    planted = table.loc[rows, "planted_mode"].to_numpy()
+    inside = planted >= 0
+    rec: dict[str, Any] = {"descriptors": "particles", "n_in_regions": int(inside.sum()),
+                           "n_particles": int(len(planted))}
+    for method, res in results.items():
+        ok = inside.sum() >= 2
+        rec[f"ari_{method}"] = adjusted_rand(planted[inside], res.labels[inside]) if ok else None
+    d_modes = np.asarray(truth.get("mode_diffusion_nm2_s", []), dtype=np.float64).ravel()
+    fi = float(getattr(ctx.store.meta, "frame_interval", 0) or 0)
+    px_nm = float(ctx.store.meta.pixel_size) * (ctx.nm or 1.0)
+    dt_run = dts.get(ctx.gamma)
+    t = np.array([np.nan if dts.get(g) is None else dts[g] for g in gammas])
+    modes = {}
+    for m, name in mode_names(ctx.store).items():  # one entry per planted mode
+        sub = table[(table.planted_mode == m) & (table.source == "particle")]
+        entry = _group_stats(sub) | {"planted_D": finite_or_none(d_modes[m])
+                                     if m < d_modes.size else None}
+        msd_g = [finite_or_none(np.nanmedian(sub[f"msd_g{gamma_key(g)}"]))
+                 if len(sub) and sub[f"msd_g{gamma_key(g)}"].notna().any() else None
+                 for g in gammas]
+        entry["msd_by_gamma"] = dict(zip([gamma_key(g) for g in gammas], msd_g))
+        y = np.array([np.nan if v is None else v for v in msd_g])
+        if np.isfinite(t).sum() >= 2 and np.isfinite(y).sum() >= 2:
+            f = msd_curve(t, y, floor=np.full(len(y), entry.get("median_msd_floor") or 0.0))
+            entry["D_slope_of_medians"] = finite_or_none(f["D"][0])
+            entry["msd_exponent_of_medians"] = finite_or_none(f["alpha"][0])
+        lag = int(round(dt_run / fi)) if dt_run and fi else 0
+        if lag >= 1 and "positions_px" in truth and "slot_mode" in truth:
+            entry["planted_msd_at_dt"] = planted_motion(truth, lag, px_nm).get(m, {}).get("msd")
+        entry["tracking_D"] = (tracking.get("modes", {}).get(name, {}) or {}).get("D")
+        modes[name] = entry
+    rec["modes"] = modes
+    free = modes.get("free", {})
+    if free.get("median_D") and free.get("planted_D"):
+        rec["free_D_over_planted"] = free["median_D"] / free["planted_D"]
+    if free.get("tracking_D") and free.get("planted_D"):
+        rec["free_tracking_D_over_planted"] = free["tracking_D"] / free["planted_D"]
+    if free.get("median_D") and modes.get("confined", {}).get("median_D"):
+        rec["confined_D_over_free"] = modes["confined"]["median_D"] / free["median_D"]
+    rec["unit"] = "nm^2" if ctx.nm is not None else f"{ctx.unit}^2"
+    return rec

@@ -1,0 +1,96 @@
+"""Figures of the particle-level NP analysis: MSD(Δt), D histogram, γ ↔ Δt calibration.
+
+Reference lines ("planted") appear only when the store has truth; axis labels take the
+store's length and time units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from matdyn.analysis.case import CaseContext
+from matdyn.analysis.cases.np_diffusion.figures import hist_figure, titled
+from matdyn.analysis.cases.np_diffusion.particles import gamma_key
+
+
+def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
+                  cal: Mapping[str, Any], tracking: Mapping[str, Any], group: str | None,
+                  names: Mapping[int, str], unit: str) -> None:
+    """MC MSD (median per group) at each γ's Δt, the noise floor, and tracking MSD(Δt)."""
+    fig = Figure(figsize=(4.8, 3.4))
+    ax = fig.add_subplot()
+    dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
+    use_t = sum(dts.get(g) is not None for g in gammas) >= 1
+    x = np.array([dts.get(g) if use_t and dts.get(g) is not None else (np.nan if use_t else g)
+                  for g in gammas], np.float64)
+    keys = [None] if group is None else sorted(int(k) for k in df[group].unique() if k >= 0)
+    for i, k in enumerate(keys):  # one MC curve per group
+        sub = df if k is None else df[df[group] == k]
+        y = [np.nanmedian(sub[f"msd_g{gamma_key(g)}"]) if sub[f"msd_g{gamma_key(g)}"].notna().any()
+             else np.nan for g in gammas]
+        ax.plot(x, y, "o-", color=f"C{i}", label=f"MC {'all' if k is None else names.get(k, k)}")
+    if "msd_floor" in df and df["msd_floor"].notna().any():
+        ax.axhline(float(np.nanmedian(df["msd_floor"])), color="0.5", ls=":", lw=1,
+                   label="noise floor (still)")
+    if use_t and tracking.get("applicable"):
+        tr = pd.DataFrame(tracking["msd"])
+        for i, (mode, sub) in enumerate(tr.groupby("mode", sort=False)):
+            ax.plot(sub["dt"], sub["msd"], "--", color="k" if mode == "all" else f"C{i - 1}",
+                    lw=1, label=f"tracking {mode}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    tu = cal.get("time_unit", "s")
+    ax.set_xlabel(f"Δt ({tu}, γ calibrated on observed frames)" if use_t
+                  else "γ (no time calibration)")
+    ax.set_ylabel(f"MSD ({unit}²)")
+    ax.legend(fontsize=6)
+    ctx.save(titled(fig, "MSD(Δt): latent Monte Carlo vs tracking of the observed frames"),
+             "particles_msd_dt")
+
+
+def d_histogram(ctx: CaseContext, df: pd.DataFrame, tracking: Mapping[str, Any],
+                planted: float | None, unit: str, tu: str) -> None:
+    """Histogram of log10 D of the reference particles, with floor, tracking and (only
+    with truth) planted lines."""
+    d = df["D"].to_numpy(np.float64)
+    if not np.isfinite(d).any():
+        return
+    lines = []
+    if "D_floor" in df and df["D_floor"].notna().any():
+        lines.append((float(np.log10(np.nanmedian(df["D_floor"]))), "noise floor (median)",
+                      "0.5", ":"))
+    t_all = (tracking.get("modes", {}).get("all") or {}).get("D") if tracking.get("applicable") \
+        else None
+    if t_all and t_all > 0:
+        lines.append((float(np.log10(t_all)), f"tracking (all) {t_all:.3g}", "k", "--"))
+    if planted:
+        lines.append((float(np.log10(planted)), f"planted free {planted:.4g}", "C0", "-."))
+    fig = hist_figure(np.log10(np.clip(d, 1e-12, None)), xlabel=f"log10 D ({unit}²/{tu})",
+                      title=f"D of reference particles at γ = {ctx.gamma:g}", lines=lines)
+    ctx.save(fig, "particles_D")
+
+
+def calibration_figure(ctx: CaseContext, cal: Mapping[str, Any]) -> None:
+    """Observed motion difference vs Δt (frame noise removed) with each γ placed on it."""
+    if not cal.get("available"):
+        return
+    tu = cal["time_unit"]
+    lags = pd.DataFrame(cal["lags"])
+    fig = Figure(figsize=(4.4, 3.0))
+    ax = fig.add_subplot()
+    ax.plot(lags[f"dt_{tu}"], lags["motion_median"], "o-", color="C0",
+            label="observed frames Δt apart (− noise intercept)")
+    for g, d, t in zip(cal["gammas"], cal["gamma_diff"], cal["dt"]):
+        if t is not None:
+            ax.plot([t], [d], "s", color="C3")
+            ax.annotate(f"γ={g:g}", (t, d), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"Δt ({tu})")
+    ax.set_ylabel("median density difference")
+    ax.legend(fontsize=7)
+    ctx.save(titled(fig, "γ ↔ Δt calibration"), "time_calibration")

@@ -1,0 +1,188 @@
+"""Particle-level descriptors of NP variations (issue 12): the default ``describe`` step.
+
+Each reference image's particles are located and followed through the kept perturbed
+samples (:class:`matdyn.dynamics.streaming.ParticleLinks`, streamed in the variation
+engine), at the run's γ and at each γ of ``msd_gammas`` (one more engine run each, same
+references). One row per reference particle: MSD (nm², ≥ 0 by construction), D = MSD /
+(2·ndim·Δt) with Δt the time the run's γ stands for (:mod:`.timebase`), the locate-noise
+floor of both (``msd_floor``, ``D_floor``: a still scene), the anisotropy of the
+displacement covariance, the drift fraction |⟨d⟩|²/MSD, the non-Gaussian α2, and over
+the γ's: MSD(Δt), D from its slope (``D_slope``) and the MSD exponent (``msd_exponent``;
+≈ 1 diffusive, < 0.7 confined, > 1.3 directed; Saxton & Jacobson 1997).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from matdyn.analysis.case import CaseContext, finite_or_none, stats
+from matdyn.analysis.cases.np_diffusion.config import Config
+from matdyn.analysis.clustering import HACResult, hac, trimmed_hac
+from matdyn.dynamics.locate import LocateParams, estimate_locate_params
+from matdyn.errors import AnalysisError
+
+PREFIX = "particles"
+
+
+def locate_params(ctx: CaseContext, cfg: Config) -> LocateParams:
+    """Locate settings for every reference of the run: the config's, else estimated on
+    the first generated reference (of up to 8) with a visible particle."""
+    if cfg.locate_diameter is not None and cfg.locate_minmass is not None:
+        return LocateParams(int(cfg.locate_diameter), float(cfg.locate_minmass),
+                            dark=cfg.dark_particles)
+    for i in range(min(cfg.n_refs, 8)):  # the first references, as the engine draws them
+        z, _ = ctx.variation_latents(i, 1)
+        ref = ctx.generate(z[None], 1)[0, 0]
+        try:
+            return estimate_locate_params(ref, dark=cfg.dark_particles,
+                                          diameter=cfg.locate_diameter,
+                                          minmass=cfg.locate_minmass)
+        except AnalysisError:
+            continue
+    raise AnalysisError("no particle located in the first generated reference images; set "
+                        "analysis.locate_diameter / locate_minmass or check dark_particles")
+
+
+def gamma_key(g: float) -> str:
+    return f"{g:g}"
+
+
+def _merge_keys(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(_r=df.centroid_row.round(2), _c=df.centroid_col.round(2))
+
+
+def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | None],
+          nm_per_px: float) -> pd.DataFrame:
+    """Rows of the run's γ with ``msd_g<γ>`` columns for the other γ (the same reference
+    particle, matched by reference index and position) and, with ≥ 2 calibrated Δt,
+    ``D_slope`` and ``msd_exponent`` (:func:`matdyn.dynamics.msd_curve`)."""
+    from matdyn.dynamics import msd_curve
+    from matdyn.dynamics.streaming import particle_rows
+
+    rows = {g: particle_rows(r, PREFIX, nm_per_px, dts.get(g), ref_indices=r.ref_indices)
+            for g, r in runs.items()}
+    main = _merge_keys(rows[ctx.gamma])
+    main.insert(0, "source", "particle")
+    gammas = sorted(runs)
+    for g in gammas:
+        other = _merge_keys(rows[g])[["ref_index", "_r", "_c", "msd"]]
+        main = main.merge(other.rename(columns={"msd": f"msd_g{gamma_key(g)}"}),
+                          on=["ref_index", "_r", "_c"], how="left")
+    main = main.drop(columns=["_r", "_c"])
+    t = np.array([np.nan if dts.get(g) is None else dts[g] for g in gammas], np.float64)
+    main["D_slope"] = np.nan
+    main["msd_exponent"] = np.nan
+    if np.unique(t[np.isfinite(t)]).size >= 2 and len(main):
+        y = main[[f"msd_g{gamma_key(g)}" for g in gammas]].to_numpy(np.float64).T
+        floor = main["msd_floor"].to_numpy() if "msd_floor" in main else None
+        fit = msd_curve(t, y, floor=floor)
+        main["D_slope"], main["msd_exponent"] = fit["D"].to_numpy(), fit["alpha"].to_numpy()
+    return main
+
+
+def features(df: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """Feature matrix [n, f]; log_msd / log_rg are natural logs (clipped at 1e-9)."""
+    cols = []
+    for f in names:
+        if f in ("log_msd", "log_rg"):
+            cols.append(np.log(np.clip(df[f[4:]].to_numpy(np.float64), 1e-9, None)))
+        else:
+            cols.append(df[f].to_numpy(np.float64))
+    return np.column_stack(cols)
+
+
+def _fit(method: str, x: np.ndarray, k: int, cfg: Config) -> HACResult:
+    if method == "trimmed":
+        return trimmed_hac(x, k, z_max=cfg.trim_z, method="average", scaling=cfg.scaling)
+    return hac(x, k, method=method, scaling=cfg.scaling)
+
+
+def name_clusters(labels: np.ndarray, msd: np.ndarray, real: bool) -> dict[int, str]:
+    """Cluster id -> name: by median MSD rank ("most mobile" … "least mobile") when the
+    separation is real, else generic "cluster c"."""
+    ids = sorted(int(c) for c in np.unique(labels))
+    if not real or len(ids) < 2:
+        return {c: ("one mode" if len(ids) == 1 else f"cluster {c}") for c in ids}
+    med = {c: float(np.nanmedian(msd[labels == c])) for c in ids}
+    order = sorted(ids, key=lambda c: -med[c])
+    names = {order[0]: "most mobile", order[-1]: "least mobile"}
+    for j, c in enumerate(order[1:-1], 1):
+        names[c] = f"mobility rank {j + 1}"
+    return names
+
+
+def cluster(cfg: Config, df: pd.DataFrame) -> tuple[dict, dict[str, HACResult], np.ndarray]:
+    """Number of clusters from the data (``cluster_count``, or the fixed ``n_modes``), then
+    each ``methods`` clustering of ``particle_features``; adds ``cluster_<method>`` and
+    ``mode_<method>`` columns. Returns (summary, results, index of the clustered rows)."""
+    from matdyn.dynamics import choose_n_clusters
+
+    feats = tuple(cfg.particle_features)
+    x_all = features(df, feats)
+    finite = np.isfinite(x_all).all(axis=1)
+    if finite.sum() < 3:
+        raise AnalysisError(f"only {int(finite.sum())} of {len(df)} particles have finite "
+                            f"{list(feats)}; raise n_refs or check the locate settings")
+    rows, x = df.index.to_numpy()[finite], x_all[finite]
+    choice = choose_n_clusters(x, method=cfg.cluster_count, min_silhouette=cfg.min_silhouette,
+                               linkage="average", seed=0)
+    fixed = cfg.fixed_modes()
+    k = int(min(fixed, len(x))) if fixed is not None else choice.k
+    real = fixed is None or choice.k == k
+    msd = df.loc[rows, "msd"].to_numpy(np.float64)
+    methods, results = {}, {}
+    for method in cfg.methods:  # paper's average linkage first, robust variants after
+        try:
+            res = _fit(method, x, k, cfg)
+        except AnalysisError as err:
+            methods[method] = {"error": str(err)}
+            continue
+        results[method] = res
+        names = name_clusters(res.labels, msd, real)
+        col = pd.Series(-1, index=df.index, dtype=np.int64)
+        col.loc[rows] = res.labels
+        df[f"cluster_{method}"] = col
+        df[f"mode_{method}"] = col.map(lambda c, names=names: names.get(int(c), ""))
+        methods[method] = {"sizes": [int((res.labels == c).sum()) for c in sorted(names)],
+                           "modes": {names[c]: _group_stats(df.loc[rows[res.labels == c]])
+                                     for c in sorted(names)}}
+    summary = {"descriptors": "particles", "features": list(feats), "scaling": cfg.scaling or "none",
+               "n_modes": int(k), "n_modes_source": "fixed (analysis.n_modes)" if fixed else
+               f"from the data ({cfg.cluster_count})",
+               "n_modes_from_data": int(choice.k),
+               "cluster_count_scores": {str(kk): v for kk, v in choice.scores.items()},
+               "separation_real": bool(real), "n_particles": int(len(rows)), "methods": methods}
+    return summary, results, rows
+
+
+def _group_stats(sub: pd.DataFrame) -> dict[str, Any]:
+    """Medians of one group of particle rows (NaN-safe)."""
+    out: dict[str, Any] = {"n": int(len(sub))}
+    for c in ("msd", "msd_floor", "D", "D_floor", "D_slope", "msd_exponent", "anisotropy",
+              "drift_fraction", "alpha2"):
+        if c in sub:
+            v = sub[c].to_numpy(np.float64)
+            out[f"median_{c}"] = finite_or_none(np.nanmedian(v)) if np.isfinite(v).any() else None
+    return out
+
+
+def summary(df: pd.DataFrame, dt: float | None, units: dict[str, str],
+            info: dict[str, Any]) -> dict[str, Any]:
+    """The ``particles`` section: statistics of MSD, D and their floors over all particles."""
+    out = {"definition": "per reference particle: displacement cloud over the kept samples "
+                         "(trackpy locate, nearest-particle link); MSD = <|d|^2>, D = MSD / "
+                         "(2 ndim Δt)", "units": units, "dt": dt,
+           "n_particles": int(len(df)), **info}
+    for c in ("msd", "msd_floor", "D", "D_floor", "D_slope", "msd_exponent", "anisotropy",
+              "drift_fraction", "alpha2"):
+        if c in df:
+            out[c] = stats(df[c])
+    if len(df) and df["n_kept"].sum():
+        out["missing_fraction"] = float(df["n_missing"].sum() / df["n_kept"].sum())
+    if "msd" in df and "msd_floor" in df:
+        ratio = df["msd"] / df["msd_floor"]
+        out["fraction_above_floor_x3"] = finite_or_none((ratio > 3).mean()) if len(df) else None
+    return out
