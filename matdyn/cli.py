@@ -18,6 +18,7 @@ translates the raised exception with :func:`user_error_message`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -277,21 +278,29 @@ def guarded(task: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
+        with _one_line_errors():
             if args and _is_config(args[0]):
                 check_override_types(args[0])
                 check_environment(args[0])
             return task(*args, **kwargs)
-        except Exception as e:
-            msg = user_error_message(e)
-            if msg is None:
-                raise
-            fail(msg)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr, flush=True)
-            sys.exit(130)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Errors caused by input or environment end as one ``error:`` line (exit 2), Ctrl-C as
+    ``interrupted`` (exit 130); anything else (a bug) propagates with its traceback."""
+    try:
+        yield
+    except Exception as e:
+        msg = user_error_message(e)
+        if msg is None:
+            raise
+        fail(msg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def _is_config(obj: Any) -> bool:
@@ -316,15 +325,8 @@ def entry_point(main: Callable[..., T]) -> Callable[..., T]:
         before = os.environ.get("HYDRA_FULL_ERROR")
         os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
-            return main(*args, **kwargs)
-        except Exception as e:
-            msg = user_error_message(e)
-            if msg is None:
-                raise
-            fail(msg)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr, flush=True)
-            sys.exit(130)
+            with _one_line_errors():
+                return main(*args, **kwargs)
         finally:
             if before is None:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
