@@ -137,23 +137,26 @@ def test_two_shards_and_merge_equal_the_single_process_analysis(analysis):
 
 
 def test_merge_refuses_missing_shards_and_bad_specs(analysis):
+    from forkrun import run_entry  # a forked child: the exit status and stderr of a real run
+
     tmp, _, args, _ = analysis
+    env = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     broken = tmp / "broken"
     shutil.copytree(tmp / "sharded" / "variations", broken / "variations")
     (broken / "variations" / "blocks" / "block_000003.npz").unlink()  # shard 1/2's last block
-    proc = _run("analyze.py", *args, f"out_dir={broken}", "merge=true", f"hydra.run.dir={tmp / 'h4'}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    err = _errors(proc)
-    assert len(err) == 1 and "missing shard 1/2: references 3 of 4 (1 of 4 blocks)" in err[0]
+    res = run_entry("analyze.py", *args, f"out_dir={broken}", "merge=true",
+                    f"hydra.run.dir={tmp / 'h4'}", env=env)
+    assert res.rc == 2 and "Traceback" not in res.stderr
+    assert len(res.error_lines) == 1
+    assert "missing shard 1/2: references 3 of 4 (1 of 4 blocks)" in res.error_lines[0]
     assert not (broken / "summary.json").exists()
     for spec, msg in (("2/2", "out of range"), ("x/2", "must look like 'k/n'")):
-        proc = _run("analyze.py", *args, f"out_dir={tmp / 'bad'}", f"shard={spec}",
-                    f"hydra.run.dir={tmp / 'h5'}")
-        err = _errors(proc)
-        assert proc.returncode == 2 and len(err) == 1 and msg in err[0], proc.stderr[-2000:]
+        res = run_entry("analyze.py", *args, f"out_dir={tmp / 'bad'}", f"shard={spec}",
+                        f"hydra.run.dir={tmp / 'h5'}", env=env)
+        assert res.rc == 2 and len(res.error_lines) == 1 and msg in res.error_lines[0], res.stderr[-2000:]
     assert not (tmp / "bad").exists()  # refused before anything was written
-    proc = _run("analyze.py", *args, "shard=0/2", f"hydra.run.dir={tmp / 'h5'}")  # no out_dir
-    assert proc.returncode == 2 and "shard needs out_dir=<dir>" in _errors(proc)[0]
+    res = run_entry("analyze.py", *args, "shard=0/2", f"hydra.run.dir={tmp / 'h5'}", env=env)  # no out_dir
+    assert res.rc == 2 and "shard needs out_dir=<dir>" in res.error_lines[0]
 
 
 # ----------------------------------------------------------------------------- sweep_gamma.py
@@ -168,6 +171,7 @@ def _job(path: Path) -> dict:
     return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("elapsed_s", "store")}
 
 
+@pytest.mark.slow  # ~20 s; the 4-shard joblib sweep is in the slow set too
 def test_sharded_sweep_equals_single_process_and_names_missing_shards(tiny):
     tmp, bundle = tiny
     single, sharded = tmp / "sweep_single", tmp / "sweep_sharded"

@@ -310,7 +310,8 @@ ANALYZE_TINY = ["analysis.n_refs=4", "analysis.n_samples=8", "analysis.n_fidelit
                 "analysis.swd_patches=64", "analysis.swd_directions=8", "analysis.swd_repeats=1",
                 "analysis.baseline_repeats=1", "analysis.n_show=2",
                 "analysis.entropy_threshold=10", "analysis.min_kept=2",
-                "analysis.noise_corr_ratio=0"]
+                "analysis.noise_corr_ratio=0", "analysis.msd_samples=4",
+                "analysis.floor_samples=4", "analysis.tracking_frames=16"]
 
 
 def check_analyze(ctx: Context) -> None:

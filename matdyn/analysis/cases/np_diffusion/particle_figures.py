@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from matdyn.analysis.case import CaseContext
 from matdyn.analysis.cases.np_diffusion.figures import hist_figure, titled
@@ -44,6 +45,7 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
                     lw=1, label=f"tracking {mode}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short decade overlap
     tu = cal.get("time_unit", "s")
     ax.set_xlabel(f"Δt ({tu}, γ calibrated on observed frames)" if use_t
                   else "γ (no time calibration)")
@@ -90,6 +92,7 @@ def calibration_figure(ctx: CaseContext, cal: Mapping[str, Any]) -> None:
             ax.plot([t], [d], "s", color="C3")
             ax.annotate(f"γ={g:g}", (t, d), fontsize=7)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"Δt ({tu})")
     ax.set_ylabel("median density difference")
     ax.legend(fontsize=7)
