@@ -4,6 +4,7 @@ second moments (paper §3.3.2, Fig. 6a/b; FINDINGS.md for the settings)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,29 +31,18 @@ def lag1_corr(images: np.ndarray) -> np.ndarray:
         return np.where(var > 0, 0.5 * (c_r + c_c) / var, 0.0)
 
 
+def _segmentation(cfg: Config) -> dict[str, Any]:
+    """The trace segmentation settings of ``cfg`` (shared by extraction and description)."""
+    return {"sigma": cfg.trace_sigma, "tophat_radius": cfg.tophat_radius,
+            "threshold": cfg.trace_threshold, "min_area": cfg.min_area}
+
+
 def extract(image: np.ndarray, ps: float, cfg: Config, depth: float | None) -> TraceSet:
-    return extract_traces(
-        image,
-        ps,
-        sigma=cfg.trace_sigma,
-        tophat_radius=cfg.tophat_radius,
-        threshold=cfg.trace_threshold,
-        min_area=cfg.min_area,
-        depth=depth,
-    )
+    return extract_traces(image, ps, depth=depth, **_segmentation(cfg))
 
 
 def describe_traces(image: np.ndarray, ps: float, cfg: Config, depth: float) -> pd.DataFrame:
-    return trace_descriptors(
-        image,
-        ps,
-        path_sigma=cfg.path_sigma,
-        sigma=cfg.trace_sigma,
-        tophat_radius=cfg.tophat_radius,
-        threshold=cfg.trace_threshold,
-        min_area=cfg.min_area,
-        depth=depth,
-    )
+    return trace_descriptors(image, ps, path_sigma=cfg.path_sigma, depth=depth, **_segmentation(cfg))
 
 
 def particle_depth(image: np.ndarray, cfg: Config) -> float:
