@@ -163,11 +163,15 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
     opt_d.zero_grad(set_to_none=True)
     (loss_d + gp).backward()
     opt_d.step()
+    # the critic is frozen for the generator step, as Lightning's toggle_optimizer does in
+    # PGGANModule.training_step (no critic weight gradients are computed there)
+    D.requires_grad_(False)
     with _autocast(bf16, device):
         loss_g = generator_loss(D(G(z, stage, alpha), stage, alpha).float())
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()
+    D.requires_grad_(True)
 
 
 def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int, batch: int,

@@ -175,3 +175,70 @@ def test_bf16_autocast_keeps_a_float32_output_layer():
     assert out.dtype == torch.float32  # full grey-level resolution, not bf16's 256 per octave
     assert torch.allclose(out, ref, atol=0.1) and not torch.equal(out, ref)
     assert out.flatten().unique().numel() > 0.9 * out.numel()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsampled_conv_is_upsample_then_conv(ndim, channels_last):
+    """The transposed-conv form (issue 15) is the same linear map as nearest ×2 + 3×3 conv:
+    outputs and gradients (input, weight, bias) agree to float rounding."""
+    torch.manual_seed(1)
+    conv = EqualizedConv(6, 5, 3, ndim)
+    conv.bias.data.normal_()
+    x = torch.randn(2, 6, *(4,) * ndim)
+    if channels_last:
+        fmt = torch.channels_last if ndim == 2 else torch.channels_last_3d
+        x, conv = x.contiguous(memory_format=fmt), conv.to(memory_format=fmt)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref = conv(upsample(x1))
+    fast = conv.forward_upsampled(x2)
+    assert fast.shape == ref.shape == (2, 5, *(8,) * ndim)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    gx1, gw1, gb1 = torch.autograd.grad(ref, (x1, conv.weight, conv.bias), g)
+    gx2, gw2, gb2 = torch.autograd.grad(fast, (x2, conv.weight, conv.bias), g)
+    for a, b in ((gx1, gx2), (gw1, gw2), (gb1, gb2)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="3-tap"):
+        EqualizedConv(6, 5, 1, ndim).forward_upsampled(x)
+
+
+def _plain_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """The same network with every in-place activation / pixel norm switched off."""
+    import copy
+
+    net = copy.deepcopy(net)
+    for m in net.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return net
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_inplace_layers_change_neither_values_nor_gradients(ndim):
+    """In-place LeakyReLU / PixelNorm (issue 15) give bit-identical scores and gradients,
+    including the critic's second-order gradient-penalty path."""
+    from matdyn.training.losses import gradient_penalty
+
+    g, d = _nets(ndim, 1)
+    g2, d2 = _plain_copy(g), _plain_copy(d)
+    assert any(getattr(m, "inplace", False) for m in d.modules())
+    assert not any(getattr(m, "inplace", False) for m in d2.modules())
+    z = torch.randn(4, 8)
+    real = torch.randn(4, 1, *(16,) * ndim)
+    grads = []
+    for gen, crit in ((g, d), (g2, d2)):
+        torch.manual_seed(3)  # the penalty's interpolation weights
+        fake = gen(z, 2, 0.5)
+        loss = crit(fake, 2, 0.5).mean() + gradient_penalty(
+            lambda x, c=crit: c(x, 2, 0.5), real, fake.detach())
+        params = list(gen.parameters()) + list(crit.parameters())
+        grads.append(torch.autograd.grad(loss, params, allow_unused=True))
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+    with torch.no_grad():  # inference: the latents handed in are never overwritten
+        z0 = z.clone()
+        g(z, 2, 1.0)
+        assert torch.equal(z, z0)

@@ -5,6 +5,13 @@ Every layer takes ``ndim`` (2 or 3) and works on channels-first tensors
 through unchanged. Equalized learning rate (Karras et al. 2018, §4.1): weights are stored
 as N(0, 1) samples and multiplied at run time by ``gain / sqrt(fan_in)``, so Adam's
 per-parameter step sizes act alike on every layer.
+
+Speed (issue 15): nearest ×2 upsampling followed by a 3×3 conv is computed as one stride-2
+transposed conv with a 4-tap kernel folded from the 3×3 one
+(:meth:`EqualizedConv.forward_upsampled`): the same linear map, exact up to float
+rounding, with 16/36 of the multiply-adds in 2D (64/216 in 3D) and no upsampled tensor in
+memory. Activations and pixel norm work in place on intermediate tensors where autograd
+allows it (fresh memory is a large part of the cost of an elementwise pass on CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: rows: the 4 taps of the stride-2 transposed kernel; columns: the 3 taps of the conv that
+#: follows a nearest ×2 upsampling (see EqualizedConv.forward_upsampled)
+UPSAMPLE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 SQRT2 = math.sqrt(2.0)  # He gain for LeakyReLU-ish activations (PGGAN default)
 LRELU_SLOPE = 0.2  # PGGAN §A.1
 
@@ -24,6 +34,15 @@ def _check_ndim(ndim: int) -> int:
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {ndim}")
     return int(ndim)
+
+
+def _channels_last(ndim: int) -> torch.memory_format:
+    return torch.channels_last if ndim == 2 else torch.channels_last_3d
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
 def assert_shape(x: torch.Tensor, shape: Sequence[int | None]) -> None:
@@ -56,6 +75,29 @@ class EqualizedConv(nn.Module):
         conv = F.conv2d if self.ndim == 2 else F.conv3d
         return conv(x, self.weight * self.scale, self.bias, padding=self.padding)
 
+    def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(upsample(x))`` for a 3×3(×3) conv, as one stride-2 transposed conv.
+
+        x: [N, C_in, *S] -> [N, C_out, *2S]. Output pixel 2i + a of the upsampled conv reads
+        input pixels {i-1, i} (a = 0) or {i, i+1} (a = 1) with the 3 taps summed pairwise, so
+        the transposed kernel along each axis is ``[w2, w1 + w2, w0 + w1, w0]``
+        (:data:`UPSAMPLE_TAPS`); zero padding of the upsampled image is zero padding of x.
+        Raises ValueError for other kernel sizes.
+        """
+        k = self.weight.shape[-1]
+        if k != 3:
+            raise ValueError(f"forward_upsampled needs a 3-tap kernel, got {k}")
+        taps = UPSAMPLE_TAPS.to(device=self.weight.device, dtype=self.weight.dtype)
+        w = self.weight * self.scale  # [out, in, 3, 3(, 3)]
+        if self.ndim == 2:
+            v = torch.einsum("ky,lx,oiyx->iokl", taps, taps, w)  # [in, out, 4, 4]
+        else:
+            v = torch.einsum("jz,ky,lx,oizyx->iojkl", taps, taps, taps, w)  # [in, out, 4, 4, 4]
+        if _is_channels_last(x):
+            v = v.contiguous(memory_format=_channels_last(self.ndim))
+        convt = F.conv_transpose2d if self.ndim == 2 else F.conv_transpose3d
+        return convt(x, v, self.bias, stride=2, padding=1)
+
     def extra_repr(self) -> str:
         o, i, *k = self.weight.shape
         return f"{i}, {o}, kernel={k[0]}, ndim={self.ndim}, scale={self.scale:.4g}"
@@ -81,14 +123,25 @@ class EqualizedLinear(nn.Module):
 
 
 class PixelNorm(nn.Module):
-    """Normalise the feature vector of every pixel (dim 1) to unit RMS (PGGAN §4.2)."""
+    """Normalise the feature vector of every pixel (dim 1) to unit RMS (PGGAN §4.2):
+    ``x / sqrt(mean_c x² + eps)``, [N, C, *S] -> same.
 
-    def __init__(self, eps: float = 1e-8) -> None:
+    ``inplace=True`` overwrites x when autograd does not need it (x does not require grad),
+    which saves one fresh tensor per call; use it only where x is an intermediate result.
+    """
+
+    def __init__(self, eps: float = 1e-8, inplace: bool = False) -> None:
         super().__init__()
         self.eps = eps
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + self.eps)
+        # one fused reduction (no x² tensor in memory); the norm² is the sum of squares
+        ms = torch.linalg.vector_norm(x, dim=1, keepdim=True).square() / x.shape[1]
+        s = torch.rsqrt(ms + self.eps)  # [N, 1, *S]
+        if self.inplace and not x.requires_grad:
+            return x.mul_(s)
+        return x * s
 
 
 class MinibatchStd(nn.Module):
@@ -126,5 +179,7 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2) if x.dim() == 4 else F.avg_pool3d(x, 2)
 
 
-def lrelu() -> nn.LeakyReLU:
-    return nn.LeakyReLU(LRELU_SLOPE)
+def lrelu(inplace: bool = False) -> nn.LeakyReLU:
+    """LeakyReLU with slope 0.2 (PGGAN §A.1); ``inplace`` only on intermediate tensors
+    (autograd keeps the result, which is enough for its gradient at a positive slope)."""
+    return nn.LeakyReLU(LRELU_SLOPE, inplace=inplace)

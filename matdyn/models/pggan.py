@@ -70,14 +70,25 @@ def _check_filters(filters: Sequence[int]) -> list[int]:
 
 
 class _GBlock(nn.Sequential):
-    """Upsample, then two 3×3 convs: [N, c_in, R/2...] -> [N, c_out, R...]."""
+    """Upsample, then two 3×3 convs: [N, c_in, R/2...] -> [N, c_out, R...].
+
+    The upsampling and the first conv run as one transposed conv
+    (:meth:`EqualizedConv.forward_upsampled`); the modules (and state_dict keys) stay those of
+    the plain sequence."""
 
     def __init__(self, c_in: int, c_out: int, ndim: int) -> None:
         super().__init__(
             _Upsample(),
-            EqualizedConv(c_in, c_out, 3, ndim), lrelu(), PixelNorm(),
-            EqualizedConv(c_out, c_out, 3, ndim), lrelu(), PixelNorm(),
+            EqualizedConv(c_in, c_out, 3, ndim), lrelu(True), PixelNorm(inplace=True),
+            EqualizedConv(c_out, c_out, 3, ndim), lrelu(True), PixelNorm(inplace=True),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self[1].forward_upsampled(x)  # = self[1](self[0](x))
+        for i, layer in enumerate(self):
+            if i >= 2:
+                x = layer(x)
+        return x
 
 
 class _DBlock(nn.Sequential):
@@ -85,8 +96,8 @@ class _DBlock(nn.Sequential):
 
     def __init__(self, c_in: int, c_out: int, ndim: int) -> None:
         super().__init__(
-            EqualizedConv(c_in, c_in, 3, ndim), lrelu(),
-            EqualizedConv(c_in, c_out, 3, ndim), lrelu(),
+            EqualizedConv(c_in, c_in, 3, ndim), lrelu(True),
+            EqualizedConv(c_in, c_out, 3, ndim), lrelu(True),
             _Downsample(),
         )
 
@@ -128,7 +139,8 @@ class Generator(nn.Module):
         self.latent_norm = PixelNorm() if self.normalize_latents else nn.Identity()
         self.dense = EqualizedLinear(self.latent_dim, f0 * 4**self.ndim, gain=SQRT2 / 2**self.ndim)
         self.base = nn.Sequential(
-            lrelu(), PixelNorm(), EqualizedConv(f0, f0, 3, self.ndim), lrelu(), PixelNorm()
+            lrelu(True), PixelNorm(inplace=True), EqualizedConv(f0, f0, 3, self.ndim), lrelu(True),
+            PixelNorm(inplace=True),
         )
         # stage k >= 1: blocks[k - 1] doubles the resolution, filters[k-1] -> filters[k]
         self.blocks = nn.ModuleList(
@@ -203,7 +215,7 @@ class Discriminator(nn.Module):
 
         # 1×1 from-image layer per stage: [N, C, R...] -> [N, filters[k], R...]
         self.from_image = nn.ModuleList(
-            nn.Sequential(EqualizedConv(self.channels, f, 1, self.ndim), lrelu())
+            nn.Sequential(EqualizedConv(self.channels, f, 1, self.ndim), lrelu(True))
             for f in self.filters
         )
         # stage k >= 1: blocks[k - 1] halves the resolution, filters[k] -> filters[k-1]
@@ -214,9 +226,9 @@ class Discriminator(nn.Module):
         # stage 0 head: minibatch stddev, 3×3 conv, dense, linear score
         self.head = nn.Sequential(
             MinibatchStd(self.mbstd_group),
-            EqualizedConv(f0 + 1, f0, 3, self.ndim), lrelu(),
+            EqualizedConv(f0 + 1, f0, 3, self.ndim), lrelu(True),
             nn.Flatten(),
-            EqualizedLinear(f0 * 4**self.ndim, f0), lrelu(),
+            EqualizedLinear(f0 * 4**self.ndim, f0), lrelu(True),
             EqualizedLinear(f0, 1, gain=1.0),
         )
 
