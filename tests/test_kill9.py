@@ -106,8 +106,9 @@ def _summary(path: Path) -> dict:
 
 
 def test_kill9_analysis_then_rerun_gives_the_same_summary(tmp_path):
-    from matdyn.checks.tasks import tiny_bundle
     from test_shards import ANALYZE_TINY
+
+    from matdyn.checks.tasks import tiny_bundle
 
     bundle = tiny_bundle(tmp_path / "g.pt")
     args = [f"bundle={bundle}", f"dataset.path={tmp_path / 'np.zarr'}", *ANALYZE_TINY]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import _cfg, _write_store
 
 from matdyn.training.app import run_training
 from matdyn.training.module import step_seed
-from test_training import _cfg, _write_store
 
 # batch sizes change at every stage switch (8 -> 4 -> 8): the batch that follows a switch must
 # be drawn at the new size and resolution in both runs; 40 frames: epochs are 5, 10, 5 batches
