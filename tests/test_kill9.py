@@ -126,3 +126,53 @@ def test_kill9_analysis_then_rerun_gives_the_same_summary(tmp_path):
     assert _summary(out / "summary.json") == _summary(tmp_path / "ref" / "summary.json")
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
     assert _leftovers(out) == []
+
+
+# -- pipeline driver --------------------------------------------------------------------------
+# bundle_sha256: torch.save writes a random serialization_id into every file, so two saves of
+# equal tensors never hash alike (the generators are compared tensor by tensor instead)
+_VOLATILE = {"elapsed_s", "seconds", "finished", "provenance", "bundle_sha256"}
+
+
+def _stable(path: Path, out: Path) -> object:
+    """A JSON output with the run's own folder and timings taken out."""
+    def strip(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in _VOLATILE}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return strip(json.loads(path.read_text().replace(str(out), "<out>")))
+
+
+def test_kill9_pipeline_driver_then_rerun_gives_the_same_results(tmp_path):
+    """reproduce.py (tiny np_diffusion settings of tests/test_report.py) killed with its
+    running step at random moments, then re-run: every step resumes or reruns, and the
+    trained generator, the sweep's gamma.json, the analysis summary and the report's numbers
+    equal those of an uninterrupted run."""
+    from test_report import TINY
+
+    def argv(out: Path) -> list[str]:
+        return ["--cases", "np_diffusion", "--out", str(out), *(f"--extra={e}" for e in TINY)]
+
+    t0 = time.monotonic()
+    ref = run_entry("reproduce.py", *argv(tmp_path / "ref"))
+    duration = time.monotonic() - t0
+    assert ref.rc == 0, ref.stderr[-3000:]
+    out, rng = tmp_path / "run", random.Random(11)
+    landed = [_killed("reproduce.py", argv(out), tmp_path / f"log{k}", lambda: True,
+                      rng.uniform(0.1, 0.6) * duration) for k in range(3)]
+    assert sum(landed) >= 2, landed
+    again = run_entry("reproduce.py", *argv(out))
+    assert again.rc == 0, again.stderr[-3000:]
+    a, b = tmp_path / "ref" / "np_diffusion", out / "np_diffusion"
+    ga = torch.load(a / "train" / "generator.pt", weights_only=True)["state_dict"]
+    gb = torch.load(b / "train" / "generator.pt", weights_only=True)["state_dict"]
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+    for rel in ("train/summary.json", "sweep/gamma.json", "analysis/summary.json"):
+        assert _stable(b / rel, out) == _stable(a / rel, tmp_path / "ref"), rel
+    report = [(tmp_path / d / "report.md").read_text().replace(str(tmp_path / d), "<out>")
+              for d in ("ref", "run")]
+    cut = [r[: r.index("| step | seconds |")] for r in report]  # the timing table differs
+    assert cut[0] == cut[1]
+    assert _leftovers(out) == []
