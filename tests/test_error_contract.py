@@ -132,7 +132,54 @@ def inputs(tmp_path_factory) -> Path:
     (old_run / "last.ckpt").write_bytes(b"an earlier run's checkpoint")
     (t / "ro").mkdir()
     (t / "full").mkdir()
+    _readme_row_inputs(t)
     return t
+
+
+def _readme_row_inputs(t: Path) -> None:
+    """Inputs of the README rows added last: an LZW TIFF, a video file, a checkpoint of other
+    filter widths, a sweep with an unfinished job, a job folder of another job."""
+    import json
+
+    import tifffile
+    import torch
+
+    from matdyn.gamma.records import JOB_FORMAT, JOB_VERSION
+    from matdyn.io import file_sha256
+
+    tifffile.imwrite(t / "lzw.tif", np.ones((2, 16, 16), dtype=np.uint16), compression="lzw")
+    (t / "clip.mp4").write_bytes(b"\0" * 64)
+    torch.save({"state_dict": {}, "matdyn": {"progress": {}}, "hyper_parameters": {"filters": [4, 4, 4]}},
+               t / "other.ckpt")
+
+    def record(status: str, n_refs: int) -> str:
+        return json.dumps({"format": JOB_FORMAT, "version": JOB_VERSION, "status": status, "gamma": 0.5,
+                           "sampler": {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 0.5},
+                           "seed": 0, "n_refs": n_refs, "n_samples": 2, "bundle": str(t / "g.pt"),
+                           "bundle_sha256": file_sha256(t / "g.pt"), "store": {"path": str(t / "np.zarr")}})
+
+    (t / "unfinished" / "uniform=0.5").mkdir(parents=True)
+    (t / "unfinished" / "uniform=0.5" / "job.json").write_text(record("running", 2))
+    (t / "runs" / "sweep-foreign-job").mkdir(parents=True)  # the run dir of that case
+    (t / "runs" / "sweep-foreign-job" / "job.json").write_text(record("done", 100))
+
+
+def _without(module: str, drop: tuple[str, ...] = ()) -> Callable[[], None]:
+    """A patch for the child: ``module`` cannot be imported (tifffile also forgets the
+    decoders named in ``drop`` that it may have loaded before the fork)."""
+
+    def patch() -> None:
+        import sys
+
+        sys.modules[module] = None  # type: ignore[assignment]
+        if module == "imagecodecs":
+            import tifffile.tifffile as tf
+
+            tf.imagecodecs = None
+            for key in drop:
+                tf.TIFF.DECOMPRESSORS._codecs.pop(key, None)
+
+    return patch
 
 
 Case = tuple[str, str, list[str], str, "Callable | None"]
@@ -193,6 +240,10 @@ def _import_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("import-channel-names", "import_data.py", [*c.imp, f"out={t}/o.zarr", "channel_names=[a,b]"],
          "channel_names has 2", None),
         ("import-full", "import_data.py", [*c.imp, f"out={t / 'full' / 'o.zarr'}"], "no space left", c.full),
+        ("import-lzw-no-codecs", "import_data.py", [f"src={t / 'lzw.tif'}", f"out={t}/o.zarr", "pixel_size=1"],
+         "compressed TIFF needs the 'imagecodecs' package", _without("imagecodecs", (5,))),
+        ("import-mp4-no-pims", "import_data.py", [f"src={t / 'clip.mp4'}", f"out={t}/o.zarr", "pixel_size=1"],
+         "reading .mp4 files needs pims", _without("pims")),
     ]
 
 
@@ -222,6 +273,8 @@ def _train_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("train-wandb-online", "train.py", [*c.train, "logger.mode=online"], "W&B online logging needs an API key", None),
         ("train-earlier-run", "train.py", [*_np(t), "resolution=16"],
          "holds the checkpoint of an earlier run", None),
+        ("train-filters-mismatch", "train.py", [*c.train, f"ckpt_path={t / 'other.ckpt'}"],
+         "was trained with filters=[4, 4, 4] but this config gives", None),
         ("train-readonly-run", "train.py", [*c.train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", c.ro),
     ]
 
@@ -247,6 +300,7 @@ def _sweep_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("sweep-hole-store", "sweep_gamma.py", [*_np(t, "hole.zarr"), c.B, *c.G], "are missing", None),
         ("sweep-corrupt-chunk", "sweep_gamma.py", [*_np(t, "corrupt.zarr"), c.B, *c.G], "corrupted", None),
         ("sweep-other-store", "sweep_gamma.py", [*_np(t, "other.zarr"), c.B, *c.G], "trained on store 'np_diffusion'", None),
+        ("sweep-foreign-job", "sweep_gamma.py", [*_np(t), c.B, *c.G], "holds another job (n_refs 100", None),
         ("sweep-misspelt-sampler", "sweep_gamma.py", [*_np(t), c.B, "sampler=unifrom"], "sampler=unifrom does not exist", None),
     ]
 
@@ -257,6 +311,8 @@ def _aggregate_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("aggregate-no-dir", "aggregate_sweep.py", [], "dir is required", None),
         ("aggregate-no-such-dir", "aggregate_sweep.py", [f"dir={t}/nosweep"], "no such sweep directory", None),
         ("aggregate-unknown-key", "aggregate_sweep.py", [f"dir={t}", "rulez=1"], "unknown config key", None),
+        ("aggregate-unfinished", "aggregate_sweep.py", [f"dir={t / 'unfinished'}"],
+         "1 unfinished job(s) (γ = 0.5)", None),
     ]
 
 
