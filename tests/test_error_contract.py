@@ -26,6 +26,11 @@ from forkrun import run_entry
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 DATA = ["dataset=np_diffusion", "dataset.synthetic.n_frames=8", "dataset.synthetic.size=48"]
+#: analysis counts small enough for the 8-frame store and a random-init 16 px generator
+TINY_ANALYSIS = ["analysis.n_refs=4", "analysis.n_samples=4", "analysis.n_fidelity=8",
+                 "analysis.baseline_frames=6", "analysis.depth_frames=6", "analysis.swd_patches=64",
+                 "analysis.swd_directions=8", "analysis.swd_repeats=1", "analysis.baseline_repeats=1",
+                 "analysis.n_show=2", "block_size=2"]
 
 
 def _np(t: Path, store: str = "np.zarr") -> list[str]:
@@ -354,6 +359,11 @@ def _reproduce_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("reproduce-out", "reproduce.py", ["--out", str(t / "ro" / "paper"), "--cases", "np_diffusion"],
          "read-only", c.ro),
         ("reproduce-flag", "reproduce.py", ["--bogus"], "unrecognized arguments", None),
+        # a step fails: the driver's line quotes the step's (printed as "[step] error: ..."); its
+        # out dir lies outside the checked folders, as the failure record written there is wanted
+        ("reproduce-step-fails", "reproduce.py", ["--cases", "np_diffusion", "--out", str(t.parent / "repro-fail"),
+                                                  "--extra", "np_diffusion:data:dataset.synthetic.size=2"],
+         "step 'np_diffusion/data' failed (exit status 2: error: size must be >= 16 px, got 2)", None),
     ]
 
 
@@ -405,6 +415,23 @@ def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
         if problems:
             failures.append(f"{cid}: {', '.join(problems)}\n    {r.stderr.strip()[-600:]}")
     assert not failures, f"{len(failures)} case(s) break the contract:\n" + "\n".join(failures)
+
+
+def test_a_filter_that_keeps_nothing_is_one_line(inputs):
+    """README row ``no reference kept >= min_kept``: found only after the variations, so it is
+    not in the table (their blocks and the figures before the filter stay, complete, and a
+    re-run with other filter settings resumes from the blocks)."""
+    out = inputs / "runs" / "min-kept"
+    args = [*_np(inputs), f"bundle={inputs / 'g.pt'}", "gamma=0.5", *TINY_ANALYSIS,
+            f"out_dir={out}", f"hydra.run.dir={out}"]
+    r = run_entry("analyze.py", *args, "analysis.min_kept=1000", env={"HYDRA_FULL_ERROR": "0"})
+    assert r.rc == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.error_lines == [
+        "error: no reference kept >= min_kept=1000 of 4 samples (most kept: 4; entropy_diff <= 0.1537, "
+        "observed median 0.0707); lower min_kept, raise entropy_threshold or lower gamma"]
+    assert not (out / "summary.json").exists()
+    assert sorted(p.name for p in (out / "variations" / "blocks").iterdir()) == \
+        ["block_000000.npz", "block_000001.npz"]
 
 
 def test_a_bug_keeps_its_traceback(inputs, monkeypatch):
