@@ -12,7 +12,9 @@ gradient penalty's interpolation weights from its own generator seeded with
 :func:`step_seed` ``(seed, global rank, images_seen)``; the real batch comes from the
 DataModule's :class:`~matdyn.data.datamodule.FrameOrder`, whose position is in the
 checkpoint. No state is carried in torch's global RNG, so a run resumed from a checkpoint
-is bit-identical to an uninterrupted one (same device and thread count; issue 13).
+is bit-identical to an uninterrupted one on CPU with the same thread count (issue 13,
+tests/test_resume.py); on a GPU that also needs deterministic kernels
+(``trainer.deterministic=true``; not measured here).
 
 Speed options (runtime only, not hyperparameters; a run may resume with other values):
 ``channels_last`` keeps G, D, the EMA and the real batches in channels_last(_3d) memory;
