@@ -51,7 +51,9 @@ class FrameOrder:
     ``seed * 1_000_003 + e``, the same on every rank; rank ``r`` of ``w`` takes every ``w``-th
     frame from ``r`` (DDP processes see disjoint frames; batch sizes are per process). Batches
     are consecutive slices of this rank's order; an incomplete tail is dropped (minibatch
-    standard deviation needs full batches) and the next batch opens epoch ``e + 1``.
+    standard deviation needs full batches) and the next batch opens epoch ``e + 1``. A run
+    resumed with another number of processes keeps (epoch, offset) but slices the epoch
+    differently, so its order is then no longer the uninterrupted run's.
     """
 
     def __init__(self, n_frames: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
