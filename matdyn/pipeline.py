@@ -131,19 +131,58 @@ def _write_marker(step: Step, seconds: float) -> None:
 FAILED = ".matdyn-step-failed.json"
 
 
+class _QuoteErrors:
+    """Pass a step's stderr through as it comes, except that a line starting with ``error:``
+    goes out as ``[step] error: ...``: the driver's own one-line ``error:`` quotes it, and the
+    error contract is one ``error:`` line per failed command (issue 13). Partial lines that
+    cannot start with ``error:`` are written at once (progress bars keep animating)."""
+
+    TAG = b"error:"
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.held, self.at_start = sink, b"", True
+
+    def write(self, chunk: bytes) -> None:
+        for piece in chunk.splitlines(keepends=True):
+            ends = piece.endswith((b"\n", b"\r"))
+            if not self.at_start:  # the rest of a line that already passed through
+                self.sink.write(piece)
+                self.at_start = ends
+                continue
+            self.held += piece
+            if self.held.startswith(self.TAG):  # an error line: written once complete
+                if ends:
+                    self.sink.write(b"[step] " + self.held)
+                    self.held = b""
+                continue
+            if self.TAG.startswith(self.held) and not ends:  # may still become one
+                continue
+            self.sink.write(self.held)
+            self.held, self.at_start = b"", ends
+        self.sink.flush()
+
+    def close(self) -> None:
+        if self.held:
+            self.sink.write((b"[step] " if self.held.startswith(self.TAG) else b"") + self.held)
+            self.held = b""
+        self.sink.flush()
+
+
 def _run_streaming(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run a command, passing its stderr through live (progress bars keep animating) while
-    keeping the tail, so a failure can be explained in one line."""
+    """Run a command, passing its stderr through live (progress bars keep animating; its
+    ``error:`` lines quoted, :class:`_QuoteErrors`) while keeping the tail, so a failure can
+    be explained in one line."""
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     tail = b""
+    out = _QuoteErrors(sys.stderr.buffer)
     while True:
         chunk = proc.stderr.read1(65536)
         if not chunk:
             break
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
+        out.write(chunk)
         tail = (tail + chunk)[-8192:]
+    out.close()
     rc = proc.wait()
     lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines()
              if ln.strip()]

@@ -78,3 +78,20 @@ def run_entry(script: str, *args: str, cwd: Path | None = None, env: dict | None
         _, status = os.waitpid(pid, 0)
         rc = os.waitstatus_to_exitcode(status)
         return Result(rc, Path(out).read_text(), Path(err).read_text())
+
+
+def start_entry(script: str, *args: str, log: Path, cwd: Path | None = None,
+                patch: Callable[[], None] | None = None) -> int:
+    """Start ``scripts/<script>`` in a forked child and return its pid at once (for kill -9
+    tests); its stdout and stderr go to ``log`` and ``log.err``. Reap it with ``os.waitpid``."""
+    path = ROOT / "scripts" / script
+    err = log.with_name(log.name + ".err")
+    for f in (log, err):
+        f.write_text("")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.setsid()  # its own process group: killpg takes the children it starts too
+        _child(path, args, cwd or ROOT, str(log), str(err), patch)
+    return pid

@@ -163,9 +163,39 @@ def test_ranks_get_disjoint_batches(tmp_path, monkeypatch):
     p = _store(tmp_path / "a.zarr", n=12)
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(dmod._StageBatchSampler, "_rank_world", staticmethod(lambda r=rank: (r, 2)))
+        monkeypatch.setattr(dmod, "_rank_world", lambda r=rank: (r, 2))
         dm = MicroscopyDataModule(p, 16, batch_size=3, seed=1)
-        batches = list(dm._sampler or dm.train_dataloader().batch_sampler)
-        assert len(batches) == 2 and all(len(b) == 3 for b in batches)
+        assert len(dm.train_dataloader()) == 2
+        batches = [dm.next_indices() for _ in range(2)]
+        assert all(len(b) == 3 for b in batches) and dm.order.epoch == 0
         seen.append({i for b in batches for i in b})
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+
+
+def test_frame_order_resumes_mid_epoch_from_its_state(tmp_path):
+    p = _store(tmp_path / "a.zarr", n=10)
+    dm = MicroscopyDataModule(p, 16, batch_size=4, seed=2)
+    sizes = [4, 4, 2, 4, 4, 4]  # a stage switch to batch 2, then 4 again (tails dropped)
+    straight = []
+    for k, bs in enumerate(sizes):
+        dm.batch_size = bs
+        straight.append(dm.next_indices())
+        if k == 2:
+            state = dm.state_dict()
+    # pinned: epoch 0 = randperm(10) seeded 2 * 1_000_003; a 2-frame tail is dropped
+    order0 = torch.randperm(10, generator=torch.Generator().manual_seed(2_000_006)).tolist()
+    assert straight[:3] == [order0[:4], order0[4:8], order0[8:10]]
+    assert state == {"stage_resolution": 16, "batch_size": 2, "order_epoch": 0, "order_offset": 10}
+    assert (dm.order.epoch, dm.order.offset) == (2, 4)  # epoch 1: [0:4], [4:8]; epoch 2: [0:4]
+
+    resumed = MicroscopyDataModule(p, 16, batch_size=4, seed=2)
+    resumed.load_state_dict(state)
+    rest = []
+    for bs in sizes[3:]:
+        resumed.batch_size = bs
+        rest.append(resumed.next_indices())
+    assert rest == straight[3:]
+    # old checkpoints (sampler_epoch only) restart their epoch
+    old = MicroscopyDataModule(p, 16, batch_size=4, seed=2)
+    old.load_state_dict({"sampler_epoch": 1})
+    assert (old.order.epoch, old.order.offset) == (1, 0)

@@ -26,6 +26,11 @@ from forkrun import run_entry
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 DATA = ["dataset=np_diffusion", "dataset.synthetic.n_frames=8", "dataset.synthetic.size=48"]
+#: analysis counts small enough for the 8-frame store and a random-init 16 px generator
+TINY_ANALYSIS = ["analysis.n_refs=4", "analysis.n_samples=4", "analysis.n_fidelity=8",
+                 "analysis.baseline_frames=6", "analysis.depth_frames=6", "analysis.swd_patches=64",
+                 "analysis.swd_directions=8", "analysis.swd_repeats=1", "analysis.baseline_repeats=1",
+                 "analysis.n_show=2", "block_size=2"]
 
 
 def _np(t: Path, store: str = "np.zarr") -> list[str]:
@@ -132,7 +137,54 @@ def inputs(tmp_path_factory) -> Path:
     (old_run / "last.ckpt").write_bytes(b"an earlier run's checkpoint")
     (t / "ro").mkdir()
     (t / "full").mkdir()
+    _readme_row_inputs(t)
     return t
+
+
+def _readme_row_inputs(t: Path) -> None:
+    """Inputs of the README rows added last: an LZW TIFF, a video file, a checkpoint of other
+    filter widths, a sweep with an unfinished job, a job folder of another job."""
+    import json
+
+    import tifffile
+    import torch
+
+    from matdyn.gamma.records import JOB_FORMAT, JOB_VERSION
+    from matdyn.io import file_sha256
+
+    tifffile.imwrite(t / "lzw.tif", np.ones((2, 16, 16), dtype=np.uint16), compression="lzw")
+    (t / "clip.mp4").write_bytes(b"\0" * 64)
+    torch.save({"state_dict": {}, "matdyn": {"progress": {}}, "hyper_parameters": {"filters": [4, 4, 4]}},
+               t / "other.ckpt")
+
+    def record(status: str, n_refs: int) -> str:
+        return json.dumps({"format": JOB_FORMAT, "version": JOB_VERSION, "status": status, "gamma": 0.5,
+                           "sampler": {"_target_": "matdyn.sampling.samplers.UniformSampler", "gamma": 0.5},
+                           "seed": 0, "n_refs": n_refs, "n_samples": 2, "bundle": str(t / "g.pt"),
+                           "bundle_sha256": file_sha256(t / "g.pt"), "store": {"path": str(t / "np.zarr")}})
+
+    (t / "unfinished" / "uniform=0.5").mkdir(parents=True)
+    (t / "unfinished" / "uniform=0.5" / "job.json").write_text(record("running", 2))
+    (t / "runs" / "sweep-foreign-job").mkdir(parents=True)  # the run dir of that case
+    (t / "runs" / "sweep-foreign-job" / "job.json").write_text(record("done", 100))
+
+
+def _without(module: str, drop: tuple[str, ...] = ()) -> Callable[[], None]:
+    """A patch for the child: ``module`` cannot be imported (tifffile also forgets the
+    decoders named in ``drop`` that it may have loaded before the fork)."""
+
+    def patch() -> None:
+        import sys
+
+        sys.modules[module] = None  # type: ignore[assignment]
+        if module == "imagecodecs":
+            import tifffile.tifffile as tf
+
+            tf.imagecodecs = None
+            for key in drop:
+                tf.TIFF.DECOMPRESSORS._codecs.pop(key, None)
+
+    return patch
 
 
 Case = tuple[str, str, list[str], str, "Callable | None"]
@@ -193,6 +245,10 @@ def _import_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("import-channel-names", "import_data.py", [*c.imp, f"out={t}/o.zarr", "channel_names=[a,b]"],
          "channel_names has 2", None),
         ("import-full", "import_data.py", [*c.imp, f"out={t / 'full' / 'o.zarr'}"], "no space left", c.full),
+        ("import-lzw-no-codecs", "import_data.py", [f"src={t / 'lzw.tif'}", f"out={t}/o.zarr", "pixel_size=1"],
+         "compressed TIFF needs the 'imagecodecs' package", _without("imagecodecs", (5,))),
+        ("import-mp4-no-pims", "import_data.py", [f"src={t / 'clip.mp4'}", f"out={t}/o.zarr", "pixel_size=1"],
+         "reading .mp4 files needs pims", _without("pims")),
     ]
 
 
@@ -222,6 +278,8 @@ def _train_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("train-wandb-online", "train.py", [*c.train, "logger.mode=online"], "W&B online logging needs an API key", None),
         ("train-earlier-run", "train.py", [*_np(t), "resolution=16"],
          "holds the checkpoint of an earlier run", None),
+        ("train-filters-mismatch", "train.py", [*c.train, f"ckpt_path={t / 'other.ckpt'}"],
+         "was trained with filters=[4, 4, 4] but this config gives", None),
         ("train-readonly-run", "train.py", [*c.train, f"hydra.run.dir={t / 'ro' / 'run'}"], "read-only", c.ro),
     ]
 
@@ -247,6 +305,7 @@ def _sweep_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("sweep-hole-store", "sweep_gamma.py", [*_np(t, "hole.zarr"), c.B, *c.G], "are missing", None),
         ("sweep-corrupt-chunk", "sweep_gamma.py", [*_np(t, "corrupt.zarr"), c.B, *c.G], "corrupted", None),
         ("sweep-other-store", "sweep_gamma.py", [*_np(t, "other.zarr"), c.B, *c.G], "trained on store 'np_diffusion'", None),
+        ("sweep-foreign-job", "sweep_gamma.py", [*_np(t), c.B, *c.G], "holds another job (n_refs 100", None),
         ("sweep-misspelt-sampler", "sweep_gamma.py", [*_np(t), c.B, "sampler=unifrom"], "sampler=unifrom does not exist", None),
     ]
 
@@ -257,6 +316,8 @@ def _aggregate_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("aggregate-no-dir", "aggregate_sweep.py", [], "dir is required", None),
         ("aggregate-no-such-dir", "aggregate_sweep.py", [f"dir={t}/nosweep"], "no such sweep directory", None),
         ("aggregate-unknown-key", "aggregate_sweep.py", [f"dir={t}", "rulez=1"], "unknown config key", None),
+        ("aggregate-unfinished", "aggregate_sweep.py", [f"dir={t / 'unfinished'}"],
+         "1 unfinished job(s) (γ = 0.5)", None),
     ]
 
 
@@ -298,6 +359,11 @@ def _reproduce_cases(t: Path, c: SimpleNamespace) -> list[Case]:
         ("reproduce-out", "reproduce.py", ["--out", str(t / "ro" / "paper"), "--cases", "np_diffusion"],
          "read-only", c.ro),
         ("reproduce-flag", "reproduce.py", ["--bogus"], "unrecognized arguments", None),
+        # a step fails: the driver's line quotes the step's (printed as "[step] error: ..."); its
+        # out dir lies outside the checked folders, as the failure record written there is wanted
+        ("reproduce-step-fails", "reproduce.py", ["--cases", "np_diffusion", "--out", str(t.parent / "repro-fail"),
+                                                  "--extra", "np_diffusion:data:dataset.synthetic.size=2"],
+         "step 'np_diffusion/data' failed (exit status 2: error: size must be >= 16 px, got 2)", None),
     ]
 
 
@@ -349,6 +415,23 @@ def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
         if problems:
             failures.append(f"{cid}: {', '.join(problems)}\n    {r.stderr.strip()[-600:]}")
     assert not failures, f"{len(failures)} case(s) break the contract:\n" + "\n".join(failures)
+
+
+def test_a_filter_that_keeps_nothing_is_one_line(inputs):
+    """README row ``no reference kept >= min_kept``: found only after the variations, so it is
+    not in the table (their blocks and the figures before the filter stay, complete, and a
+    re-run with other filter settings resumes from the blocks)."""
+    out = inputs / "runs" / "min-kept"
+    args = [*_np(inputs), f"bundle={inputs / 'g.pt'}", "gamma=0.5", *TINY_ANALYSIS,
+            f"out_dir={out}", f"hydra.run.dir={out}"]
+    r = run_entry("analyze.py", *args, "analysis.min_kept=1000", env={"HYDRA_FULL_ERROR": "0"})
+    assert r.rc == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.error_lines == [
+        "error: no reference kept >= min_kept=1000 of 4 samples (most kept: 4; entropy_diff <= 0.1537, "
+        "observed median 0.0707); lower min_kept, raise entropy_threshold or lower gamma"]
+    assert not (out / "summary.json").exists()
+    assert sorted(p.name for p in (out / "variations" / "blocks").iterdir()) == \
+        ["block_000000.npz", "block_000001.npz"]
 
 
 def test_a_bug_keeps_its_traceback(inputs, monkeypatch):

@@ -97,3 +97,23 @@ def test_preset_keys_count_only_for_the_steps_that_read_them(monkeypatch, tmp_pa
     bigger = case_steps("ta_chart", "quick", tmp_path,
                         extra={"data": ["dataset.synthetic.n_frames=301"]})
     assert all(b.key != k for b, k in zip(bigger, keys, strict=True))
+
+
+def test_a_steps_error_line_is_quoted_once_the_driver_fails():
+    """The step's own ``error:`` line goes out as ``[step] error: ...`` (the driver's one
+    ``error:`` line quotes it); everything else passes through unchanged, even split lines."""
+    import io
+
+    from matdyn.pipeline import _QuoteErrors
+
+    def run(*chunks: bytes) -> bytes:
+        out = io.BytesIO()
+        q = _QuoteErrors(out)
+        for c in chunks:
+            q.write(c)
+        q.close()
+        return out.getvalue()
+
+    assert run(b"abc\nerror: x\nok 10%\r20%\r", b"done\n") == b"abc\n[step] error: x\nok 10%\r20%\rdone\n"
+    assert run(b"err", b"or: split", b" line\nerr", b"x\n") == b"[step] error: split line\nerrx\n"
+    assert run(b"no error: here\n", b"error: tail") == b"no error: here\n[step] error: tail"

@@ -321,7 +321,7 @@ def test_rerun_missing_earlier_and_later_gamma_into_existing_sweep(sweep, tmp_pa
     tmp, bundle, out, _ = sweep
     d = tmp_path / "resume"
     shutil.copytree(out, d)
-    before = _snapshot(d)
+    before, first = _snapshot(d), (d / "multirun.yaml").read_text()
     proc = _run("sweep_gamma.py", *_job_args(tmp, bundle, "sampler.gamma=1.5,0.75,1.0,0.25",
                                              f"hydra.sweep.dir={d}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -342,6 +342,10 @@ def test_rerun_missing_earlier_and_later_gamma_into_existing_sweep(sweep, tmp_pa
         assert rec["store"]["path"] == str(tmp / "np.zarr") and not identity_conflicts(rec["store"], g["store"])
     assert [r["gamma"] for r in g["per_gamma"]] == [0.25, 0.5, 0.75, 1.0, 1.5]
     assert sorted(j["dir"] for j in g["jobs"]) == names
+    # both multiruns stay on record: the first one's multirun.yaml is kept, not overwritten
+    assert (d / "multirun.1.yaml").read_text() == first and not (d / "multirun.2.yaml").exists()
+    assert "sampler.gamma=0.5,1.0" in first
+    assert "sampler.gamma=1.5,0.75,1.0,0.25" in (d / "multirun.yaml").read_text()
     # the same jobs' numbers as in the first sweep
     g0 = json.loads((out / "gamma.json").read_text())
     for r0 in g0["per_gamma"]:
@@ -458,3 +462,16 @@ def test_joblib_launcher(sweep, tmp_path):
 
 def test_module_exports():
     assert set(sw.__all__) <= set(dir(sw))
+
+
+def test_earlier_multirun_yaml_is_kept_in_order(tmp_path):
+    from matdyn.gamma.hydra_glue import keep_earlier_multirun
+
+    assert keep_earlier_multirun(tmp_path, "a") is None  # a new sweep directory
+    (tmp_path / "multirun.yaml").write_text("a")
+    assert keep_earlier_multirun(tmp_path, "a") is None  # the same multirun again: nothing kept
+    for old, new, n in (("a", "b", 1), ("b", "c", 2)):
+        assert keep_earlier_multirun(tmp_path, new) == tmp_path / f"multirun.{n}.yaml"
+        assert not (tmp_path / "multirun.yaml").exists()
+        (tmp_path / "multirun.yaml").write_text(new)  # what Hydra's sweeper then writes
+        assert (tmp_path / f"multirun.{n}.yaml").read_text() == old

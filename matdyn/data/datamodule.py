@@ -4,9 +4,16 @@ Frames are loaded once into RAM (stores in this project are at most a few GB), m
 by a centre crop or pad, resized with antialiasing to the top training resolution and
 scaled to [-1, 1] per channel (robust limits: :mod:`matdyn.data.scaling`). Lower stage
 resolutions are average-pooled from the top resolution (as progressive GANs downsample
-their reals) and cached. The batch sampler reads
-the current batch size lazily, so a stage switch (`set_stage`) takes effect at the next
-batch without rebuilding the dataloader (Lightning issues #19286, #21448).
+their reals) and cached.
+
+Batches are drawn when Lightning hands them to the model (``on_before_batch_transfer``), not
+when its loop prefetches them: the dataloader yields placeholders, and the hook takes the
+next indices from :class:`FrameOrder` at the current stage's resolution and batch size. So a
+stage switch (`set_stage`) takes effect at the very next batch without rebuilding the
+dataloader (Lightning issues #19286, #21448), even the batch that straddles the switch, and
+the order's position saved in a checkpoint (``state_dict``) is exactly the batches trained
+on: a resumed run, mid-epoch included, sees the frames an uninterrupted one would (issue 13).
+Used on its own (no Trainer attached), the dataloader draws real batches at once.
 """
 
 from __future__ import annotations
@@ -30,39 +37,75 @@ Norm = Literal["auto", "percentile", "minmax", "norm_term"]
 log = logging.getLogger("matdyn.data")
 
 
-class _StageBatchSampler(Sampler[list[int]]):
-    """Shuffled batches whose size is read from the DataModule at every batch."""
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class FrameOrder:
+    """The shuffled frame order as a pure function of (seed, epoch, position): nothing random
+    is carried between batches, so a checkpoint's ``(epoch, offset)`` resumes it exactly.
+
+    Epoch ``e`` is ``torch.randperm(n_frames)`` from a generator seeded with
+    ``seed * 1_000_003 + e``, the same on every rank; rank ``r`` of ``w`` takes every ``w``-th
+    frame from ``r`` (DDP processes see disjoint frames; batch sizes are per process). Batches
+    are consecutive slices of this rank's order; an incomplete tail is dropped (minibatch
+    standard deviation needs full batches) and the next batch opens epoch ``e + 1``. A run
+    resumed with another number of processes keeps (epoch, offset) but slices the epoch
+    differently, so its order is then no longer the uninterrupted run's.
+    """
+
+    def __init__(self, n_frames: int, seed: int, epoch: int = 0, offset: int = 0) -> None:
+        self.n_frames, self.seed = int(n_frames), int(seed)
+        self.epoch, self.offset = int(epoch), int(offset)
+        self._cache: tuple[tuple[int, int, int], list[int]] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's frame indices for ``epoch``."""
+        rank, world = _rank_world()
+        key = (int(epoch), rank, world)
+        if self._cache is None or self._cache[0] != key:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+            full = torch.randperm(self.n_frames, generator=g).tolist()
+            self._cache = (key, full[rank: len(full) - len(full) % world: world] if world > 1 else full)
+        return self._cache[1]
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        n = max(1, self.n_frames // _rank_world()[1])
+        return max(1, n // min(int(batch_size), n))
+
+    def take(self, batch_size: int) -> list[int]:
+        """The next ``min(batch_size, frames per rank)`` indices; advances the position."""
+        order = self.order(self.epoch)
+        bs = min(int(batch_size), len(order))
+        if self.offset + bs > len(order):
+            self.epoch, self.offset = self.epoch + 1, 0
+            order = self.order(self.epoch)
+        self.offset += bs
+        return order[self.offset - bs: self.offset]
+
+
+class _Pending:
+    """A placeholder batch: the DataModule draws the real one when Lightning uses it."""
+
+
+_PENDING = _Pending()
+
+
+class _StepSampler(Sampler[list[int]]):
+    """One placeholder per training batch; an epoch of Lightning's loop is one pass over the
+    frames at the batch size of its start (the data order itself lives in :class:`FrameOrder`)."""
 
     def __init__(self, dm: MicroscopyDataModule) -> None:
         self.dm = dm
-        self.epoch = 0
-
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
 
     def __len__(self) -> int:
-        _, world = self._rank_world()
-        n = max(1, self.dm.n_frames // world)
-        return max(1, n // min(self.dm.batch_size, n))
+        return self.dm.order.batches_per_epoch(self.dm.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        # same permutation on every rank (same seed and epoch); each rank takes its own slice,
-        # so DDP processes see disjoint real images (batch_size is per process)
-        g = torch.Generator().manual_seed(self.dm.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
-        rank, world = self._rank_world()
-        order = torch.randperm(self.dm.n_frames, generator=g).tolist()
-        order = order[rank : len(order) - len(order) % world : world] if world > 1 else order
-        i = 0
-        while True:
-            bs = min(self.dm.batch_size, len(order))
-            if i + bs > len(order):
-                return  # drop the incomplete tail: minibatch-stddev needs full batches
-            yield order[i : i + bs]
-            i += bs
+        for _ in range(len(self)):
+            yield [0]
 
 
 class MicroscopyDataModule(pl.LightningDataModule):
@@ -72,7 +115,7 @@ class MicroscopyDataModule(pl.LightningDataModule):
         path: dataset store (zarr) path.
         resolution: top training resolution (power of two); frames are resized to it.
         batch_size: initial batch size (changed by :meth:`set_stage`).
-        seed: shuffling seed (epoch e uses a stream derived from seed and e).
+        seed: shuffling seed (epoch e uses a stream derived from seed and e; :class:`FrameOrder`).
         fit: how non-square frames become square: centre ``crop`` or ``pad``.
         normalization: ``percentile`` maps each channel's robust limits (the
             ``percentiles``, default 0.01 % / 99.99 %) to [-1, 1] and clips beyond them, so
@@ -123,7 +166,8 @@ class MicroscopyDataModule(pl.LightningDataModule):
         self.meta: StoreMeta | None = None
         self.normalization: dict[str, Any] = {}
         self._data: dict[int, torch.Tensor] = {}
-        self._sampler: _StageBatchSampler | None = None
+        self._order_state: tuple[int, int] = (0, 0)  # (epoch, offset) until the data are loaded
+        self._order: FrameOrder | None = None
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -133,6 +177,14 @@ class MicroscopyDataModule(pl.LightningDataModule):
     @property
     def ndim(self) -> int:
         return self._require_meta().ndim
+
+    @property
+    def order(self) -> FrameOrder:
+        """The frame order and its position (epoch, offset); saved in checkpoints."""
+        if self._order is None:
+            self.setup()
+            self._order = FrameOrder(self.n_frames, self.seed, *self._order_state)
+        return self._order
 
     @property
     def n_frames(self) -> int:
@@ -253,31 +305,41 @@ class MicroscopyDataModule(pl.LightningDataModule):
         self.stage_resolution = int(resolution)
         self.batch_size = int(batch_size)
 
-    def _collate(self, idx: list[int]) -> torch.Tensor:
-        data = self.images_at(self.stage_resolution)
-        return data[torch.as_tensor(idx, dtype=torch.long)]
+    def next_indices(self) -> list[int]:
+        """This rank's next batch of frame indices (advances :attr:`order`)."""
+        return self.order.take(self.batch_size)
+
+    def next_batch(self) -> torch.Tensor:
+        """The next batch [B, C, R...] in [-1, 1] at the current stage resolution."""
+        idx = torch.as_tensor(self.next_indices(), dtype=torch.long)
+        return self.images_at(self.stage_resolution)[idx]
+
+    def _collate(self, _: list[int]) -> torch.Tensor | _Pending:
+        return _PENDING if self.trainer is not None else self.next_batch()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return self.next_batch() if isinstance(batch, _Pending) else batch
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        if self._sampler is None:
-            self._sampler = _StageBatchSampler(self)
-        # num_workers=0 on purpose: data sits in RAM and stage changes must reach the collate
-        return DataLoader(range(self.n_frames), batch_sampler=self._sampler, collate_fn=self._collate)
+        # num_workers=0 on purpose: data sit in RAM, and batches are drawn at use time
+        return DataLoader(range(self.n_frames), batch_sampler=_StepSampler(self),
+                          collate_fn=self._collate)
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "stage_resolution": self.stage_resolution,
-            "batch_size": self.batch_size,
-            "sampler_epoch": self._sampler.epoch if self._sampler else 0,
-        }
+        epoch, offset = ((self._order.epoch, self._order.offset) if self._order is not None
+                         else self._order_state)
+        return {"stage_resolution": self.stage_resolution, "batch_size": self.batch_size,
+                "order_epoch": int(epoch), "order_offset": int(offset)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stage_resolution = int(state.get("stage_resolution", self.resolution))
         self.batch_size = int(state.get("batch_size", self.batch_size))
-        if self._sampler is None:
-            self._sampler = _StageBatchSampler(self)
-        self._sampler.epoch = int(state.get("sampler_epoch", 0))
+        # checkpoints from before the order's offset was saved resume at their epoch's start
+        self._order_state = (int(state.get("order_epoch", state.get("sampler_epoch", 0))),
+                             int(state.get("order_offset", 0)))
+        self._order = None
 
 
 def resolution_for(side: int, maximum: int) -> int:

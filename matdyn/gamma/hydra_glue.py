@@ -19,7 +19,8 @@ from typing import Any
 from matdyn.gamma.aggregate import aggregate_sweep
 from matdyn.gamma.specs import BaselineSpec, CalibrationSpec, RuleSpec
 
-__all__ = ["AggregateSweepCallback", "SweepLockCallback", "aggregate_from_config", "plain_config"]
+__all__ = ["AggregateSweepCallback", "SweepLockCallback", "aggregate_from_config",
+           "keep_earlier_multirun", "plain_config"]
 
 
 def plain_config(config: Any) -> dict[str, Any]:
@@ -46,6 +47,38 @@ def aggregate_from_config(sweep_dir: str | os.PathLike, cfg: Mapping[str, Any]) 
         progress=bool(cfg.get("progress", False)),
         wandb_cfg=cfg.get("logger"),
     )
+
+
+def keep_earlier_multirun(sweep_dir: str | os.PathLike, new_yaml: str) -> Path | None:
+    """Before a multirun into an existing sweep directory: keep the earlier ``multirun.yaml``
+    (which Hydra is about to overwrite) as ``multirun.<n>.yaml``, n = 1, 2, ... oldest first,
+    so that the directory states every multirun that wrote jobs into it (e.g. two γ lists;
+    issue 13). Nothing is kept when the earlier file equals ``new_yaml`` (the same multirun
+    re-run). Returns the kept file, or None. Never overwrites a kept file (``os.link``)."""
+    d = Path(sweep_dir)
+    cur = d / "multirun.yaml"
+    try:
+        old = cur.read_text()
+    except FileNotFoundError:
+        return None
+    if old == new_yaml:
+        return None
+    n = 1
+    while True:
+        kept = d / f"multirun.{n}.yaml"
+        try:
+            os.link(cur, kept)  # atomic and no-clobber: concurrent shards get distinct numbers
+        except FileExistsError:
+            if kept.read_text() == old:  # kept already by a concurrent multirun
+                break
+            n += 1
+            continue
+        except FileNotFoundError:  # moved meanwhile by a concurrent multirun (another shard)
+            return None
+        break
+    # Hydra rewrites multirun.yaml in place: drop this name so that the kept link stays as is
+    cur.unlink(missing_ok=True)
+    return kept
 
 
 class _CallbackBase:
@@ -91,7 +124,9 @@ class SweepLockCallback(_HydraCallback):  # type: ignore[misc,valid-type]
     """Hydra callback (``hydra.callbacks.lock``, before ``aggregate``): the multirun holds the
     writer lock of its sweep directory (:mod:`matdyn.locks`) from before Hydra writes
     ``multirun.yaml`` until after the aggregation. A second multirun into the same directory
-    meanwhile ends with one ``error:`` line naming the first (exit 2) and writes nothing.
+    meanwhile ends with one ``error:`` line naming the first (exit 2) and writes nothing. A
+    later multirun (e.g. other γ values) keeps the earlier ``multirun.yaml`` as
+    ``multirun.<n>.yaml`` (:func:`keep_earlier_multirun`).
     Jobs in worker processes (joblib, submitit) do not take it: the launching process does."""
 
     def __init__(self) -> None:
@@ -116,6 +151,8 @@ class SweepLockCallback(_HydraCallback):  # type: ignore[misc,valid-type]
             self._held.enter_context(writer_lock(dir_lock_path(sweep_dir, shard), label))
         except LockedError as e:  # Hydra would turn an exception here into a warning
             fail(str(e))
+        # the sweeper saves this very config as multirun.yaml (OmegaConf.save, unresolved)
+        keep_earlier_multirun(sweep_dir, OmegaConf.to_yaml(config))
         atexit.register(self._held.close)  # also when a job's failure ends the multirun
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:

@@ -27,8 +27,11 @@ Only global rank 0 writes checkpoints, sample grids and the generator bundle. Sc
 sizes are per process; ``images_seen`` counts images over all processes.
 
 Resume. ``ckpt_path=<file.ckpt | run dir>`` restores weights, EMA, both optimisers and
-``images_seen`` (hence stage and fade_alpha); ``init_from=<file.ckpt>`` loads G/D/EMA
-weights only and starts the schedule from zero.
+``images_seen`` (hence stage and fade_alpha) and the data order's position; the resumed run
+is bit-identical to an uninterrupted one on the same device and thread count, also from a
+mid-epoch checkpoint (per-step random streams, see matdyn/training/module.py;
+tests/test_resume.py). ``init_from=<file.ckpt>`` loads G/D/EMA weights only and starts the
+schedule from zero.
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ for sampling and export. The current ``stage`` / ``fade_alpha`` are set from out
 module counts and stores in every checkpoint together with the EMA weights and both
 optimisers' state.
 
+Randomness. Each training step draws its latents (critic and generator updates) and the
+gradient penalty's interpolation weights from its own generator seeded with
+:func:`step_seed` ``(seed, global rank, images_seen)``; the real batch comes from the
+DataModule's :class:`~matdyn.data.datamodule.FrameOrder`, whose position is in the
+checkpoint. No state is carried in torch's global RNG, so a run resumed from a checkpoint
+is bit-identical to an uninterrupted one on CPU with the same thread count (issue 13,
+tests/test_resume.py); on a GPU that also needs deterministic kernels
+(``trainer.deterministic=true``; not measured here).
+
 Speed options (runtime only, not hyperparameters; a run may resume with other values):
 ``channels_last`` keeps G, D, the EMA and the real batches in channels_last(_3d) memory;
 ``compile`` runs the generator and the critic's plain forward passes through
@@ -25,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -44,6 +54,17 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 # paper Section S1 (via issue #3): Adam, lr 1e-3, betas (0, 0.99), eps 1e-8 (as PGGAN)
 DEFAULT_OPTIMIZER: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3, betas=(0.0, 0.99), eps=1e-8)
+
+
+def step_seed(seed: int, rank: int, images_seen: int) -> int:
+    """A 63-bit torch seed for one training step, well mixed from (seed, rank, images_seen) by
+    numpy's SeedSequence (no collisions between ranks or runs as a sum would give).
+
+    >>> step_seed(0, 0, 0) != step_seed(0, 1, 0) != step_seed(0, 0, 8)
+    True
+    """
+    words = np.random.SeedSequence([int(seed) % 2**64, int(rank), int(images_seen)]).generate_state(2)
+    return (int(words[0]) << 32 | int(words[1])) & (2**63 - 1)
 
 
 def match_resolution(x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -149,9 +170,12 @@ class PGGANModule(pl.LightningModule):
         self.data_info = {"normalization": dict(dm.normalization), "meta": meta,
                           "train_resolution": int(dm.resolution)}
 
-    def on_train_start(self) -> None:
-        # latent draws differ across ranks and across resumes (the seed folds in the progress)
-        torch.manual_seed(self.hparams.seed + 1_000_003 * self.global_rank + self.images_seen)
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """The random stream of the coming training step (see the module docstring)."""
+        gen = getattr(self, "_step_gen", None)
+        if gen is None or gen.device != device:
+            gen = self._step_gen = torch.Generator(device=device)
+        return gen.manual_seed(step_seed(self.hparams.seed, self.global_rank, self.images_seen))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self._optimizer(self.generator.parameters()),
@@ -191,13 +215,16 @@ class PGGANModule(pl.LightningModule):
         # compiled graphs take alpha as a tensor input (no recompile as it changes)
         a = torch.tensor(float(alpha), device=real.device) if self.use_compile else alpha
 
-        # critic update on one real batch
-        z = torch.randn(b, hp.latent_dim, device=real.device)
+        # critic update on one real batch; this step's draws, in a fixed order (module docstring)
+        rng = self.step_generator(real.device)
+        z = torch.randn(b, hp.latent_dim, device=real.device, generator=rng)
+        gp_mix = torch.rand(b, device=real.device, generator=rng)
         with torch.no_grad():
             fake = self._fmt(self._g_fwd(z, stage, a))
         d_real, d_fake = self._critic(real, a), self._critic(fake, a)
         wdist = critic_loss(d_real, d_fake)
-        gp = gradient_penalty(partial(self._critic_eager, alpha=a), real, fake, hp.gp_weight)
+        gp = gradient_penalty(partial(self._critic_eager, alpha=a), real, fake, hp.gp_weight,
+                              gp_mix)
         drift = drift_penalty(d_real, hp.drift_weight)
         loss_d = wdist + gp + drift
         opt_d.zero_grad(set_to_none=True)
@@ -211,7 +238,7 @@ class PGGANModule(pl.LightningModule):
         # generator update every n_critic critic updates
         if self.critic_steps % hp.n_critic == 0:
             self.toggle_optimizer(opt_g)
-            z = torch.randn(b, hp.latent_dim, device=real.device)
+            z = torch.randn(b, hp.latent_dim, device=real.device, generator=rng)
             loss_g = generator_loss(self._critic(self._fmt(self._g_fwd(z, stage, a)), a))
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
