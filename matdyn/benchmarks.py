@@ -12,7 +12,7 @@ import copy
 import gc
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -175,8 +175,8 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
 
 
 def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int, batch: int,
-                   variants: Sequence[str], repeats: int = 3, device: str = "cpu"
-                   ) -> dict[str, Any]:
+                   variants: Sequence[str], repeats: int = 3, device: str = "cpu",
+                   alpha: float = 0.5) -> dict[str, Any]:
     res = stage_resolution(stage)
     setups = {}
     for v in variants:
@@ -191,13 +191,13 @@ def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int,
         opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.99), eps=1e-8)
         setups[v] = (G, D, opt_g, opt_d, real, v.startswith("bf16"))
     G, D, og, od, real, _ = setups[variants[0]]
-    flops = count_flops(lambda: wgan_gp_step(G, D, og, od, real, stage, 0.5, device=device))
+    flops = count_flops(lambda: wgan_gp_step(G, D, og, od, real, stage, alpha, device=device))
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
         for v, setup in setups.items():
-            times[v].append(_timeit(lambda s=setup: wgan_gp_step(*s[:5], stage, 0.5, s[5], device),
+            times[v].append(_timeit(lambda s=setup: wgan_gp_step(*s[:5], stage, alpha, s[5], device),
                                     min_time=0.5, max_iters=20))
-    out: dict[str, Any] = {"resolution": res, "batch": batch,
+    out: dict[str, Any] = {"resolution": res, "batch": batch, "alpha": alpha,
                            "gflop_per_step": flops / 1e9}
     for v in variants:
         t = statistics.median(times[v])
@@ -253,3 +253,49 @@ def bench_pipeline(gen_fn: Callable[[torch.Tensor], torch.Tensor], latent_dim: i
     b, p = n_images / statistics.median(tb), n_images / statistics.median(tp)
     return {"batch": batch, "images": n_images, "bare_img_s": b, "pipeline_img_s": p,
             "ratio": p / b}
+
+
+#: the side-by-side settings of ../shared/bench/run.sh (the authors' TF PGGAN as anchor): NP
+#: widths (paper §3.1 / Section S1 halved), training {resolution: batch}, generation likewise
+ANCHOR_FILTERS = (256, 256, 256, 256, 128, 64)
+ANCHOR_TRAIN = {16: 16, 32: 16, 64: 8}
+ANCHOR_GEN = {64: 256, 128: 64}
+
+
+def read_anchor(path: str) -> dict[str, Any]:
+    """The JSON line written by ``tf_bench.py`` ({"train": {res: {"fade", "stable"}}, "gen":
+    {res: img/s}}), resolutions as ints. Raises ValueError if it is not one."""
+    import json
+
+    with open(path) as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    try:
+        obj = json.loads(lines[-1])
+        train = {int(r): {k: float(v[k]) for k in ("fade", "stable")}
+                 for r, v in obj.get("train", {}).items()}
+        gen = {int(r): float(v) for r, v in obj.get("gen", {}).items()}
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a tf_bench.py result ({type(e).__name__}: {e})") from None
+    return {"train": train, "gen": gen, "tf": obj.get("tf")}
+
+
+def anchor_ratios(anchor: Mapping[str, Any], train: Mapping[int, Mapping[str, Mapping[str, Any]]],
+                  gen: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """matdyn img/s divided by the anchor's, per resolution and variant.
+
+    ``train[res][phase][variant]["img_s"]`` with phase "fade" (α = 0.5) / "stable" (α = 1);
+    ``gen[res][variant]["img_s"]``. Resolutions missing on either side are left out.
+    """
+    out: dict[str, Any] = {"train": {}, "gen": {}}
+    for res, phases in train.items():
+        ref = anchor["train"].get(int(res))
+        if ref:
+            out["train"][int(res)] = {
+                ph: {v: row["img_s"] / ref[ph] for v, row in rows.items() if isinstance(row, Mapping)}
+                for ph, rows in phases.items() if ph in ref}
+    for res, rows in gen.items():
+        ref = anchor["gen"].get(int(res))
+        if ref:
+            out["gen"][int(res)] = {v: row["img_s"] / ref for v, row in rows.items()
+                                    if isinstance(row, Mapping) and "img_s" in row}
+    return out

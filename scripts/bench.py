@@ -3,6 +3,12 @@
     python scripts/bench.py                      # everything (several minutes on 2 cores)
     python scripts/bench.py --sections ceiling,generate --resolutions 64
     python scripts/bench.py --smoke              # seconds: tiny sizes, checks the script runs
+    python scripts/bench.py --sections anchor --anchor tf.json   # ratios to the authors' TF
+
+``--anchor`` takes the JSON of ../shared/bench/tf_bench.py (the paper authors' TF/Keras PGGAN
+run on the same machine just before) and measures matdyn at the same NP widths, batches and
+resolutions (matdyn.benchmarks.ANCHOR_*), reporting img/s and the ratio to the anchor per
+variant; fade = α 0.5, stable = α 1.
 
 Measure on a quiet machine (/proc/loadavg < 0.5): ratios are taken within one run.
 """
@@ -20,13 +26,18 @@ import time
 import torch
 
 from matdyn.benchmarks import (
+    ANCHOR_FILTERS,
+    ANCHOR_GEN,
+    ANCHOR_TRAIN,
     GEN_VARIANTS,
     TRAIN_VARIANTS,
     bench_generator,
     bench_pipeline,
     bench_training,
+    anchor_ratios,
     make_generator_fn,
     matmul_ceiling,
+    read_anchor,
 )
 from matdyn.models.pggan import Generator
 
@@ -126,6 +137,35 @@ def _section_rss(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str])
     print(f"rss: {out['rss_mib']} ratio {out['rss_ratio']:.3f}", file=sys.stderr)
 
 
+def _rounded(x):  # noqa: ANN001, ANN202
+    return {k: _rounded(v) for k, v in x.items()} if isinstance(x, dict) else round(x, 2)
+
+
+def _section_anchor(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'anchor' section: the side-by-side settings, with ratios to the anchor's JSON."""
+    if not a.anchor:
+        raise SystemExit("error: --sections anchor needs --anchor TF_JSON (from tf_bench.py)")
+    anchor = read_anchor(a.anchor)
+    filt = list(ANCHOR_FILTERS) if not a.smoke else [8, 8, 8]
+    tr_cfg = ANCHOR_TRAIN if not a.smoke else {8: 4, 16: 4}
+    gen_cfg = ANCHOR_GEN if not a.smoke else {16: 8}
+    train: dict[int, dict] = {}
+    for res, bs in tr_cfg.items():
+        stage = res.bit_length() - 3
+        train[res] = {ph: bench_training(filt[: stage + 1], 1, 2, stage, bs, tv, a.repeats, alpha=al)
+                      for ph, al in (("fade", 0.5), ("stable", 1.0))}
+    gen = {}
+    for res, bs in gen_cfg.items():
+        stage = res.bit_length() - 3
+        gen[res] = bench_generator(Generator(32, 1, 2, filt[: stage + 1]), stage, bs, gv, a.repeats)
+    ratios = anchor_ratios(anchor, train, gen)
+    out["anchor"] = {"source": a.anchor, "tf": anchor.get("tf"), "tf_img_s": anchor,
+                     "train": train, "gen": gen, "ratio_to_anchor": ratios}
+    for kind, rows in ratios.items():
+        for res, row in rows.items():
+            print(f"anchor {kind} {res}: {json.dumps(_rounded(row))}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rss")
@@ -134,6 +174,7 @@ def main() -> None:
     ap.add_argument("--gen-variants", default=",".join(GEN_VARIANTS))
     ap.add_argument("--train-variants", default=",".join(TRAIN_VARIANTS))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the script runs")
+    ap.add_argument("--anchor", default=None, help="tf_bench.py JSON: adds ratios to the anchor")
     ap.add_argument("--rss-child", nargs=2, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
@@ -154,8 +195,11 @@ def main() -> None:
         out["ceiling_gflop_s"] = matmul_ceiling(512 if a.smoke else 2048, a.repeats)
         print(f"ceiling: {out['ceiling_gflop_s']:.0f} GFLOP/s", file=sys.stderr)
 
+    if a.anchor:
+        sections.add("anchor")
     for name, section in (("train", _section_train), ("generate", _section_generate),
-                          ("pipeline", _section_pipeline), ("rss", _section_rss)):
+                          ("pipeline", _section_pipeline), ("rss", _section_rss),
+                          ("anchor", _section_anchor)):
         if name in sections:
             section(a, out, gv, tv)
 

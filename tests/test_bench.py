@@ -1,0 +1,57 @@
+"""scripts/bench.py's side-by-side with the authors' TF PGGAN (issue 15): anchor parsing,
+ratios, and a smoke run of the anchor section."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matdyn.benchmarks import anchor_ratios, read_anchor
+
+ROOT = Path(__file__).resolve().parents[1]
+TF_LINE = {"tf": "2.15.1", "train": {"16": {"fade": 15.0, "stable": 12.0}},
+           "gen": {"64": 32.0, "128": 20.0}}
+
+
+def test_anchor_ratios_divide_matdyn_by_the_anchor(tmp_path):
+    p = tmp_path / "tf.json"
+    p.write_text("some log line\n" + json.dumps(TF_LINE) + "\n")
+    anchor = read_anchor(str(p))
+    assert anchor["train"] == {16: {"fade": 15.0, "stable": 12.0}} and anchor["gen"][128] == 20.0
+    train = {16: {"fade": {"resolution": 16, "eager": {"img_s": 30.0}},
+                  "stable": {"resolution": 16, "eager": {"img_s": 6.0}}},
+             32: {"fade": {"eager": {"img_s": 1.0}}}}  # no anchor at 32 px: left out
+    gen = {64: {"batch": 256, "bundle": {"img_s": 48.0}, "eager": {"img_s": 16.0}}}
+    r = anchor_ratios(anchor, train, gen)
+    assert r["train"] == {16: {"fade": {"eager": 2.0}, "stable": {"eager": 0.5}}}
+    assert r["gen"] == {64: {"bundle": 1.5, "eager": 0.5}}
+
+
+def test_a_file_that_is_not_an_anchor_is_refused(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"train": {"16": {"fade": 1.0}}}\n')  # no "stable"
+    with pytest.raises(ValueError, match="not a tf_bench.py result"):
+        read_anchor(str(p))
+
+
+def test_bench_smoke_reports_ratios_to_the_anchor(tmp_path):
+    tf = dict(TF_LINE, train={"8": {"fade": 100.0, "stable": 100.0}}, gen={"16": 1000.0})
+    p = tmp_path / "tf.json"
+    p.write_text(json.dumps(tf))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke",
+                        "--sections", "anchor", "--anchor", str(p), "--threads", "1",
+                        "--gen-variants", "eager,bundle", "--train-variants", "eager"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)["anchor"]
+    ratio = out["ratio_to_anchor"]
+    measured = out["train"]["8"]["stable"]["eager"]["img_s"]
+    assert ratio["train"]["8"]["stable"]["eager"] == pytest.approx(measured / 100.0)
+    assert set(ratio["gen"]["16"]) == {"eager", "bundle"}
+    assert "16" not in ratio["train"]  # no anchor number at 16 px for training
