@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from matdyn.models.layers import channels_last_format
 from matdyn.models.pggan import Discriminator, Generator, stage_resolution
 from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
 
@@ -83,10 +84,6 @@ def _autocast(bf16: bool, device: str):
     return torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def _memory_format(ndim: int):
-    return torch.channels_last if ndim == 2 else torch.channels_last_3d
-
-
 def make_generator_fn(gen: Generator, stage: int, variant: str, device: str = "cpu"
                       ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A latents -> images function for one inference variant (inference_mode inside).
@@ -111,7 +108,7 @@ def make_generator_fn(gen: Generator, stage: int, variant: str, device: str = "c
         raise ValueError(f"unknown variant {variant!r}; choose from {GEN_VARIANTS + BUNDLE_VARIANTS}")
     bf16 = variant.startswith("bf16")
     if "channels_last" in variant:
-        g = g.to(memory_format=_memory_format(gen.ndim))
+        g = g.to(memory_format=channels_last_format(gen.ndim))
     fwd: Callable[..., torch.Tensor] = g
     if variant.endswith("compile"):
         fwd = torch.compile(g, dynamic=False)
@@ -185,7 +182,7 @@ def bench_training(filters: Sequence[int], channels: int, ndim: int, stage: int,
         D = Discriminator(channels, ndim, filters).to(device)
         real = torch.randn(batch, channels, *(res,) * ndim, device=device)
         if "channels_last" in v:
-            fmt = _memory_format(ndim)
+            fmt = channels_last_format(ndim)
             G, D, real = G.to(memory_format=fmt), D.to(memory_format=fmt), real.contiguous(memory_format=fmt)
         opt_g = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.0, 0.99), eps=1e-8)
         opt_d = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.99), eps=1e-8)

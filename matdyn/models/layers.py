@@ -36,13 +36,16 @@ def _check_ndim(ndim: int) -> int:
     return int(ndim)
 
 
-def _channels_last(ndim: int) -> torch.memory_format:
+def channels_last_format(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of [N, C, *S] tensors with ``ndim`` spatial axes."""
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+    if x.dim() not in (4, 5):
+        return False
+    fmt = channels_last_format(x.dim() - 2)
+    return not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
 def assert_shape(x: torch.Tensor, shape: Sequence[int | None]) -> None:
@@ -94,7 +97,7 @@ class EqualizedConv(nn.Module):
         else:
             v = torch.einsum("jz,ky,lx,oizyx->iojkl", taps, taps, taps, w)  # [in, out, 4, 4, 4]
         if _is_channels_last(x):
-            v = v.contiguous(memory_format=_channels_last(self.ndim))
+            v = v.contiguous(memory_format=channels_last_format(self.ndim))
         convt = F.conv_transpose2d if self.ndim == 2 else F.conv_transpose3d
         return convt(x, v, self.bias, stride=2, padding=1)
 

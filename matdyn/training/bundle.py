@@ -57,6 +57,7 @@ from torch import nn
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.io import atomic_writer
 from matdyn.models import Generator, stage_resolution
+from matdyn.models.layers import channels_last_format
 
 FORMAT = "matdyn.generator"
 VERSION = 1
@@ -146,7 +147,7 @@ def resolve_memory_format(
     """
     if memory_format not in MEMORY_FORMATS:
         raise ConfigError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
-    last = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    last = channels_last_format(ndim)
     if memory_format == "channels_last":
         return last
     if memory_format == "contiguous":

@@ -41,6 +41,7 @@ from torch import nn
 
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.models import Discriminator, Generator, downsample, stage_resolution, upsample
+from matdyn.models.layers import channels_last_format
 from matdyn.training.losses import (
     DRIFT_WEIGHT,
     GP_WEIGHT,
@@ -120,10 +121,7 @@ class PGGANModule(pl.LightningModule):
         self._optimizer = optimizer or DEFAULT_OPTIMIZER
         # speed options (see the module docstring)
         self.channels_last, self.use_compile = bool(channels_last), bool(compile)
-        self._memory_format = (
-            (torch.channels_last if ndim == 2 else torch.channels_last_3d)
-            if self.channels_last else None
-        )
+        self._memory_format = channels_last_format(ndim) if self.channels_last else None
         if self._memory_format is not None:
             for net in (self.generator, self.discriminator, self.g_ema):
                 net.to(memory_format=self._memory_format)  # in place: same Parameter objects
