@@ -143,9 +143,13 @@ def _rounded(x):  # noqa: ANN001, ANN202
 
 def _section_anchor(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
     """The 'anchor' section: the side-by-side settings, with ratios to the anchor's JSON."""
-    if not a.anchor:
-        raise SystemExit("error: --sections anchor needs --anchor TF_JSON (from tf_bench.py)")
-    anchor = read_anchor(a.anchor)
+    try:
+        if not a.anchor:
+            raise ValueError("--sections anchor needs --anchor TF_JSON (from tf_bench.py)")
+        anchor = read_anchor(a.anchor)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     filt = list(ANCHOR_FILTERS) if not a.smoke else [8, 8, 8]
     tr_cfg = ANCHOR_TRAIN if not a.smoke else {8: 4, 16: 4}
     gen_cfg = ANCHOR_GEN if not a.smoke else {16: 8}

@@ -55,3 +55,14 @@ def test_bench_smoke_reports_ratios_to_the_anchor(tmp_path):
     assert ratio["train"]["8"]["stable"]["eager"] == pytest.approx(measured / 100.0)
     assert set(ratio["gen"]["16"]) == {"eager", "bundle"}
     assert "16" not in ratio["train"]  # no anchor number at 16 px for training
+
+
+def test_bench_refuses_a_bad_anchor_with_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json\n")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke",
+                        "--sections", "anchor", "--anchor", str(bad)], capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]
+    assert r.stderr.startswith("error: ") and "not a tf_bench.py result" in r.stderr
