@@ -283,6 +283,26 @@ def merge_overrides(overrides: list[str]) -> list[str]:
 STEPS = ("data", "train", "sweep", "analyze")
 
 
+def expected_seconds(case: str, scale: str) -> dict[str, float]:
+    """Seconds each step of ``<case>_<scale>`` took when measured on a quiet 2-core machine
+    (the preset's ``expected_minutes``: {step: minutes}); steps without a measurement are
+    left out. Read from the YAML file itself, so that no Hydra composition is needed."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(EXPERIMENTS / f"{experiment(case, scale)}.yaml")
+    table = cfg.get("expected_minutes") or {}
+    return {f"{case}/{k}": 60.0 * float(v) for k, v in table.items() if k in STEPS and v is not None}
+
+
+def expected_duration(steps: list[Step], expected: dict[str, float], *, force: bool = False
+                      ) -> tuple[float, list[str]]:
+    """(seconds, names of steps to run without a measurement) for the steps that will run:
+    those not already up to date (all of them with ``force``)."""
+    to_run = [st for st in steps if force or not st.is_fresh()]
+    known = sum(expected[st.name] for st in to_run if st.name in expected)
+    return known, [st.name for st in to_run if st.name not in expected]
+
+
 def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
                extra: dict[str, list[str]] | None = None, python: str = sys.executable
                ) -> list[Step]:

@@ -23,7 +23,15 @@ from pathlib import Path
 from matdyn.cli import one_line, user_error_message
 from matdyn.data.store import validate_store
 from matdyn.errors import ConfigError
-from matdyn.pipeline import CASES, STEPS, case_steps, run_steps, scales
+from matdyn.pipeline import (
+    CASES,
+    STEPS,
+    case_steps,
+    expected_duration,
+    expected_seconds,
+    run_steps,
+    scales,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +40,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {one_line(message)}; see python scripts/reproduce.py --help", file=sys.stderr)
         sys.exit(2)
+
+
+def expected_line(seconds: float, unknown: list[str], cores: int) -> str:
+    """The line printed before any step runs: how long the steps to run took on a quiet
+    2-core machine (the presets' ``expected_minutes``)."""
+    parts = []
+    if seconds:
+        parts.append(f"expected duration: about {seconds / 60:.0f} min on a quiet 2-core CPU "
+                     f"(this machine: {cores} cores; a busy machine takes longer)")
+    if unknown:
+        parts.append(f"no measured duration for {', '.join(unknown)}")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         steps = []
         for case in cases:
             steps += case_steps(case, a.scale, root, store=stores.get(case), extra=extra.get(case))
+        expected: dict[str, float] = {}
+        for case in cases:
+            expected.update(expected_seconds(case, a.scale))
+        seconds, unknown = expected_duration(steps, expected, force=a.force)
+        if seconds or unknown:
+            print(expected_line(seconds, unknown, os.cpu_count() or 1), flush=True)
         t0 = time.perf_counter()
         results = run_steps(steps, force=a.force, dry_run=a.dry_run, keep_going=a.keep_going)
         if a.dry_run:
@@ -82,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         timings = {st.name: float(m["seconds"]) for st in steps
                    if (m := st.marker()) is not None and "seconds" in m}
         md, page = build_report(root, cases, scale=a.scale, timings=timings)
-        print(f"\nreport: {md}\n        {page}\n(total {time.perf_counter() - t0:.0f} s)")
+        total = time.perf_counter() - t0
+        vs = f", expected about {seconds:.0f} s" if seconds and not unknown else ""
+        print(f"\nreport: {md}\n        {page}\n(total {total:.0f} s{vs})")
         failed = [r.name for r in results if r.status in ("failed", "not run")]
         if failed:
             print(f"error: steps failed or not run: {', '.join(failed)} (see the report)",

@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,6 +113,7 @@ def row(setting: str, layout: str, minutes: float, s: dict | None) -> dict:
                       if swd.get("real_vs_real") else None)
     ppf = (s.get("particles") or {}).get("particles_per_frame") or {}
     r["particles_ratio"] = ppf.get("ratio")
+    r["diversity_ratio"] = (s.get("frame_diversity") or {}).get("ratio")
     r["flags"] = s.get("flags", [])
     return r
 
@@ -122,17 +124,18 @@ def _f(v: object) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| setting | layout | minutes | directed | free | confined | all particles | "
-            "SWD / baseline | flags |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "diversity | SWD / baseline | flags |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
-                         f"{r['error']} | | | | | |")
+                         f"{r['error']} | | | | | | |")
             continue
         rat = r["ratios"]
         lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
                      + " | ".join(_f(rat.get(m)) for m in ("directed", "free", "confined"))
-                     + f" | {_f(r['particles_ratio'])} | {_f(r['swd_ratio'])} | "
+                     + f" | {_f(r['particles_ratio'])} | {_f(r.get('diversity_ratio'))} | "
+                     f"{_f(r['swd_ratio'])} | "
                      f"{', '.join(r['flags']) or 'none'} |")
     return "\n".join(lines)
 
@@ -146,21 +149,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-frames", type=int, default=400, help="generated and observed frames")
     ap.add_argument("--n-frames", type=int, default=None, help="frames per store (default 2000)")
     ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="trainings run side by side (default 1: minutes on a quiet machine)")
     ap.add_argument("--smoke", action="store_true", help="one tiny 16 px setting, 300 frames")
     a = ap.parse_args(argv)
     settings = parse_settings(a.setting) or (SMOKE if a.smoke else DEFAULT_SETTINGS)
     n_frames = a.n_frames or (300 if a.smoke else None)
     out = (ROOT / a.out) if not Path(a.out).is_absolute() else Path(a.out)
-    rows = []
-    for lay in a.layouts:
-        lay_args = layout_overrides(make_store(lay, out / "stores", n_frames))
-        for name, overrides in settings.items():
-            minutes, summary, log = run_one(overrides, lay_args, out / name / lay, a.eval_frames,
-                                            a.num_threads)
-            rows.append(row(name, lay, minutes, summary))
-            if summary is None:
-                print(f"[{name} / {lay}] failed:\n{log}", file=sys.stderr)
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    if a.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {a.jobs}")
+    # every store first (serially), so that parallel runs never race to create one
+    stores = {lay: layout_overrides(make_store(lay, out / "stores", n_frames)) for lay in a.layouts}
+    runs = [(name, lay) for lay in a.layouts for name in settings]
+
+    def one(run: tuple[str, str]) -> dict:
+        name, lay = run
+        minutes, summary, log = run_one(settings[name], stores[lay], out / name / lay,
+                                        a.eval_frames, a.num_threads)
+        if summary is None:
+            print(f"[{name} / {lay}] failed:\n{log}", file=sys.stderr)
+        r = row(name, lay, minutes, summary)
+        print(table([r]).splitlines()[-1], flush=True)
+        return r
+
+    # --jobs N: N trainings side by side (each with --num-threads threads); their minutes are
+    # then per run on a shared machine, not a quiet one
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        rows = list(pool.map(one, runs))
     text = table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text + "\n")

@@ -146,8 +146,9 @@ def test_study_profile_table_from_summaries():
     summary = {"particles": {"regions": {"directed": {"ratio": 0.5}, "free": {"ratio": 0.9},
                                          "confined": {"ratio": 1.0}},
                              "particles_per_frame": {"ratio": 0.8}},
-               "swd": {"generated_vs_real": 0.3, "real_vs_real": 0.1}, "flags": ["swd"]}
+               "swd": {"generated_vs_real": 0.3, "real_vs_real": 0.1}, "flags": ["swd"],
+               "frame_diversity": {"ratio": 0.45}}
     rows = [mod.row("quick", "default", 1.5, summary), mod.row("w2", "heldout_a", 2.0, None)]
     text = mod.table(rows)
-    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 3.00 | swd |" in text
+    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 0.45 | 3.00 | swd |" in text
     assert "| w2 | heldout_a | 2.0 | training or evaluation failed |" in text

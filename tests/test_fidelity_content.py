@@ -14,7 +14,10 @@ from matdyn.analysis.fidelity_content import (
     dark_particle_centres,
     density_chi2,
     density_emd,
+    diversity_fidelity,
     flagged,
+    frame_diversity,
+    half_split,
     particle_fidelity,
 )
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
@@ -130,3 +133,22 @@ def test_composition_fidelity_sees_a_shifted_channel_mix():
     s, checks = composition_fidelity(real, young, ["Cu", "CuS"], stages=stages)
     assert s["stage_mix"]["generated_share"] == [1.0, 0.0, 0.0]
     assert set(flagged(checks)) == {"mass_fraction_w1.Cu", "mass_fraction_w1.CuS", "stage_mix"}
+
+
+def test_a_collapsed_generator_keeps_its_counts_but_fails_diversity(np64):
+    """Mode collapse (every generated frame nearly the same observed frame) keeps particles per
+    frame and per-region counts at 1 — what the issue's first table measured — but the frames
+    no longer differ from each other: frame diversity sees it, fresh draws do not trip it."""
+    frames, rm = np64
+    real = frames[:400]
+    rng = np.random.default_rng(3)
+    collapsed = frames[400:401] + 0.01 * rng.standard_normal((400, *frames.shape[1:]))
+    s, _ = _fid(real, collapsed, rm)
+    assert all(0.85 <= r["ratio"] <= 1.3 for r in s["regions"].values())  # counts look right
+    d, checks = diversity_fidelity(real, collapsed, half_split(400))
+    assert d["ratio"] < 0.3 and flagged(checks) == ["frame_diversity"]
+    d, checks = diversity_fidelity(real, frames[400:800], half_split(400))
+    assert 0.9 < d["ratio"] < 1.1 and 0.9 < d["real_vs_real_ratio"] < 1.1 and flagged(checks) == []
+    assert frame_diversity(real[:1].repeat(5, 0)) == 0.0
+    with pytest.raises(AnalysisError, match="at least 2"):
+        frame_diversity(real[:1])

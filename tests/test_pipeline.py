@@ -117,3 +117,27 @@ def test_a_steps_error_line_is_quoted_once_the_driver_fails():
     assert run(b"abc\nerror: x\nok 10%\r20%\r", b"done\n") == b"abc\n[step] error: x\nok 10%\r20%\rdone\n"
     assert run(b"err", b"or: split", b" line\nerr", b"x\n") == b"[step] error: split line\nerrx\n"
     assert run(b"no error: here\n", b"error: tail") == b"no error: here\n[step] error: tail"
+
+
+def test_expected_duration_counts_only_the_steps_that_will_run(monkeypatch, tmp_path):
+    """`reproduce.py` announces the measured minutes of the steps it will run: a fresh step
+    does not count (unless --force), a step without a measurement is named."""
+    presets = tmp_path / "experiment"
+    presets.mkdir()
+    (presets / "np_diffusion_quick.yaml").write_text(
+        "expected_minutes: {data: 1.5, train: 10, sweep: 2}\n")
+    monkeypatch.setattr(pipeline, "EXPERIMENTS", presets)
+    expected = pipeline.expected_seconds("np_diffusion", "quick")
+    assert expected == {"np_diffusion/data": 90.0, "np_diffusion/train": 600.0,
+                        "np_diffusion/sweep": 120.0}
+    steps = case_steps("np_diffusion", "quick", tmp_path / "out")
+    data = steps[0]
+    data.outputs[0].mkdir(parents=True)
+    data.workdir.mkdir(parents=True)
+    pipeline._write_marker(data, 1.0)  # the data step is done and up to date
+    assert data.is_fresh()
+    seconds, unknown = pipeline.expected_duration(steps, expected)
+    assert seconds == 720.0 and unknown == ["np_diffusion/analyze"]
+    seconds, _ = pipeline.expected_duration(steps, expected, force=True)
+    assert seconds == 810.0
+

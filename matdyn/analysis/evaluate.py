@@ -44,6 +44,7 @@ from matdyn.analysis.fidelity_content import (
     checks_table,
     composition_fidelity,
     dark_particle_centres,
+    diversity_fidelity,
     flagged,
     half_split,
     particle_fidelity,
@@ -135,6 +136,8 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     out: dict[str, Any] = {"n_generated": int(len(generated)), "n_real": int(len(real))}
     halves = half_split(len(real), seed)
     out["intensity_w1"], checks = _intensity(real, generated, halves, channel_names)
+    out["frame_diversity"], c = diversity_fidelity(real, generated, halves, seed=seed)
+    checks += c
     if particles is None:
         particles = real.shape[1] == 1 and real.ndim == 4
     if particles:

@@ -117,6 +117,38 @@ def half_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[:h]), np.sort(perm[h : 2 * h])
 
 
+# ------------------------------------------------------------------------------ diversity
+
+
+def frame_diversity(images: Any, *, n_pairs: int = 2000, seed: int = 0) -> float:
+    """Mean RMS difference between two distinct frames of a set (images [N, C, *spatial], N ≥ 2;
+    ``n_pairs`` random pairs, or all pairs when there are fewer): how much the frames differ
+    from each other, in the images' units. A generator that ignores its latent (mode
+    collapse) gives much less than its data; per-frame counts and densities cannot see that.
+    """
+    x = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    n = len(x)
+    if n < 2:
+        raise AnalysisError("frame diversity needs at least 2 frames")
+    i, j = np.triu_indices(n, 1)
+    if len(i) > n_pairs:
+        pick = np.random.default_rng(seed).choice(len(i), n_pairs, replace=False)
+        i, j = i[pick], j[pick]
+    return float(np.sqrt(((x[i] - x[j]) ** 2).mean(axis=1)).mean())
+
+
+def diversity_fidelity(real: Any, generated: Any, halves: tuple[np.ndarray, np.ndarray], *,
+                       seed: int = 0) -> tuple[dict[str, float], list[Check]]:
+    """Frame diversity (:func:`frame_diversity`) of generated vs observed frames; the ratio
+    generated / observed (1 = as varied as the data) against the ratio of two halves of the
+    observed frames. Check ``frame_diversity`` on ``|1 - ratio|`` (floor :data:`RATIO_FLOOR`)."""
+    d_real, d_gen = frame_diversity(real, seed=seed), frame_diversity(generated, seed=seed)
+    d_a, d_b = (frame_diversity(np.asarray(real)[h], seed=seed) for h in halves)
+    out = {"real": d_real, "generated": d_gen, "ratio": _ratio(d_gen, d_real),
+           "real_vs_real_ratio": _ratio(d_a, d_b)}
+    return out, [ratio_check("frame_diversity", out["ratio"], out["real_vs_real_ratio"])]
+
+
 # ------------------------------------------------------------------------------ particles
 
 
