@@ -283,6 +283,10 @@ def _figures(case_dir: Path, ctx: Mapping[str, Any]) -> list[tuple[Path, str]]:
         p = case_dir / "analysis" / rel
         if p.suffix == ".png" and p.is_file():
             out.append((p, captions.get(p.stem, p.stem.replace("_", " "))))
+    ovg = case_dir / "train" / "observed_vs_generated.png"
+    if ovg.is_file():
+        out.append((ovg, "Observed frames (top) and generated frames (bottom), same grey scale: "
+                         "what the fidelity numbers summarise"))
     samples = sorted((case_dir / "train" / "samples").glob("*.png"))
     if samples:
         out.append((samples[-1], "Generated samples at the end of training (EMA generator)"))

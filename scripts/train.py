@@ -53,7 +53,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, is_main: bool) -> None:
         summary = evaluate_bundle(bundle, Path(cfg.dataset.path), n=n_eval,
                                   seed=int(cfg.seed), fit=str(cfg.dataset.get("fit", "crop")),
                                   # particle measures only mean something for particle data (§3.3.1)
-                                  particles=cfg.dataset.name == "np_diffusion")
+                                  particles=cfg.dataset.name == "np_diffusion",
+                                  figure=run_dir / "observed_vs_generated")
         write_json_atomic(run_dir / "summary.json", summary)
         pa = summary.get("particle_area_w1", {})
         if pa.get("real_vs_real") is not None:
@@ -66,7 +67,11 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, is_main: bool) -> None:
         flags = summary.get("flags", [])
         print(f"fidelity flags (> {summary.get('flag_factor', 2):g}x real-vs-real): "
               + (", ".join(flags) if flags else "none"))
-        print(f"summary: {run_dir / 'summary.json'}")
+        div = summary.get("frame_diversity") or {}
+        if div.get("ratio") is not None:
+            print(f"frame diversity (mean RMS difference between frames): generated / observed = "
+                  f"{div['ratio']:.2f} (real halves {div['real_vs_real_ratio']:.2f})")
+        print(f"summary: {run_dir / 'summary.json'}; figure: {summary.get('figure')}")
 
 
 if __name__ == "__main__":

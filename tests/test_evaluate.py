@@ -83,7 +83,10 @@ def test_two_channel_2d_frames_train_and_evaluate_end_to_end(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     bundle = run_training(cfg, tmp_path / "run", cuda=False)
-    s = evaluate_bundle(bundle, store, n=32, seed=0, fit="crop", particles=True)
+    s = evaluate_bundle(bundle, store, n=32, seed=0, fit="crop", particles=True,
+                        figure=tmp_path / "ovg")
+    assert s["figure"] == str(tmp_path / "ovg.png") and (tmp_path / "ovg.svg").is_file()
+    assert 0 < s["frame_diversity"]["ratio"] and "frame_diversity" in s["checks"]
     assert s["resolution"] == 16 and s["pixel_size"] == pytest.approx(40.58 * 142 / 16)
     assert set(s["intensity_w1"]) == {"phase", "amplitude"}
     assert s["particles"]["channel"] == "phase"  # particles are found in channel 0

@@ -51,7 +51,8 @@ from matdyn.analysis.fidelity_content import (
 )
 from matdyn.errors import AnalysisError
 
-__all__ = ["dark_particle_areas", "evaluate_bundle", "fidelity_summary", "generate_frames"]
+__all__ = ["dark_particle_areas", "evaluate_bundle", "fidelity_summary", "generate_frames",
+           "observed_vs_generated"]
 
 
 def generate_frames(bundle: torch.nn.Module, n: int, *, seed: int = 0, batch: int = 128,
@@ -196,13 +197,37 @@ def _add_slit_widths(summary: dict[str, Any], store: Any, gen: np.ndarray, real:
     summary["flags"] += flagged(checks, summary["flag_factor"])
 
 
+def observed_vs_generated(real: np.ndarray, generated: np.ndarray, *, n: int = 8,
+                          pixel_size: float | None = None, unit: str = "nm") -> Any:
+    """Figure: ``n`` observed frames (top row) over ``n`` generated ones (bottom row), on one
+    grey scale, with a scale bar. Frames [N, C, *spatial]: channel 0, and the middle slice
+    of a volume. Generated frames that all look alike (mode collapse) or that lack what
+    moves in the data show here before any number."""
+    from matdyn.viz import image_grid
+
+    def plane(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)[:n, 0]
+        while x.ndim > 3:
+            x = x[:, x.shape[1] // 2]
+        return x
+
+    r, g = plane(real), plane(generated)
+    k = min(len(r), len(g))
+    titles = [f"observed {i + 1}" for i in range(k)] + [f"generated {i + 1}" for i in range(k)]
+    return image_grid(np.concatenate([r[:k], g[:k]]), pixel_size=pixel_size, unit=unit,
+                      ncols=k, titles=titles)
+
+
 def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLike, *,
                     n: int = 1000, seed: int = 0, fit: str = "crop",
-                    particles: bool | None = None) -> dict[str, Any]:
+                    particles: bool | None = None,
+                    figure: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fidelity summary of a bundle against the store it was trained on (n frames each;
     observed frames drawn at random without replacement, prepared with ``fit``).
 
     ``particles``: measure dark particles (NP-like data); None = any 1-channel 2D store.
+    ``figure``: also write ``<figure>.png/.svg``, 8 observed over 8 generated frames
+    (:func:`observed_vs_generated`), the picture to check the numbers against.
     """
     from matdyn.data.frames import ObservedFrames
     from matdyn.data.store import open_store
@@ -226,4 +251,9 @@ def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLik
         _add_slit_widths(summary, store, gen, real, idx, bundle.resolution, fit, pixel, seed)
     summary.update(bundle=str(Path(bundle_path)), resolution=bundle.resolution, fit=fit,
                    pixel_size=pixel, unit=meta.unit)
+    if figure is not None:
+        from matdyn.viz import save_figure
+
+        fig = observed_vs_generated(real, gen, pixel_size=pixel, unit=meta.unit)
+        summary["figure"] = str(save_figure(fig, figure)[0])
     return summary
