@@ -50,6 +50,7 @@ def main(cfg: DictConfig) -> None:
     summary = run_analysis(
         resolved["dataset"], instantiate(cfg.analysis), cfg.bundle, out,
         gamma=cfg.gamma, sweep=cfg.sweep, sampler=resolved.get("sampler"), seed=int(cfg.seed), device=str(cfg.device),
+        precision=str(cfg.get("precision", "fp32")),
         progress=bool(cfg.progress), wandb_cfg=resolved["wandb"], resolved_config=resolved,
         shard=shard, merge=cfg.merge,
         block_size=cfg.block_size,

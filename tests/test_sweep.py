@@ -475,3 +475,26 @@ def test_earlier_multirun_yaml_is_kept_in_order(tmp_path):
         assert not (tmp_path / "multirun.yaml").exists()
         (tmp_path / "multirun.yaml").write_text(new)  # what Hydra's sweeper then writes
         assert (tmp_path / f"multirun.{n}.yaml").read_text() == old
+
+
+def test_inference_precision_reaches_the_generator(sweep, tmp_path, monkeypatch):
+    """`precision=` of sweep_gamma.py / analyze.py goes to load_generator (fp32 default; a bad
+    value is the bundle's one-line ConfigError before any job folder is written)."""
+    import matdyn.training.bundle as bundle_mod
+
+    tmp, bundle, _, _ = sweep
+    ds = {"name": "np_diffusion", "path": str(tmp / "np.zarr"), "ndim": 2, "channels": 1}
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        run_sweep_job(ds, bundle, UniformSampler(1.0), tmp_path / "job", precision="banana")
+    assert not (tmp_path / "job" / "job.json").exists()
+    seen = []
+    real = bundle_mod.load_generator
+
+    def spy(path, **kw):
+        seen.append(kw.get("precision"))
+        return real(path, **kw)
+
+    monkeypatch.setattr(bundle_mod, "load_generator", spy)
+    s = run_sweep_job(ds, bundle, UniformSampler(1.0), tmp_path / "bf16", n_refs=4, n_samples=4,
+                      precision="bf16", progress=False)
+    assert seen == ["bf16"] and s["status"] == "done"

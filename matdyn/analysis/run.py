@@ -58,6 +58,7 @@ def run_analysis(
     sampler: Mapping[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
+    precision: str = "fp32",
     progress: bool = True,
     wandb_cfg: Mapping[str, Any] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
@@ -96,7 +97,7 @@ def run_analysis(
         require_complete(out / "variations", f"the {case} analysis")
     out.mkdir(parents=True, exist_ok=True)
     bundle_path = project_path(bundle_path)
-    gen = load_generator(bundle_path)
+    gen = load_generator(bundle_path, precision=precision)
     ensure_store(dataset, progress=progress)
     store = open_store(project_path(dataset["path"]))  # validated: NaN/inf, missing chunks
     trained_on = str(gen.meta.get("name", ""))

@@ -273,6 +273,7 @@ def run_sweep_job(
     batch_size: int = 256,
     block_size: int | None = None,
     device: str | None = "auto",
+    precision: str = "fp32",
     progress: bool = True,
     wandb_cfg: Mapping[str, Any] | None = None,
     group: str | None = None,
@@ -301,7 +302,7 @@ def run_sweep_job(
     if gamma is None or not float(gamma) > 0:
         raise ConfigError(f"the sampler's γ must be > 0, got {gamma!r}")
     bundle_path = Path(bundle_path).absolute()
-    bundle = load_generator(bundle_path)
+    bundle = load_generator(bundle_path, precision=precision)
     meta = _open_store_meta(dataset)
     check_bundle_fits(bundle, dataset, meta, bundle_path)
     ms = metrics_from_spec(metrics, dataset.get("name"), int(bundle.ndim))
