@@ -200,13 +200,15 @@ def _add_slit_widths(summary: dict[str, Any], store: Any, gen: np.ndarray, real:
 def observed_vs_generated(real: np.ndarray, generated: np.ndarray, *, n: int = 8,
                           pixel_size: float | None = None, unit: str = "nm") -> Any:
     """Figure: ``n`` observed frames (top row) over ``n`` generated ones (bottom row), on one
-    grey scale, with a scale bar. Frames [N, C, *spatial]: channel 0, and the middle slice
+    grey scale, with a scale bar; frames evenly spaced through each set (observed frames in
+    store order therefore span the video). Frames [N, C, *spatial]: channel 0, and the middle slice
     of a volume. Generated frames that all look alike (mode collapse) or that lack what
     moves in the data show here before any number."""
     from matdyn.viz import image_grid
 
     def plane(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)[:n, 0]
+        x = np.asarray(x)
+        x = x[np.linspace(0, len(x) - 1, min(n, len(x))).round().astype(int), 0]  # spread out
         while x.ndim > 3:
             x = x[:, x.shape[1] // 2]
         return x
