@@ -422,6 +422,24 @@ def test_dry_run_writes_the_plan_only(store2d, tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "generator.pt").exists()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_follows_the_cpus_bf16_support(store2d, tmp_path, monkeypatch, native):
+    """trainer.precision=auto: bf16-mixed on a CPU with native bf16, else 32-true (detected at
+    run time, recorded in the plan); 32-true, the default, is never changed."""
+    import dataclasses
+
+    import matdyn.checks.hardware as hw
+
+    real = hw.capabilities()
+    monkeypatch.setattr(hw, "capabilities", lambda: dataclasses.replace(real, bf16_cpu=native))
+    parts = build(_cfg(store2d, "trainer.precision=auto"), tmp_path / "auto", cuda=False)
+    want = "bf16-mixed" if native else "32-true"
+    assert parts["plan"]["perf"]["precision"] == want
+    assert str(parts["trainer"].precision) == want
+    parts = build(_cfg(store2d), tmp_path / "default", cuda=False)
+    assert parts["plan"]["perf"]["precision"] == "32-true"
+
+
 def test_script_prints_error_and_exits_2(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [PY, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={tmp_path / 'run'}",
