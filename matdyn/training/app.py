@@ -132,7 +132,7 @@ def resolve_training_precision(value: Any, cuda: bool) -> str:
     (none was lent; ``trainer.precision=bf16-mixed`` opts in).
 
     ``32-true`` stays the default (issue 14, conf/trainer/default.yaml): on the NP stand-in
-    (quick profile, 134k images, scripts/study_profile.py) bf16-mixed trained ~1.3× faster
+    (quick profile, 116k images, scripts/study_profile.py) bf16-mixed trained ~1.3× faster
     but gave a worse generator than fp32 from the same seed: SWD 2.0× vs 1.4× its real-vs-real
     baseline, frame diversity 0.75 vs 0.89 of the observed frames.
 
