@@ -144,3 +144,10 @@ def test_expected_duration_counts_only_the_steps_that_will_run(monkeypatch, tmp_
     seconds, _ = pipeline.expected_duration(steps, expected, force=True)
     assert seconds == 810.0
 
+
+def test_the_demo_preset_has_a_measured_duration():
+    """`make demo` prints its expected duration (issue 11): every step of np_diffusion_quick
+    carries one."""
+    expected = pipeline.expected_seconds("np_diffusion", "quick")
+    assert set(expected) == {f"np_diffusion/{s}" for s in pipeline.STEPS}
+    assert all(v > 0 for v in expected.values())
