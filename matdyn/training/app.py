@@ -124,6 +124,12 @@ def resolve_channels_last(value: Any, cuda: bool, ndim: int, precision: str = "3
     raise ConfigError(f"perf.channels_last must be true, false or auto, got {value!r}")
 
 
+def _trains_on_cuda(cfg: DictConfig, cuda: bool | None) -> bool:
+    """True when the trainer will run on CUDA (``cuda`` overrides detection)."""
+    return (torch.cuda.is_available() if cuda is None else bool(cuda)) and \
+        str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+
+
 def resolve_training_precision(value: Any, cuda: bool) -> str:
     """``trainer.precision``: any Lightning precision (``32-true``, ``bf16-mixed``, ...) as is,
     or ``auto`` = ``bf16-mixed`` when training runs on a CPU with native bf16 (AVX-512 BF16 /
@@ -209,8 +215,7 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
                           f"{n_stages} stages; give one width per stage from 4 px")
     ema_decay = m.get("ema_decay")
     perf = cfg.get("perf") or {}
-    on_cuda = (torch.cuda.is_available() if cuda is None else bool(cuda)) and \
-        str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+    on_cuda = _trains_on_cuda(cfg, cuda)
     precision = str(cfg.trainer.get("precision", "32-true"))
     compile_nets = perf.get("compile", False)
     if not isinstance(compile_nets, bool):
@@ -282,9 +287,7 @@ def build(
     profile_name, profile, message = resolve_profile(cfg.schedule, cuda, cfg.get("profile"))
     log.info(message)
     asked = str(cfg.trainer.get("precision", "32-true"))
-    on_cuda = (torch.cuda.is_available() if cuda is None else bool(cuda)) and \
-        str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
-    precision = resolve_training_precision(asked, on_cuda)
+    precision = resolve_training_precision(asked, _trains_on_cuda(cfg, cuda))
     if precision != asked:
         cfg = OmegaConf.merge(cfg, {"trainer": {"precision": precision}})
         log.info(f"precision: {asked} -> {precision} "
