@@ -134,7 +134,12 @@ def frame_diversity(images: Any, *, n_pairs: int = 2000, seed: int = 0) -> float
     if len(i) > n_pairs:
         pick = np.random.default_rng(seed).choice(len(i), n_pairs, replace=False)
         i, j = i[pick], j[pick]
-    return float(np.sqrt(((x[i] - x[j]) ** 2).mean(axis=1)).mean())
+    rms = np.empty(len(i))
+    step = max(1, 2**24 // x.shape[1])  # pairs per chunk: ~128 MB of differences at a time
+    for a in range(0, len(i), step):  # (whole volumes × thousands of pairs would not fit)
+        d = x[i[a:a + step]] - x[j[a:a + step]]
+        rms[a:a + step] = np.sqrt(np.einsum("ij,ij->i", d, d) / x.shape[1])
+    return float(rms.mean())
 
 
 def diversity_fidelity(real: Any, generated: Any, halves: tuple[np.ndarray, np.ndarray], *,
