@@ -69,8 +69,14 @@ class Row:
     ours: str | Getter          # dotted path into the case context, or a function of it
     truth: str | Getter | None = None   # dotted path, function, or None (no ground truth)
     spec: str = ".3g"
+    #: a function of the context giving why the row's step did not run (None: it ran)
+    skipped: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def cells(self, ctx: Mapping[str, Any]) -> list[str]:
+        why = self.skipped(ctx) if self.skipped is not None else None
+        if why:
+            return [self.label, self.paper, f"not run: {why}", "—"]
+
         def get(x: str | Getter | None) -> str:
             if x is None:
                 return "—"
@@ -108,6 +114,15 @@ def _either(first: str | Getter, second: str | Getter) -> Getter:
         return v
 
     return g
+
+
+def _traces_skipped(ctx: Mapping[str, Any]) -> str | None:
+    """Why the paper's averaged-image trace rows are empty: the analysis ran without them."""
+    d = dig(ctx, "analysis.config.descriptors")
+    if d == "particles":
+        return ("the paper's trace protocol is off (analysis.descriptors=particles); "
+                "set analysis.descriptors=both to add it")
+    return None
 
 
 def _within(slit: str) -> Getter:
@@ -175,17 +190,19 @@ ROWS: dict[str, list[Row]] = {
                     _pm("analysis.recovery.free_diffusion_area_mean",
                         "analysis.recovery.free_diffusion_area_std")),
             _either("analysis.recovery.traces.free_planted_4Dt",
-                    "analysis.recovery.free_planted_4Dt")),
+                    "analysis.recovery.free_planted_4Dt"), skipped=_traces_skipped),
         Row("number of diffusion modes (from the data unless analysis.n_modes is fixed)", "3",
             "analysis.clustering.n_modes", "=3"),
         Row("ARI, paper clustering (average linkage)", "—", "analysis.recovery.ari_average", "=1"),
         Row("ARI, robust clustering (trimmed average linkage)", "—", "analysis.recovery.ari_trimmed", "=1"),
         Row("ARI, robust clustering (Ward)", "—", "analysis.recovery.ari_ward", "=1"),
-        Row("AUC of anisotropy, confined vs rest (goal ≥ 0.75)", "—",
-            "analysis.recovery.anisotropy_auc_confined", "=1"),
+        Row("AUC of anisotropy, confined vs rest (goal ≥ 0.75; descriptors=traces)", "—",
+            _either("analysis.recovery.traces.anisotropy_auc_confined",
+                    "analysis.recovery.anisotropy_auc_confined"), "=1", skipped=_traces_skipped),
         Row("directed traces: anisotropy reference → averaged", "directional bias (Fig. 6d)",
             lambda c: f"{fmt(dig(c, 'analysis.recovery.directed_anisotropy_reference'))} → "
-                      f"{fmt(dig(c, 'analysis.recovery.directed_anisotropy_averaged'))}", "=increase"),
+                      f"{fmt(dig(c, 'analysis.recovery.directed_anisotropy_averaged'))}", "=increase",
+            skipped=_traces_skipped),
     ],
     "brass_clump": [
         Row("Wasserstein distance Cu (truth column: real vs real)", "0.010",
@@ -289,7 +306,7 @@ def _figures(case_dir: Path, ctx: Mapping[str, Any]) -> list[tuple[Path, str]]:
                          "what the fidelity numbers summarise"))
     samples = sorted((case_dir / "train" / "samples").glob("*.png"))
     if samples:
-        out.append((samples[-1], "Generated samples at the end of training (EMA generator)"))
+        out.append((samples[-1], "Generated samples at the end of training (the exported generator)"))
     return out
 
 

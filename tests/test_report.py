@@ -111,6 +111,21 @@ def test_row_and_override_helpers():
     assert other[0].key == steps[0].key and other[1].key != steps[1].key and other[3].key != steps[3].key
 
 
+def test_trace_rows_say_the_protocol_was_off_not_absent():
+    """With the particle descriptors (the NP default), the paper's trace rows explain that
+    the trace protocol did not run instead of naming an absent key."""
+    rows = [r for r in ROWS["np_diffusion"] if r.skipped is not None]
+    assert len(rows) == 3
+    off = {"analysis": {"config": {"descriptors": "particles"}, "recovery": {}}}
+    for r in rows:
+        cell = r.cells(off)[2]
+        assert cell.startswith("not run:") and "descriptors=both" in cell
+    on = {"analysis": {"config": {"descriptors": "both"},
+                       "recovery": {"traces": {"anisotropy_auc_confined": 0.8}}}}
+    auc = [r for r in rows if r.label.startswith("AUC")][0]
+    assert auc.cells(on)[2] == "0.8"
+
+
 def test_step_key_follows_resolved_config(monkeypatch):
     """A changed default in conf/ (not on the command line) changes the key of the steps that
     read it, and only those."""
