@@ -98,3 +98,29 @@ def test_one_mode_gives_one_cluster(method):
     three = np.concatenate([one[:30] + s for s in ([3.0, 0.0], [0.0, 0.0], [1.5, 0.5])])
     c = choose_n_clusters(three, method=method)
     assert c.k == 3 and len(np.unique(c.labels)) == 3
+
+
+def test_estimated_diameter_grows_when_no_feature_is_found_at_the_log_scale(monkeypatch):
+    """Ring-like bright-field particles can defeat the LoG diameter (trackpy's bulk_water at
+    64 px: 0 features at 5 px, 14 at 7 px); the estimate then tries larger odd diameters,
+    while a diameter given by the user is used as given."""
+    from matdyn.dynamics import locate as loc
+
+    yy, xx = np.mgrid[:48, :48]
+    img = np.zeros((48, 48))
+    for r, c in ((10, 10), (10, 36), (30, 20), (38, 40)):
+        img -= np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.5**2))
+    first = loc.estimate_locate_params(img, dark=True).diameter
+    real = loc.locate_stack
+
+    def blind_below(frames, params, *a, **k):  # no feature below first + 2, like the rings
+        out = real(frames, params, *a, **k)
+        if params.diameter >= first + 2:
+            return out
+        return loc.Located(out.coords[:0], out.frame[:0], out.mass[:0], out.n_images)
+
+    monkeypatch.setattr(loc, "locate_stack", blind_below)
+    p = loc.estimate_locate_params(img, dark=True)
+    assert p.diameter == first + 2 and p.minmass > 0
+    with pytest.raises(AnalysisError, match="diameter"):
+        loc.estimate_locate_params(img, dark=True, diameter=first)

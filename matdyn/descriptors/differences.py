@@ -38,6 +38,7 @@ __all__ = [
     "MassDeviation",
     "MetricFilter",
     "ShapeDifference",
+    "SquaredDifference",
     "cached_masks",
 ]
 
@@ -283,6 +284,51 @@ class DensityDifference(_Metric):
         diff = np.abs(rho - rho_ref[slots]).sum(axis=1)
         out = np.where(diff > 0, np.inf, 0.0)
         return np.divide(diff, norm[slots], out=out, where=norm[slots] > 0)
+
+
+@dataclass(frozen=True)
+class SquaredDifference(_Metric):
+    """Mean squared voxel difference after Gaussian smoothing: ⟨(g_σ * (x − x_ref))²⟩ over
+    voxels, summed over channels, in intensity units² (issue 12: the γ ↔ Δt calibration).
+
+    Why squared: for frame noise independent of the scene, E‖a − b‖² is the motion part
+    plus 2σ²_noise per voxel *exactly* (no cross term), so the Δt → 0 intercept of the lag
+    curve is the noise and can be subtracted; and for a particle displaced by δ smaller
+    than its size, ‖f(x + δ) − f(x)‖² ≈ ½|δ|²‖∇f‖² (isotropic δ), so the motion part grows
+    in proportion to the MSD on both sides of the match (observed lags, generated
+    variations). An absolute (L1) difference grows like |δ| and mixes with noise
+    non-linearly, so a straight-line intercept removes motion along with the noise.
+    ``sigma`` (voxels, 0 = none) damps voxel-scale changes that are not motion: frame noise
+    and the texture a generator redraws in a latent neighbourhood.
+
+    >>> ref = np.zeros((1, 1, 4, 4)); img = ref.copy(); img[0, 0, 0, 0] = 2.0
+    >>> SquaredDifference().compare(img, ref).tolist()
+    [0.25]
+    """
+
+    sigma: float = 0.0
+    name: str = "sq_diff"
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.sigma) and self.sigma >= 0):
+            raise ConfigError(f"SquaredDifference sigma must be >= 0 voxels, got {self.sigma!r}")
+
+    def _smooth(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if self.sigma == 0:
+            return x
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(x, sigma=(0, 0) + (float(self.sigma),) * (x.ndim - 2))
+
+    def prepare(self, references, cache=None):
+        return self._smooth(references)
+
+    def compute(self, images, state, ref_slots, cache=None):
+        slots = _check(images, ref_slots, len(state))
+        d = self._smooth(images) - state[slots]
+        d *= d
+        return d.reshape(d.shape[0], d.shape[1], -1).mean(axis=2, dtype=np.float64).sum(axis=1)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,12 @@ from matdyn.analysis.cases.np_diffusion import particle_figures as pfigs
 from matdyn.analysis.cases.np_diffusion import particles, steps, timebase
 from matdyn.analysis.cases.np_diffusion.config import CASE, FREE, PAPER, Config
 from matdyn.analysis.cases.np_diffusion.recovery import mode_names, recover, recover_particles
-from matdyn.descriptors.differences import DensityDifference, EntropyDifference, MetricFilter
+from matdyn.descriptors.differences import (
+    DensityDifference,
+    EntropyDifference,
+    MetricFilter,
+    SquaredDifference,
+)
 from matdyn.errors import AnalysisError
 from matdyn.sampling.reducers import FilteredMean, SampleMetrics
 
@@ -141,8 +146,11 @@ class NPDiffusionCase:
 
         cfg = self.cfg
         ent, dens = EntropyDifference(bins=cfg.entropy_bins), DensityDifference()
+        metrics: list[Any] = [ent, dens]
+        if self._particles and cfg.calibration_metric == "sq_diff":
+            metrics.append(self._cal_metric)
         keep = MetricFilter(upper={ent.name: self._thr[0]})
-        reducers: list[Any] = [SampleMetrics([ent.name, dens.name], name="metrics")]
+        reducers: list[Any] = [SampleMetrics([m.name for m in metrics], name="metrics")]
         if mean:
             reducers.insert(0, FilteredMean(keep, include_reference=cfg.include_reference,
                                             name="mean"))
@@ -150,14 +158,18 @@ class NPDiffusionCase:
             reducers.append(ParticleLinks(self._params, keep, search_radius=cfg.search_radius,
                                           max_particles=cfg.max_particles, floor_samples=floor,
                                           seed=ctx.seed, name=particles.PREFIX))
-        return VariationPlan(cfg.n_refs, n_samples, [ent, dens], reducers, cfg.batch_size)
+        return VariationPlan(cfg.n_refs, n_samples, metrics, reducers, cfg.batch_size)
 
     def variations(self, ctx: CaseContext, observed: steps.Observed) -> VariationPlan:
         cfg = self.cfg
         ent = EntropyDifference(bins=cfg.entropy_bins)
         self._thr = steps.entropy_threshold(cfg, observed.baseline, ent, observed.n_store)
         if self._particles:
-            self._params = particles.locate_params(ctx, cfg)
+            self._params, self._params_source = particles.locate_params(ctx, cfg,
+                                                                        observed.baseline)
+            self._cal_metric = (
+                SquaredDifference(sigma=cfg.calibration_sigma_px(self._params.diameter))
+                if cfg.calibration_metric == "sq_diff" else DensityDifference())
         return self._plan(ctx, cfg.n_samples, cfg.floor_samples, True)
 
     def filters(self, ctx: CaseContext, result: Any) -> dict:
@@ -199,8 +211,9 @@ class NPDiffusionCase:
                             result: Any) -> tuple[pd.DataFrame, dict[str, str]]:
         cfg = self.cfg
         runs = self._runs(ctx, result)
-        gamma_diff = {g: float(np.nanmedian(r["metrics/density_diff"])) for g, r in runs.items()}
-        cal = timebase.calibrate(ctx, observed.baseline, gamma_diff)
+        key = f"metrics/{self._cal_metric.name}"
+        gamma_diff = {g: float(np.nanmedian(r[key])) for g, r in runs.items()}
+        cal = timebase.calibrate(ctx, observed.baseline, gamma_diff, self._cal_metric)
         if not cal["available"] or cal.get("note"):
             ctx.note(f"time calibration: {cal.get('note')}")
         dts = dict(zip(cal["gammas"], cal["dt"])) if cal["available"] else {}
@@ -210,7 +223,7 @@ class NPDiffusionCase:
             raise AnalysisError(f"no particle located in any of the {cfg.n_refs} reference "
                                 "images; check locate_diameter / dark_particles")
         self._gammas, self._dts, self._cal = sorted(runs), dts, cal
-        self._tracking = timebase.tracking(ctx, cfg.tracking_frames, cfg.dark_particles)
+        self._tracking = timebase.tracking(ctx, cfg.tracking_frames, self._params)
         lu, tu = steps.length_unit(ctx), cal.get("time_unit") or ctx.store.meta.time_unit or "s"
         units = {"centroid_row": "px", "centroid_col": "px", "msd": f"{lu}^2",
                  "msd_floor": f"{lu}^2", "D": f"{lu}^2/{tu}", "D_floor": f"{lu}^2/{tu}",
@@ -218,7 +231,8 @@ class NPDiffusionCase:
         units |= {f"msd_g{particles.gamma_key(g)}": f"{lu}^2" for g in runs}
         r0 = result
         info = {"locate": {"diameter": self._params.diameter, "minmass": self._params.minmass,
-                           "dark": self._params.dark},
+                           "dark": self._params.dark, "estimated_on": self._params_source,
+                           "used_by": "the Monte Carlo links and the tracking baseline"},
                 "gammas": self._gammas,
                 "appearing_per_kept_sample": float(r0["particles/appearing"].sum()
                                                    / max(r0["particles/kept"].sum(), 1)),
@@ -228,6 +242,14 @@ class NPDiffusionCase:
                                                         info)
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
+        agree = particles.agreement(self._sections["particles"], self._tracking)
+        self._sections["mc_vs_tracking"] = agree
+        if agree["agrees"] is False:
+            ctx.note(f"MC D of all particles ({agree['mc_D_slope']:.3g}, slope of MSD(Δt); "
+                     f"{agree['mc_D_at_gamma']:.3g} at γ = {ctx.gamma:g}) is outside "
+                     f"{agree['factor']:g}× of the tracking D of the observed frames "
+                     f"({agree['tracking_D']:.3g}): the generator's latent neighbourhood does "
+                     "not move particles like the data, so MC D is not a measurement of D here")
         self.counts["n_particles"] = int(len(df))
         ps = self._sections["particles"]
         ctx.log({"particles/msd_median": ps["msd"]["median"], "particles/D_median": ps["D"]["median"],
@@ -349,6 +371,10 @@ class NPDiffusionCase:
         truth = "planted_mode" in df
         group = "planted_mode" if truth else "cluster_average" if "cluster_average" in df else None
         names = mode_names(ctx.store) if truth else {}
+        if not truth and group is not None:  # clusters: "one mode", or named by mobility
+            ok = df[group] >= 0
+            names = particles.name_clusters(df.loc[ok, group].to_numpy(),
+                                            df.loc[ok, "msd"].to_numpy(np.float64), self._preal)
         pfigs.msd_dt_figure(ctx, df, self._gammas, self._cal, self._tracking, group, names, lu)
         d_modes = np.asarray(dict(ctx.store.truth).get("mode_diffusion_nm2_s", []),
                              np.float64).ravel()

@@ -85,7 +85,16 @@ class Config:
     # MSD(Δt) through the γ → Δt calibration of consecutive observed frames (ours)
     msd_gammas: Sequence[float] = (0.5, 1.0, 2.0)
     msd_samples: int = 50  # samples per reference in the extra γ runs
-    locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated
+    # γ → Δt calibration metric (ours, issue 12): "sq_diff" = mean squared difference after
+    # Gaussian smoothing (frame noise adds exactly and the motion part grows ∝ MSD, see
+    # matdyn.descriptors.differences.SquaredDifference) or "density_diff" (the L1 of paper
+    # Fig. 7d; its straight-line noise intercept also removes motion, so Δt comes out long
+    # and D low: free D 0.25× planted on the demo generator vs 1.0× with sq_diff)
+    calibration_metric: str = "sq_diff"
+    # smoothing of sq_diff in px at the generator resolution; "auto": locate diameter / 4
+    # (the particle's own profile survives, voxel-scale noise and texture do not)
+    calibration_sigma: float | str = "auto"
+    locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated (observed frames)
     locate_minmass: float | None = None  # None: Otsu split of the located masses
     search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
     dark_particles: bool = True  # particles darker than the background (phase dips)
@@ -179,9 +188,26 @@ class Config:
         if not self.particle_features or bad:
             raise ConfigError(f"analysis.particle_features must be a non-empty subset of "
                               f"{_PARTICLE_FEATURES}, got {list(self.particle_features)}")
+        one_of(self, "calibration_metric", ("sq_diff", "density_diff"))
+        sig = self.calibration_sigma
+        if sig != "auto":
+            try:
+                ok = math.isfinite(float(sig)) and float(sig) >= 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(f"analysis.calibration_sigma must be a number >= 0 (px) or "
+                                  f"'auto', got {sig!r}")
         if self.search_radius is not None and not self.search_radius > 0:
             raise ConfigError(f"analysis.search_radius must be > 0 px or null, got "
                               f"{self.search_radius!r}")
+
+    def calibration_sigma_px(self, diameter: int) -> float:
+        """Smoothing of the sq_diff calibration metric in px: the configured value, or
+        ``diameter / 4`` for "auto" (``diameter``: the trackpy locate diameter)."""
+        if self.calibration_sigma == "auto":
+            return float(diameter) / 4.0
+        return float(self.calibration_sigma)
 
     def fixed_modes(self) -> int | None:
         """The fixed number of clusters, or None for "auto" (chosen from the data)."""

@@ -90,10 +90,14 @@ def calibration_figure(ctx: CaseContext, cal: Mapping[str, Any]) -> None:
     for g, d, t in zip(cal["gammas"], cal["gamma_diff"], cal["dt"]):
         if t is not None:
             ax.plot([t], [d], "s", color="C3")
-            ax.annotate(f"γ={g:g}", (t, d), fontsize=7)
+            ax.annotate(f"γ={g:.3g}", (t, d), fontsize=7)
     ax.set_xscale("log")
+    if (lags["motion_median"] > 0).all():  # squared differences grow ∝ MSD: log-log like MSD(Δt)
+        ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"Δt ({tu})")
-    ax.set_ylabel("median density difference")
+    metric = str(cal.get("metric", "difference")).split(" ")[0]
+    ax.set_ylabel({"sq_diff": f"median squared difference (σ {cal.get('smoothing_sigma_px')} px)",
+                   "density_diff": "median density difference"}.get(metric, f"median {metric}"))
     ax.legend(fontsize=7)
     ctx.save(titled(fig, "γ ↔ Δt calibration"), "time_calibration")

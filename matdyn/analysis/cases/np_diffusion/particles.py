@@ -27,23 +27,34 @@ from matdyn.errors import AnalysisError
 PREFIX = "particles"
 
 
-def locate_params(ctx: CaseContext, cfg: Config) -> LocateParams:
-    """Locate settings for every reference of the run: the config's, else estimated on
-    the first generated reference (of up to 8) with a visible particle."""
+def locate_params(ctx: CaseContext, cfg: Config,
+                  observed: np.ndarray | None = None) -> tuple[LocateParams, str]:
+    """One locator for both sides of the comparison: the config's settings, else estimated
+    on the first of up to 8 ``observed`` frames [T, 1, R, R] (the frames the tracking
+    baseline also locates) with a visible particle, else on the first generated reference
+    (of up to 8) with one. Returns (params, where they come from)."""
     if cfg.locate_diameter is not None and cfg.locate_minmass is not None:
         return LocateParams(int(cfg.locate_diameter), float(cfg.locate_minmass),
-                            dark=cfg.dark_particles)
-    for i in range(min(cfg.n_refs, 8)):  # the first references, as the engine draws them
-        z, _ = ctx.variation_latents(i, 1)
-        ref = ctx.generate(z[None], 1)[0, 0]
+                            dark=cfg.dark_particles), "config"
+
+    def estimate(img: np.ndarray) -> LocateParams:
+        return estimate_locate_params(img, dark=cfg.dark_particles,
+                                      diameter=cfg.locate_diameter, minmass=cfg.locate_minmass)
+
+    for i in range(0 if observed is None else min(len(observed), 8)):
         try:
-            return estimate_locate_params(ref, dark=cfg.dark_particles,
-                                          diameter=cfg.locate_diameter,
-                                          minmass=cfg.locate_minmass)
+            return estimate(observed[i, 0]), f"observed frame {i}"
         except AnalysisError:
             continue
-    raise AnalysisError("no particle located in the first generated reference images; set "
-                        "analysis.locate_diameter / locate_minmass or check dark_particles")
+    for i in range(min(cfg.n_refs, 8)):  # the first references, as the engine draws them
+        z, _ = ctx.variation_latents(i, 1)
+        try:
+            return estimate(ctx.generate(z[None], 1)[0, 0]), f"generated reference {i}"
+        except AnalysisError:
+            continue
+    raise AnalysisError("no particle located in the first observed frames or generated "
+                        "reference images; set analysis.locate_diameter / locate_minmass or "
+                        "check dark_particles")
 
 
 def gamma_key(g: float) -> str:
@@ -185,4 +196,31 @@ def summary(df: pd.DataFrame, dt: float | None, units: dict[str, str],
     if "msd" in df and "msd_floor" in df:
         ratio = df["msd"] / df["msd_floor"]
         out["fraction_above_floor_x3"] = finite_or_none((ratio > 3).mean()) if len(df) else None
+    return out
+
+
+def agreement(section: dict[str, Any], tracking: dict[str, Any],
+              factor: float = 2.0) -> dict[str, Any]:
+    """``mc_vs_tracking``: the MC D of all particles (median of ``D_slope``, the slope of
+    MSD(Δt) over the γ ladder, and of ``D`` at the run's γ) over the tracking D of the
+    observed frames, and the MC MSD exponent beside the tracked one. ``agrees`` is True when
+    the slope D is within ``factor`` of tracking (2×: the issue-12 criterion on real videos);
+    None when either side is missing (no time axis, no trackable frames)."""
+    tr = (tracking.get("modes", {}) or {}).get("all") or {}
+    d_tr, a_tr = tr.get("D"), tr.get("alpha")
+    med = {k: (section.get(k) or {}).get("median") for k in ("D_slope", "D", "msd_exponent")}
+    out: dict[str, Any] = {"tracking_D": d_tr, "tracking_alpha": a_tr,
+                           "mc_D_slope": med["D_slope"], "mc_D_at_gamma": med["D"],
+                           "mc_msd_exponent": med["msd_exponent"], "factor": factor,
+                           "agrees": None}
+    if not tracking.get("applicable") or not d_tr or d_tr <= 0:
+        out["note"] = "no tracking baseline: " + str(tracking.get("reason", "not applicable"))
+        return out
+    for k in ("D_slope", "D"):
+        v = med[k]
+        out[f"{'slope' if k == 'D_slope' else 'at_gamma'}_over_tracking"] = (
+            finite_or_none(v / d_tr) if v is not None else None)
+    r = out["slope_over_tracking"]
+    if r is not None:
+        out["agrees"] = bool(1 / factor <= r <= factor)
     return out

@@ -214,12 +214,18 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
         entry["tracking_D"] = (tracking.get("modes", {}).get(name, {}) or {}).get("D")
         modes[name] = entry
     rec["modes"] = modes
-    free = modes.get("free", {})
+    free, conf = modes.get("free", {}), modes.get("confined", {})
+    # the headline MC D is the slope of MSD(Δt) over the γ ladder with an offset (like the
+    # tracking baseline, Michalet 2010); D at the run's γ alone is kept beside it
+    key = "median_D_slope" if free.get("median_D_slope") is not None else "median_D"
+    rec["free_D_estimator"] = key[len("median_"):]
+    if free.get(key) and free.get("planted_D"):
+        rec["free_D_over_planted"] = free[key] / free["planted_D"]
     if free.get("median_D") and free.get("planted_D"):
-        rec["free_D_over_planted"] = free["median_D"] / free["planted_D"]
+        rec["free_D_at_gamma_over_planted"] = free["median_D"] / free["planted_D"]
     if free.get("tracking_D") and free.get("planted_D"):
         rec["free_tracking_D_over_planted"] = free["tracking_D"] / free["planted_D"]
-    if free.get("median_D") and modes.get("confined", {}).get("median_D"):
-        rec["confined_D_over_free"] = modes["confined"]["median_D"] / free["median_D"]
+    if free.get(key) and conf.get(key) is not None:
+        rec["confined_D_over_free"] = conf[key] / free[key]
     rec["unit"] = "nm^2" if ctx.nm is not None else f"{ctx.unit}^2"
     return rec

@@ -1,12 +1,16 @@
 """Time axis and tracking baseline of the NP case (issue 12; paper §2.2, §3.3.1).
 
-* :func:`calibrate`: the Δt each swept γ stands for. The pixel-level difference
-  (:class:`~matdyn.descriptors.differences.DensityDifference`) between observed frames k
-  apart is measured at lags k = 1, 2, 4, … (:func:`matdyn.dynamics.lag_differences`), its
-  Δt → 0 intercept (frame noise, which generated variations lack) is subtracted
-  (:func:`matdyn.dynamics.lag_intercept`), and the median difference of each γ's
-  variation is read off that curve (:func:`matdyn.dynamics.dt_for_gammas`). The entropy
-  difference is not used: it barely grows with lag on the NP stand-in.
+* :func:`calibrate`: the Δt each swept γ stands for. A pixel-level difference (default
+  :class:`~matdyn.descriptors.differences.SquaredDifference`, smoothed at the particle
+  scale) between observed frames k apart is measured at lags k = 1, 2, 4, …
+  (:func:`matdyn.dynamics.lag_differences`), its Δt → 0 intercept (frame noise, which
+  generated variations lack) is subtracted (:func:`matdyn.dynamics.lag_intercept`), and the
+  median difference of each γ's variation is read off that curve
+  (:func:`matdyn.dynamics.dt_for_gammas`). Squared differences make the intercept exact
+  and grow ∝ MSD on both sides; the L1 density difference of Fig. 7d (``calibration_metric
+  = density_diff``) grows ∝ √MSD, so its straight-line intercept also removed motion: on
+  the demo generator γ stood for a Δt about 1.6× too long and free D came out 0.25×
+  planted. The entropy difference is not used: it barely grows with lag on the NP stand-in.
 * :func:`tracking`: the tracking baseline of the observed frames
   (:func:`matdyn.dynamics.tracking_baseline`, trackpy link + emsd, per planted mode when
   the store has truth), in the same units as the MC estimates.
@@ -27,11 +31,12 @@ def _unavailable(note: str) -> dict[str, Any]:
 
 
 def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, float],
-              max_fraction: float = 0.25) -> dict[str, Any]:
+              metric: Any = None, max_fraction: float = 0.25) -> dict[str, Any]:
     """The ``time_calibration`` section: γ → Δt (and Δt → γ) from ``frames`` [T, 1, R, R]
     (consecutive observed frames at the generator resolution) and ``gamma_diff`` {γ:
-    median density difference of that γ's samples to their reference}. Without a
-    ``frame_interval`` or a time series, ``available`` is False and ``note`` says why."""
+    median ``metric`` difference of that γ's samples to their reference}; ``metric``
+    defaults to the L1 density difference. Without a ``frame_interval`` or a time series,
+    ``available`` is False and ``note`` says why."""
     from matdyn.descriptors.differences import DensityDifference
     from matdyn.dynamics import (
         dt_for_gammas,
@@ -51,7 +56,8 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
         return _unavailable(why.replace("the tracking baseline does", "a time calibration does"))
     if len(frames) < 3:
         return _unavailable(f"{len(frames)} observed frames: too few lags for a time calibration")
-    lag = lag_differences(frames, DensityDifference(), frame_interval=float(fi),
+    metric = DensityDifference() if metric is None else metric
+    lag = lag_differences(frames, metric, frame_interval=float(fi),
                           max_fraction=max_fraction, time_unit=tu)
     if len(lag) < 2:
         return _unavailable("fewer than 2 frame lags: raise analysis.baseline_frames")
@@ -66,7 +72,8 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
     except AnalysisError as err:
         return _unavailable(str(err))
     out: dict[str, Any] = {
-        "available": True, "metric": "density_diff (median)", "frame_interval": float(fi),
+        "available": True, "metric": f"{metric.name} (median)",
+        "smoothing_sigma_px": getattr(metric, "sigma", None), "frame_interval": float(fi),
         "time_unit": tu, "lag_intercept": d0,
         "lags": lag.assign(motion_median=d - d0).to_dict("records"),
         "gammas": g, "gamma_diff": gd.tolist(), "dt": [finite_or_none(v) for v in dts],
@@ -88,17 +95,18 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
     return out
 
 
-def tracking(ctx: CaseContext, n_frames: int, dark: bool = True) -> dict[str, Any]:
+def tracking(ctx: CaseContext, n_frames: int, params: Any) -> dict[str, Any]:
     """The ``tracking_baseline`` section: D, drift speed v and MSD exponent α per planted
     mode ("all" = every trajectory) and ensemble MSD(Δt), lengths in nm when the unit is a
-    length (else the store's unit). ``applicable`` False with ``reason`` otherwise."""
+    length (else the store's unit); ``params``: the Monte Carlo's LocateParams (one locator
+    for both). ``applicable`` False with ``reason`` otherwise."""
     from matdyn.dynamics import tracking_baseline
 
     if n_frames <= 0:
         return {"applicable": False, "reason": "disabled (analysis.tracking_frames = 0)"}
     try:
         r = tracking_baseline(ctx.store, n_frames=int(n_frames), resolution=ctx.resolution,
-                              fit=ctx.fit, dark=dark)
+                              fit=ctx.fit, params=params, dark=params.dark)
     except AnalysisError as err:
         return {"applicable": False, "reason": str(err)}
     if not r.applicable:
