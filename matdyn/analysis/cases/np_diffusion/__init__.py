@@ -240,16 +240,18 @@ class NPDiffusionCase:
                                                       0, None).sum())}
         self._sections["particles"] = particles.summary(df, cal["dt_of_analysis_gamma"], units,
                                                         info)
+        ens = self._ensemble(ctx, df)
+        self._sections["particles"]["ensemble"] = ens
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
-        agree = particles.agreement(self._sections["particles"], self._tracking)
+        agree = particles.agreement(ens, self._sections["particles"], self._tracking)
         self._sections["mc_vs_tracking"] = agree
         if agree["agrees"] is False:
-            ctx.note(f"MC D of all particles ({agree['mc_D_slope']:.3g}, slope of MSD(Δt); "
-                     f"{agree['mc_D_at_gamma']:.3g} at γ = {ctx.gamma:g}) is outside "
-                     f"{agree['factor']:g}× of the tracking D of the observed frames "
-                     f"({agree['tracking_D']:.3g}): the generator's latent neighbourhood does "
-                     "not move particles like the data, so MC D is not a measurement of D here")
+            ctx.note(f"MC D of all particles ({agree['mc_D']:.3g} {units['D']}, ensemble MSD at "
+                     f"γ = {ctx.gamma:.3g}) is outside {agree['factor']:g}× of the tracking D "
+                     f"of the observed frames ({agree['tracking_D']:.3g}): the generator's "
+                     "latent neighbourhood does not move particles like the data, so MC D is "
+                     "not a measurement of D here")
         self.counts["n_particles"] = int(len(df))
         ps = self._sections["particles"]
         ctx.log({"particles/msd_median": ps["msd"]["median"], "particles/D_median": ps["D"]["median"],
@@ -257,6 +259,11 @@ class NPDiffusionCase:
                  "time_calibration/dt": cal["dt_of_analysis_gamma"],
                  "tracking/D_all": (self._tracking.get("modes", {}).get("all") or {}).get("D")})
         return df, units
+
+    def _ensemble(self, ctx: CaseContext, rows: pd.DataFrame) -> dict[str, Any]:
+        """Ensemble MSD and D of some particle rows (:func:`particles.ensemble`)."""
+        return particles.ensemble(rows, self._gammas, self._dts, ctx.gamma,
+                                  ndim=int(ctx.store.meta.ndim))
 
     # ------------------------------------------------------------------ traces
     def _describe_traces(self, ctx: CaseContext, result: Any) -> pd.DataFrame:
@@ -321,7 +328,14 @@ class NPDiffusionCase:
         if self._particles:
             df = table.frame
             sub = df[df.source == "particle"].copy()
-            summary, self._presults, self._prows = particles.cluster(self.cfg, sub)
+            try:
+                summary, self._presults, self._prows = particles.cluster(
+                    self.cfg, sub, ens=lambda rows: self._ensemble(ctx, rows))
+            except AnalysisError as err:  # too few moving particles: MSD and D still stand
+                ctx.note(f"particle clustering skipped: {err}")
+                summary = {"descriptors": "particles", "error": str(err),
+                           "separation_real": False}
+                self._presults, self._prows = {}, sub.index.to_numpy()[:0]
             for c in [c for c in sub.columns if c.startswith(("cluster_", "mode_"))]:
                 if c not in df:
                     df[c] = -1 if c.startswith("cluster_") else ""

@@ -22,7 +22,8 @@ from matdyn.analysis.cases.np_diffusion.particles import gamma_key
 def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
                   cal: Mapping[str, Any], tracking: Mapping[str, Any], group: str | None,
                   names: Mapping[int, str], unit: str) -> None:
-    """MC MSD (median per group) at each γ's Δt, the noise floor, and tracking MSD(Δt)."""
+    """MC ensemble MSD (mean over each group's particles, as the tracking's emsd averages
+    over tracks) at each γ's Δt, the mean noise floor, and tracking MSD(Δt)."""
     fig = Figure(figsize=(4.8, 3.4))
     ax = fig.add_subplot()
     dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
@@ -32,11 +33,12 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
     keys = [None] if group is None else sorted(int(k) for k in df[group].unique() if k >= 0)
     for i, k in enumerate(keys):  # one MC curve per group
         sub = df if k is None else df[df[group] == k]
-        y = [np.nanmedian(sub[f"msd_g{gamma_key(g)}"]) if sub[f"msd_g{gamma_key(g)}"].notna().any()
+        y = [np.nanmean(sub[f"msd_g{gamma_key(g)}"]) if sub[f"msd_g{gamma_key(g)}"].notna().any()
              else np.nan for g in gammas]
-        ax.plot(x, y, "o-", color=f"C{i}", label=f"MC {'all' if k is None else names.get(k, k)}")
+        ax.plot(x, y, "o-", color=f"C{i}",
+                label=f"MC {'all' if k is None else names.get(k, k)} (ensemble)")
     if "msd_floor" in df and df["msd_floor"].notna().any():
-        ax.axhline(float(np.nanmedian(df["msd_floor"])), color="0.5", ls=":", lw=1,
+        ax.axhline(float(np.nanmean(df["msd_floor"])), color="0.5", ls=":", lw=1,
                    label="noise floor (still)")
     if use_t and tracking.get("applicable"):
         tr = pd.DataFrame(tracking["msd"])

@@ -175,7 +175,7 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
     """Ground truth against the particle table (adds ``planted_mode``): ARI per clustering
     method, and per planted mode the MC MSD / D medians beside the planted D, the true MSD
     over the calibrated Δt (from the trajectories) and the tracking D of that mode."""
-    from matdyn.analysis.cases.np_diffusion.particles import _group_stats, gamma_key
+    from matdyn.analysis.cases.np_diffusion.particles import _group_stats, ensemble, gamma_key
     from matdyn.dynamics import msd_curve
 
     truth = dict(ctx.store.truth)
@@ -203,6 +203,8 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
                  if len(sub) and sub[f"msd_g{gamma_key(g)}"].notna().any() else None
                  for g in gammas]
         entry["msd_by_gamma"] = dict(zip([gamma_key(g) for g in gammas], msd_g))
+        entry["ensemble"] = ens = ensemble(sub, gammas, dict(dts), ctx.gamma)
+        entry["ensemble_D"], entry["ensemble_D_slope"] = ens["D"], ens["D_slope"]
         y = np.array([np.nan if v is None else v for v in msd_g])
         if np.isfinite(t).sum() >= 2 and np.isfinite(y).sum() >= 2:
             f = msd_curve(t, y, floor=np.full(len(y), entry.get("median_msd_floor") or 0.0))
@@ -215,17 +217,18 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
         modes[name] = entry
     rec["modes"] = modes
     free, conf = modes.get("free", {}), modes.get("confined", {})
-    # the headline MC D is the slope of MSD(Δt) over the γ ladder with an offset (like the
-    # tracking baseline, Michalet 2010); D at the run's γ alone is kept beside it
-    key = "median_D_slope" if free.get("median_D_slope") is not None else "median_D"
-    rec["free_D_estimator"] = key[len("median_"):]
-    if free.get(key) and free.get("planted_D"):
-        rec["free_D_over_planted"] = free[key] / free["planted_D"]
-    if free.get("median_D") and free.get("planted_D"):
-        rec["free_D_at_gamma_over_planted"] = free["median_D"] / free["planted_D"]
-    if free.get("tracking_D") and free.get("planted_D"):
-        rec["free_tracking_D_over_planted"] = free["tracking_D"] / free["planted_D"]
-    if free.get(key) and conf.get(key) is not None:
-        rec["confined_D_over_free"] = conf[key] / free[key]
+    # headline MC D: the ensemble MSD at the run's γ (trackpy emsd's averaging, like the
+    # tracking baseline); the per-particle medians (at γ, and of the MSD(Δt) slope) beside it
+    pl = free.get("planted_D")
+    for key, name in (("ensemble_D", "free_D_over_planted"),
+                      ("ensemble_D_slope", "free_D_ensemble_slope_over_planted"),
+                      ("median_D_slope", "free_D_median_slope_over_planted"),
+                      ("median_D", "free_D_median_at_gamma_over_planted")):
+        if free.get(key) is not None and pl:
+            rec[name] = free[key] / pl
+    if free.get("tracking_D") and pl:
+        rec["free_tracking_D_over_planted"] = free["tracking_D"] / pl
+    if free.get("ensemble_D") and conf.get("ensemble_D") is not None:
+        rec["confined_D_over_free"] = conf["ensemble_D"] / free["ensemble_D"]
     rec["unit"] = "nm^2" if ctx.nm is not None else f"{ctx.unit}^2"
     return rec
