@@ -48,6 +48,11 @@ LAYOUTS: dict[str, dict[str, object]] = {
                   "particles_per_lane": 2, "n_free": 4, "lane_speed_nm_s": 300.0,
                   "trap_positions_px": [[124, 20], [124, 70], [124, 120]],
                   "alternate_lane_directions": False},
+    # made after the issue-12 estimator changes, to check them on a layout nobody tuned on
+    "heldout_c": {"seed": 3, "trap_positions_px": [[20, 30], [20, 75], [20, 120], [38, 52]],
+                  "lane_offsets_px": [-10, 12], "particles_per_lane": 3,
+                  "band_rows_px": [100, 136], "n_free": 6, "lane_speed_nm_s": 250.0,
+                  "free_diffusion_nm2_s": 1200.0},
 }
 DEFAULT_SETTINGS = {"quick": []}
 #: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores
