@@ -38,6 +38,10 @@ class Step:
     can_resume: Any = None             # callable() -> bool
 
     config_name: str | None = None     # Hydra primary config of the entry point (conf/<name>.yaml)
+    # the workdir is the step's own output folder: when it holds a finished run made with other
+    # inputs (marker key differs), it is moved aside before the step runs, so neither a resumed
+    # training nor a sweep's job folders mix the old run with the new one
+    archive_stale: bool = False
 
     @property
     def key(self) -> str:
@@ -59,6 +63,22 @@ class Step:
     def is_fresh(self) -> bool:
         m = self.marker()
         return bool(m and m.get("key") == self.key and all(o.exists() for o in self.outputs))
+
+    def is_stale(self) -> bool:
+        """A finished run with other inputs is in the workdir (its marker's key differs)."""
+        m = self.marker()
+        return bool(m and m.get("key") != self.key)
+
+
+def archive_stale(step: Step) -> Path:
+    """Move ``step.workdir`` to ``<workdir>.old-<time>`` (nothing is deleted); returns it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = step.workdir.with_name(f"{step.workdir.name}.old-{stamp}")
+    n = 1
+    while dest.exists():
+        dest, n = step.workdir.with_name(f"{step.workdir.name}.old-{stamp}-{n}"), n + 1
+    step.workdir.rename(dest)
+    return dest
 
 
 _CONFIG_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -213,6 +233,9 @@ def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
             print(f"{head}: up to date, skipped ({step.workdir})", flush=True)
             results.append(StepResult(step.name, "skipped", 0.0))
             continue
+        if step.archive_stale and not dry_run and step.is_stale():
+            old = archive_stale(step)
+            print(f"{head}: the earlier run used other inputs; moved it to {old}", flush=True)
         argv = step.argv
         if step.resume_argv is not None and step.can_resume is not None and step.can_resume():
             argv = step.resume_argv
@@ -340,17 +363,19 @@ def case_steps(case: str, scale: str, root: Path, *, store: str | None = None,
     train = Step("train", train_argv, train_dir, [train_dir / "generator.pt"], deps=[data],
                  resume_argv=train_argv + [f"ckpt_path={train_dir}"],
                  can_resume=lambda: (train_dir / "checkpoints" / "last.ckpt").exists(),
-                 config_name="train")
+                 config_name="train", archive_stale=True)
     bundle = train_dir / "generator.pt"
     sweep_dir = base / "sweep"
     sweep = Step("sweep", py + ["scripts/sweep_gamma.py", "-m", *ds, f"bundle={bundle}", *s["sweep"],
                                 f"hydra.sweep.dir={sweep_dir}"],
-                 sweep_dir, [sweep_dir / "gamma.json"], deps=[train], config_name="sweep")
+                 sweep_dir, [sweep_dir / "gamma.json"], deps=[train], config_name="sweep",
+                 archive_stale=True)
     an_dir = base / "analysis"
     analyze = Step("analyze", py + ["scripts/analyze.py", *ds, f"bundle={bundle}", "gamma=auto",
                                     f"sweep={sweep_dir}", *s["analyze"],
                                     f"hydra.run.dir={an_dir}"],
-                   an_dir, [an_dir / "summary.json"], deps=[sweep], config_name="analyze")
+                   an_dir, [an_dir / "summary.json"], deps=[sweep], config_name="analyze",
+                   archive_stale=True)
     for st in (data, train, sweep, analyze):
         st.name = f"{case}/{st.name}"
     return [data, train, sweep, analyze]

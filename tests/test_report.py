@@ -144,3 +144,28 @@ def test_step_key_follows_resolved_config(monkeypatch):
     again = case_steps("np_diffusion", "quick", Path("/tmp/x"))
     assert [s.key for s in again][:3] == keys[:3] and again[3].key != keys[3]
     assert pipeline._is_sweep("sampler.gamma=0.5,1.0") and not pipeline._is_sweep("f=[1,2]")
+
+
+def test_a_finished_step_with_other_inputs_is_moved_aside_not_resumed(tmp_path):
+    """A step whose folder holds a finished run of another command is rerun in a clean folder:
+    the old run moves to <dir>.old-<time> (nothing deleted), and no stale checkpoint or job
+    folder is resumed (the demo's sweep refused its own folder after an upstream change)."""
+    from matdyn.pipeline import Step, run_steps
+
+    out = tmp_path / "train"
+
+    def step(value: str) -> Step:
+        code = (f"import pathlib; d = pathlib.Path({str(out)!r}); d.mkdir(exist_ok=True); "
+                f"(d / 'result.txt').write_text({value!r})")
+        return Step("train", [sys.executable, "-c", code], out, [out / "result.txt"],
+                    resume_argv=[sys.executable, "-c", "raise SystemExit(3)"],
+                    can_resume=lambda: (out / "last.ckpt").exists(), archive_stale=True)
+
+    assert [r.status for r in run_steps([step("one")])] == ["ran"]
+    (out / "last.ckpt").write_text("a checkpoint of the first run")
+    assert [r.status for r in run_steps([step("one")])] == ["skipped"]
+    res = run_steps([step("two")])  # other inputs: moved aside, rerun from scratch (no resume)
+    assert [r.status for r in res] == ["ran"] and (out / "result.txt").read_text() == "two"
+    old = [p for p in tmp_path.iterdir() if p.name.startswith("train.old-")]
+    assert len(old) == 1 and (old[0] / "result.txt").read_text() == "one"
+    assert (old[0] / "last.ckpt").is_file() and not (out / "last.ckpt").exists()
