@@ -89,7 +89,8 @@ class Config:
     # Gaussian smoothing (frame noise adds exactly and the motion part grows ∝ MSD, see
     # matdyn.descriptors.differences.SquaredDifference) or "density_diff" (the L1 of paper
     # Fig. 7d; its straight-line noise intercept also removes motion, so Δt comes out long
-    # and D low: free D 0.25× planted on the demo generator vs 1.0× with sq_diff)
+    # and D low: 3× too long on Brownian test frames, 1.5× on the demo generator, whose
+    # median per-particle free D went from 0.25× to 0.37× planted with sq_diff)
     calibration_metric: str = "sq_diff"
     # smoothing of sq_diff in px at the generator resolution; "auto": locate diameter / 4
     # (the particle's own profile survives, voxel-scale noise and texture do not)

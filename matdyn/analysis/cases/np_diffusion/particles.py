@@ -182,8 +182,8 @@ def ensemble(sub: pd.DataFrame, gammas: list[float], dts: dict[float, float | No
     from the slope of the ensemble MSD(Δt) over the γ ladder (``D_slope``) and its exponent.
 
     Why the mean: per-particle MC MSDs are heavy-tailed (a latent neighbourhood moves some
-    particles far and others hardly). On four stand-in generators the median of per-particle
-    D at the run's γ was 0.12–0.42× the planted free D and the ensemble 0.77–1.45×; on
+    particles far and others hardly). On five stand-in generators the median of per-particle
+    D at the run's γ was 0.12–0.42× the planted free D and the ensemble 0.62–1.45×; on
     trackpy's bulk_water video 0.44× vs 0.99× the tracking D (issue 12 note). ``D`` is None
     without a time calibration of the run's γ."""
     from matdyn.dynamics import msd_curve
