@@ -148,7 +148,13 @@ def bench_generator(gen: Generator, stage: int, batch: int, variants: Sequence[s
 
 def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tensor, stage: int,
                  alpha: float, bf16: bool = False, device: str = "cpu") -> None:
-    """One critic step + one generator step of WGAN-GP (the training hot path)."""
+    """One critic step + one generator step of WGAN-GP (the training hot path).
+
+    With ``bf16`` the whole critic step runs under bf16 autocast, gradient penalty included,
+    as ``trainer.precision=bf16-mixed`` runs ``PGGANModule.training_step`` (Lightning wraps
+    the step in autocast). Until 2026-12-01 the penalty ran in fp32 here, which measured a
+    slower step than training takes (64² batch 8: 2.2 vs 3.0 img/s).
+    """
     n = real.shape[0]
     z = torch.randn(n, G.latent_dim, device=device)
     with _autocast(bf16, device):
@@ -156,7 +162,7 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
             fake = G(z, stage, alpha)
         real_s, fake_s = D(real, stage, alpha), D(fake.float(), stage, alpha)
         loss_d = critic_loss(real_s.float(), fake_s.float()) + drift_penalty(real_s.float())
-    gp = gradient_penalty(lambda x: D(x, stage, alpha).float(), real, fake.float().detach())
+        gp = gradient_penalty(lambda x: D(x, stage, alpha).float(), real, fake.float().detach())
     opt_d.zero_grad(set_to_none=True)
     (loss_d + gp).backward()
     opt_d.step()

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
 
-from matdyn.benchmarks import anchor_ratios, read_anchor
+from matdyn.benchmarks import anchor_ratios, read_anchor, wgan_gp_step
+from matdyn.models import Discriminator, Generator
 
 ROOT = Path(__file__).resolve().parents[1]
 TF_LINE = {"tf": "2.15.1", "train": {"16": {"fade": 15.0, "stable": 12.0}},
@@ -66,3 +69,41 @@ def test_bench_refuses_a_bad_anchor_with_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]]
     assert r.stderr.startswith("error: ") and "not a tf_bench.py result" in r.stderr
+
+
+class _AutocastProbe(pl.Callback):
+    """Records, for every critic call during training, whether bf16 autocast was on."""
+
+    def __init__(self) -> None:
+        self.states: list[bool] = []
+
+    def on_fit_start(self, trainer, module) -> None:
+        module.discriminator.head.register_forward_pre_hook(  # every critic call, compiled or not
+            lambda *_: self.states.append(torch.is_autocast_enabled("cpu")))
+
+
+def test_bench_step_runs_the_critic_under_the_autocast_that_training_uses(tmp_path):
+    """bf16 numbers in the benchmark must time what trainer.precision=bf16-mixed runs: every
+    critic call of a training step (real, fake, gradient penalty, generator step) under
+    autocast. The benchmark's penalty ran in fp32 until 2026-12-01 (issue 15)."""
+    from test_training import _cfg, _write_store
+
+    from matdyn.training.app import build
+
+    store = _write_store(tmp_path / "s.zarr", 16, 1, (8, 8))
+    probe = _AutocastProbe()
+    cfg = _cfg(store, "trainer.precision=bf16-mixed", "model.filters=[8,8]",
+               stages="[[4,8,0,8],[8,8,8,8]]")
+    parts = build(cfg, tmp_path / "run", cuda=False, extra_callbacks=[probe])
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"])
+    assert len(probe.states) == 12 and all(probe.states)  # 3 steps × 4 critic calls
+
+    calls: list[bool] = []
+    G, D = Generator(32, 1, 2, [8, 8]), Discriminator(1, 2, [8, 8])
+    D.head.register_forward_pre_hook(lambda *_: calls.append(torch.is_autocast_enabled("cpu")))
+    og, od = (torch.optim.Adam(m.parameters(), 1e-3) for m in (G, D))
+    wgan_gp_step(G, D, og, od, torch.randn(4, 1, 8, 8), 1, 1.0, bf16=True)
+    assert calls == [True] * 4
+    calls.clear()
+    wgan_gp_step(G, D, og, od, torch.randn(4, 1, 8, 8), 1, 1.0, bf16=False)
+    assert calls == [False] * 4
