@@ -137,10 +137,13 @@ def resolve_training_precision(value: Any, cuda: bool) -> str:
     ``32-true``. On CUDA ``auto`` stays ``32-true``: bf16 training was not measured on a GPU
     (none was lent; ``trainer.precision=bf16-mixed`` opts in).
 
-    ``32-true`` stays the default (issue 14, conf/trainer/default.yaml): on the NP stand-in
-    (quick profile, 116k images, scripts/study_profile.py) bf16-mixed trained ~1.3× faster
-    but gave a worse generator than fp32 from the same seed: SWD 2.0× vs 1.4× its real-vs-real
-    baseline, frame diversity 0.75 vs 0.89 of the observed frames.
+    ``32-true`` stays the default (issues 14, 15; conf/trainer/default.yaml). On the NP
+    stand-in (quick profile, 116k images, scripts/study_profile.py, two training seeds)
+    bf16-mixed gave generators within fp32's seed-to-seed spread: SWD 2.02× / 1.31× its
+    real-vs-real baseline (fp32 1.39× / 1.79×), frame diversity 0.75 / 0.91 (fp32 0.89 /
+    0.88), every planted region ≥ 0.93 of the observed particles per frame. Its training step
+    runs 1.6–1.8× the fp32 one on an AVX-512-BF16 CPU (README, Performance). Two seeds on one
+    layout are too few to change everyone's default; ``auto`` opts in.
 
     >>> resolve_training_precision("32-true", cuda=False)
     '32-true'
