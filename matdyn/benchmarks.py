@@ -30,7 +30,9 @@ GEN_VARIANTS = ("eager", "channels_last", "bf16", "bf16_channels_last", "compile
 #: the same paths through GeneratorBundle (what sampling and analysis run): "bundle" = fp32 with
 #: memory_format="auto", "_bf16" = precision="bf16", "_compile" = compile=True
 BUNDLE_VARIANTS = ("bundle", "bundle_bf16", "bundle_compile", "bundle_bf16_compile")
-TRAIN_VARIANTS = ("eager", "channels_last", "bf16")
+#: training variants; "bf16_channels_last" is what trainer.precision=bf16-mixed runs on 2D data
+#: (perf.channels_last=auto turns channels_last on for 2D)
+TRAIN_VARIANTS = ("eager", "channels_last", "bf16", "bf16_channels_last")
 
 
 def _timeit(fn: Callable[[], Any], min_time: float = 0.5, max_iters: int = 50) -> float:
