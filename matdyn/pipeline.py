@@ -69,16 +69,15 @@ class Step:
         m = self.marker()
         return bool(m and m.get("key") != self.key)
 
-
-def archive_stale(step: Step) -> Path:
-    """Move ``step.workdir`` to ``<workdir>.old-<time>`` (nothing is deleted); returns it."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest = step.workdir.with_name(f"{step.workdir.name}.old-{stamp}")
-    n = 1
-    while dest.exists():
-        dest, n = step.workdir.with_name(f"{step.workdir.name}.old-{stamp}-{n}"), n + 1
-    step.workdir.rename(dest)
-    return dest
+    def move_aside(self) -> Path:
+        """Move the workdir to ``<workdir>.old-<time>`` (nothing is deleted; the name has no
+        leading dot, so :func:`matdyn.io.clean_stale_siblings` never removes it); returns it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = self.workdir.with_name(f"{self.workdir.name}.old-{stamp}"), 1
+        while dest.exists():
+            dest, n = self.workdir.with_name(f"{self.workdir.name}.old-{stamp}-{n}"), n + 1
+        self.workdir.rename(dest)
+        return dest
 
 
 _CONFIG_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -234,7 +233,7 @@ def run_steps(steps: list[Step], *, force: bool = False, dry_run: bool = False,
             results.append(StepResult(step.name, "skipped", 0.0))
             continue
         if step.archive_stale and not dry_run and step.is_stale():
-            old = archive_stale(step)
+            old = step.move_aside()
             print(f"{head}: the earlier run used other inputs; moved it to {old}", flush=True)
         argv = step.argv
         if step.resume_argv is not None and step.can_resume is not None and step.can_resume():

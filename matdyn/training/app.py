@@ -142,8 +142,9 @@ def resolve_training_precision(value: Any, cuda: bool) -> str:
     bf16-mixed gave generators within fp32's seed-to-seed spread: SWD 2.02× / 1.31× its
     real-vs-real baseline (fp32 1.39× / 1.79×), frame diversity 0.75 / 0.91 (fp32 0.89 /
     0.88), every planted region ≥ 0.93 of the observed particles per frame. Its training step
-    runs 1.9–2.1× as fast as the fp32 one on an AVX-512-BF16 CPU (16–64 px, README, Performance). Two seeds on one
-    layout are too few to change everyone's default; ``auto`` opts in.
+    runs 1.9–2.1× as fast as the fp32 one on an AVX-512-BF16 CPU (16–64 px; README,
+    Performance). Two seeds on one layout are too few to change everyone's default; ``auto``
+    opts in.
 
     >>> resolve_training_precision("32-true", cuda=False)
     '32-true'
