@@ -29,6 +29,7 @@ from matdyn.benchmarks import (
     ANCHOR_FILTERS,
     ANCHOR_GEN,
     ANCHOR_TRAIN,
+    BUNDLE_VARIANTS,
     GEN_VARIANTS,
     TRAIN_VARIANTS,
     anchor_ratios,
@@ -170,6 +171,9 @@ def _section_anchor(a: argparse.Namespace, out: dict, gv: list[str], tv: list[st
             print(f"anchor {kind} {res}: {json.dumps(_rounded(row))}", file=sys.stderr)
 
 
+SECTIONS = ("ceiling", "train", "generate", "pipeline", "rss", "anchor")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rss")
@@ -189,6 +193,16 @@ def main() -> None:
     sections = set(a.sections.split(","))
     gv = [v for v in a.gen_variants.split(",") if v]
     tv = [v for v in a.train_variants.split(",") if v]
+    # refuse unknown names before any measurement (a misspelt training variant used to be timed
+    # silently as eager fp32)
+    for what, given, known in (("section", sections, SECTIONS),
+                               ("generator variant", gv, GEN_VARIANTS + BUNDLE_VARIANTS),
+                               ("training variant", tv, TRAIN_VARIANTS)):
+        bad = sorted(set(given) - set(known))
+        if bad:
+            print(f"error: unknown {what} {', '.join(bad)}; choose from {', '.join(known)}",
+                  file=sys.stderr)
+            raise SystemExit(2)
     out: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                  "loadavg": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     if a.smoke:

@@ -71,6 +71,20 @@ def test_bench_refuses_a_bad_anchor_with_one_line(tmp_path):
     assert r.stderr.startswith("error: ") and "not a tf_bench.py result" in r.stderr
 
 
+@pytest.mark.parametrize("args,word", [(["--train-variants", "eager,bf16_chanels_last"], "training variant"),
+                                       (["--gen-variants", "bundel"], "generator variant"),
+                                       (["--sections", "train,ceilling"], "section")])
+def test_bench_refuses_an_unknown_name_before_measuring(args, word):
+    """A misspelt variant was timed silently as eager fp32 (training) or ended in a traceback
+    (generation): now one error line, exit 2, and no JSON on stdout."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", *args],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: unknown {word} ")
+
+
 class _AutocastProbe(pl.Callback):
     """Records, for every critic call during training, whether bf16 autocast was on."""
 
