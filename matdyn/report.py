@@ -205,6 +205,8 @@ ROWS: dict[str, list[Row]] = {
         Row("number of diffusion modes (from the data unless analysis.n_modes is fixed)", "3",
             "analysis.clustering.n_modes", "=3"),
         Row("ARI, paper clustering (average linkage)", "—", "analysis.recovery.ari_average", "=1"),
+        Row("ARI a supervised classifier reaches on the same descriptors (what they can separate at all)",
+            "—", "analysis.recovery.ari_supervised", "=1"),
         Row("ARI, robust clustering (trimmed average linkage)", "—", "analysis.recovery.ari_trimmed", "=1"),
         Row("ARI, robust clustering (Ward)", "—", "analysis.recovery.ari_ward", "=1"),
         Row("AUC of anisotropy, confined vs rest (goal ≥ 0.75; descriptors=traces)", "—",

@@ -15,6 +15,7 @@ from matdyn.analysis.clustering import (
     order_groups,
     scale_descriptors,
     scaled_distance_matrix,
+    supervised_ari,
     trimmed_hac,
 )
 from matdyn.errors import AnalysisError, ConfigError
@@ -120,3 +121,29 @@ def test_scores_and_group_order():
     rev = order_groups(labels, -stage, planted)
     assert rev.spearman == pytest.approx(-1.0)
     assert np.isnan(order_groups(labels, stage).spearman)
+
+
+def test_supervised_ari_tells_descriptors_that_cannot_separate_from_clustering_that_does_not():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 60)
+    # separable along one axis, but one outlier column stretches the range: average linkage
+    # with range scaling then lumps the classes, while the classes are there to be found
+    x = np.column_stack([y + rng.normal(0, 0.15, y.size), rng.normal(0, 1, y.size)])
+    x[0, 1] = 400.0
+    clustered = hac(x, 3, method="average", scaling="range").labels
+    assert adjusted_rand(y, clustered) < 0.7  # the outlier is a cluster of its own
+    assert supervised_ari(x, y) > 0.9
+    # descriptors unrelated to the classes: the supervised reference itself is near 0
+    noise = rng.normal(size=(180, 2))
+    assert abs(supervised_ari(noise, y)) < 0.1
+    # half the rows of classes 0 and 1 swapped in feature space: can reach only part
+    mixed = y.copy()
+    mixed[:30], mixed[60:90] = 1, 0
+    part = supervised_ari(np.column_stack([mixed + rng.normal(0, 0.1, y.size)]), y)
+    assert 0.2 < part < 0.8
+    # deterministic for a seed; undefined for one class or a class of one row
+    assert supervised_ari(noise, y, seed=4) == supervised_ari(noise, y, seed=4)
+    assert supervised_ari(noise, np.zeros(180)) is None
+    assert supervised_ari(noise[:4], [0, 0, 0, 1]) is None
+    with pytest.raises(AnalysisError):
+        supervised_ari(noise, y[:10])

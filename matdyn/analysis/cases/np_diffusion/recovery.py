@@ -10,7 +10,7 @@ import numpy as np
 
 from matdyn.analysis.case import CaseContext, finite_or_none, stats
 from matdyn.analysis.cases.np_diffusion.config import CONFINED, MODE_NAMES
-from matdyn.analysis.clustering import adjusted_rand, auc
+from matdyn.analysis.clustering import adjusted_rand, auc, supervised_ari
 
 
 def region_map_at(region_map: np.ndarray, res: int, fit: str = "crop") -> np.ndarray:
@@ -171,9 +171,11 @@ def mode_names(store: Any) -> dict[int, str]:
 
 def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], rows: np.ndarray,
                       gammas: list[float], dts: Mapping[float, float | None],
-                      tracking: Mapping[str, Any]) -> dict[str, Any]:
+                      tracking: Mapping[str, Any], features: np.ndarray | None = None
+                      ) -> dict[str, Any]:
     """Ground truth against the particle table (adds ``planted_mode``): ARI per clustering
-    method, and per planted mode the MC MSD / D medians beside the planted D, the true MSD
+    method, ``ari_supervised`` (what the clustered ``features`` [len(rows), f] can separate
+    at all, :func:`~matdyn.analysis.clustering.supervised_ari`), and per planted mode the MC MSD / D medians beside the planted D, the true MSD
     over the calibrated Δt (from the trajectories) and the tracking D of that mode."""
     from matdyn.analysis.cases.np_diffusion.particles import _group_stats, ensemble, gamma_key
     from matdyn.dynamics import msd_curve
@@ -189,6 +191,8 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
     for method, res in results.items():
         ok = inside.sum() >= 2
         rec[f"ari_{method}"] = adjusted_rand(planted[inside], res.labels[inside]) if ok else None
+    if features is not None and inside.sum() >= 2:
+        rec["ari_supervised"] = supervised_ari(np.asarray(features)[inside], planted[inside])
     d_modes = np.asarray(truth.get("mode_diffusion_nm2_s", []), dtype=np.float64).ravel()
     fi = float(getattr(ctx.store.meta, "frame_interval", 0) or 0)
     px_nm = float(ctx.store.meta.pixel_size) * (ctx.nm or 1.0)
