@@ -135,6 +135,26 @@ def test_composition_fidelity_sees_a_shifted_channel_mix():
     assert set(flagged(checks)) == {"mass_fraction_w1.Cu", "mass_fraction_w1.CuS", "stage_mix"}
 
 
+def test_composition_baseline_is_the_mean_over_many_halvings_not_one_lucky_split():
+    """Stages in unequal numbers make one random halving's W1 swing (a split that happens to
+    put more late-stage frames in one half looks like a large real-vs-real distance). The
+    baseline is the mean over halvings; its spread is reported beside it."""
+    rng = np.random.default_rng(1)
+    stages = rng.choice([0, 3, 14, 28], 400, p=[0.3, 0.3, 0.15, 0.25])
+    frac = 0.1 + stages / 100 + 0.01 * rng.standard_normal(400)
+    real = np.stack([1 - frac, frac], axis=1)[:, :, None, None, None] * np.ones((1, 1, 2, 2, 2))
+    singles = [composition_fidelity(real, real, ["Cu", "CuS"], seed=k, n_splits=1)[0]
+               ["mass_fraction"]["CuS"]["w1"]["real_vs_real"] for k in range(30)]
+    s, _ = composition_fidelity(real, real, ["Cu", "CuS"], stages=stages, n_splits=20)
+    w1 = s["mass_fraction"]["CuS"]["w1"]
+    assert s["baseline_splits"] == 20 and w1["real_vs_real_sd"] > 0
+    assert max(singles) > 1.5 * min(singles)  # one split alone is a noisy baseline
+    assert abs(w1["real_vs_real"] - np.mean(singles)) < 0.25 * np.std(singles) + 1e-12
+    assert s["stage_mix"]["max_share_difference"]["real_vs_real_sd"] > 0
+    with pytest.raises(ConfigError):
+        composition_fidelity(real, real, ["Cu", "CuS"], n_splits=0)
+
+
 def test_a_collapsed_generator_keeps_its_counts_but_fails_diversity(np64):
     """Mode collapse (every generated frame nearly the same observed frame) keeps particles per
     frame and per-region counts at 1 — what the issue's first table measured — but the frames
