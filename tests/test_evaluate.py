@@ -45,6 +45,22 @@ def test_summary_copy_has_no_flags_and_dropped_lanes_are_flagged(np64):
     assert s["checks"]["region_ratio.directed"]["value"] == 1.0  # |1 - ratio|
 
 
+def test_particle_area_baseline_is_averaged_over_halvings(np64):
+    from matdyn.analysis.evaluate import _areas
+    from matdyn.analysis.fidelity_content import dark_particle_centres
+
+    frames, _ = np64
+    real, gen = frames[:200], frames[200:]
+    cr, cg = dark_particle_centres(real), dark_particle_centres(gen)
+    singles = [_areas(cr, cg, 200, 200, 90.0, "nm", seed=k, n_splits=1)[0]["real_vs_real"]
+               for k in range(20)]
+    out, checks = _areas(cr, cg, 200, 200, 90.0, "nm", seed=0, n_splits=20)
+    assert out["baseline_splits"] == 20 and out["real_vs_real_sd"] > 0
+    assert max(singles) > 1.2 * min(singles)  # one halving alone is a noisy baseline
+    assert out["real_vs_real"] == pytest.approx(np.mean(singles))
+    assert checks[0].baseline == out["real_vs_real"]
+
+
 def test_summary_of_volumes_reports_composition_and_stage_mix():
     rng = np.random.default_rng(0)
     stages = np.repeat([0, 7], 20)
