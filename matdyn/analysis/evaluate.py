@@ -39,6 +39,7 @@ import torch
 
 from matdyn.analysis.fidelity import sliced_wasserstein, wasserstein_1d
 from matdyn.analysis.fidelity_content import (
+    BASELINE_SPLITS,
     Centres,
     Check,
     checks_table,
@@ -47,6 +48,7 @@ from matdyn.analysis.fidelity_content import (
     diversity_fidelity,
     flagged,
     half_split,
+    halvings,
     particle_fidelity,
 )
 from matdyn.errors import AnalysisError
@@ -98,12 +100,8 @@ def _intensity(real: np.ndarray, gen: np.ndarray, halves: tuple[np.ndarray, np.n
     return out, checks
 
 
-#: random halvings of the observed frames averaged for the particle-area baseline
-AREA_SPLITS = 20
-
-
 def _areas(cr: Centres, cg: Centres, n_real: int, n_gen: int, pixel_size: float, unit: str,
-           seed: int = 0, n_splits: int = AREA_SPLITS) -> tuple[dict[str, Any], list[Check]]:
+           seed: int = 0, n_splits: int = BASELINE_SPLITS) -> tuple[dict[str, Any], list[Check]]:
     """Particle-area W1 and its baseline: the mean over ``n_splits`` random halvings of the
     observed frames (one halving's baseline ranged 0.0014-0.0023 over three draws on the NP
     stand-in, issue 11, session 7); ``real_vs_real_sd`` is their spread."""
@@ -113,8 +111,7 @@ def _areas(cr: Centres, cg: Centres, n_real: int, n_gen: int, pixel_size: float,
     px2 = float(pixel_size) ** 2
     g = wasserstein_1d(a_real, a_gen, "range")
     bases = []
-    for k in range(int(n_splits)):
-        ha, hb = half_split(n_real, seed + k)
+    for ha, hb in halvings(n_real, n_splits, seed):
         a_ra, a_rb = cr.subset(ha).area.astype(np.float64), cr.subset(hb).area.astype(np.float64)
         if len(a_ra) and len(a_rb):
             bases.append(wasserstein_1d(a_ra, a_rb, "range"))

@@ -108,8 +108,9 @@ def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
-#: random halvings averaged for the composition baselines (:func:`composition_fidelity`)
-COMPOSITION_SPLITS = 20
+#: random halvings averaged for the baselines of :func:`composition_fidelity` and of the
+#: training summary's particle-area W1 (one halving varied up to 2x either way, issue 11)
+BASELINE_SPLITS = 20
 
 
 def half_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +120,16 @@ def half_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     h = n // 2
     return np.sort(perm[:h]), np.sort(perm[h : 2 * h])
+
+
+def halvings(n: int, n_splits: int = BASELINE_SPLITS, seed: int = 0
+             ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_splits`` random halvings of ``range(n)``: split k is :func:`half_split` (n, seed + k),
+    so a baseline averaged over them starts with the one-split baseline of the same seed.
+    Raises :class:`ConfigError` for ``n_splits`` < 1."""
+    if int(n_splits) < 1:
+        raise ConfigError(f"n_splits must be >= 1, got {n_splits}")
+    return [half_split(n, seed + k) for k in range(int(n_splits))]
 
 
 # ------------------------------------------------------------------------------ diversity
@@ -379,7 +390,7 @@ def _stage_share(fr: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def composition_fidelity(real: Any, generated: Any, channel_names: Sequence[str], *,
                          stages: Any | None = None, seed: int = 0,
-                         n_splits: int = COMPOSITION_SPLITS) -> tuple[dict[str, Any], list[Check]]:
+                         n_splits: int = BASELINE_SPLITS) -> tuple[dict[str, Any], list[Check]]:
     """Per-channel mass fractions, generated vs observed, with split-half baselines.
 
     For each channel: mean fraction in either set and the 1D Wasserstein distance of the
@@ -398,9 +409,7 @@ def composition_fidelity(real: Any, generated: Any, channel_names: Sequence[str]
     fr, fg = fr[np.isfinite(fr).all(1)], fg[np.isfinite(fg).all(1)]
     if len(fr) < 2 or len(fg) == 0:
         raise AnalysisError("too few frames with positive mass to compare channel fractions")
-    if int(n_splits) < 1:
-        raise ConfigError(f"n_splits must be >= 1, got {n_splits}")
-    splits = [half_split(len(fr), seed + i) for i in range(int(n_splits))]
+    splits = halvings(len(fr), n_splits, seed)
     out: dict[str, Any] = {"mass_fraction": {}, "baseline_splits": len(splits)}
     checks = []
     for c, name in enumerate(channel_names):

@@ -175,8 +175,9 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
                       ) -> dict[str, Any]:
     """Ground truth against the particle table (adds ``planted_mode``): ARI per clustering
     method, ``ari_supervised`` (what the clustered ``features`` [len(rows), f] can separate
-    at all, :func:`~matdyn.analysis.clustering.supervised_ari`), and per planted mode the MC MSD / D medians beside the planted D, the true MSD
-    over the calibrated Δt (from the trajectories) and the tracking D of that mode."""
+    at all, :func:`~matdyn.analysis.clustering.supervised_ari`), and per planted mode the MC
+    MSD / D medians beside the planted D, the true MSD over the calibrated Δt (from the
+    trajectories) and the tracking D of that mode."""
     from matdyn.analysis.cases.np_diffusion.particles import _group_stats, ensemble, gamma_key
     from matdyn.dynamics import msd_curve
 
