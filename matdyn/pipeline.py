@@ -305,15 +305,32 @@ def merge_overrides(overrides: list[str]) -> list[str]:
 STEPS = ("data", "train", "sweep", "analyze")
 
 
-def expected_seconds(case: str, scale: str) -> dict[str, float]:
+def expected_seconds(case: str, scale: str, precision: str | None = None) -> dict[str, float]:
     """Seconds each step of ``<case>_<scale>`` took when measured on a quiet 2-core machine
     (the preset's ``expected_minutes``: {step: minutes}); steps without a measurement are
-    left out. Read from the YAML file itself, so that no Hydra composition is needed."""
+    left out. Read from the YAML file itself, so that no Hydra composition is needed.
+
+    A step's minutes may depend on the training precision: ``train: {bf16-mixed: 17,
+    32-true: 28}`` is read at ``precision``, by default the preset's ``trainer.precision``
+    (``32-true`` when unset) as :func:`matdyn.training.app.resolve_training_precision`
+    resolves it on this machine's CPU (``auto``: bf16-mixed where the CPU has native bf16).
+    A precision the table does not list leaves the step without a measurement."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(EXPERIMENTS / f"{experiment(case, scale)}.yaml")
     table = cfg.get("expected_minutes") or {}
-    return {f"{case}/{k}": 60.0 * float(v) for k, v in table.items() if k in STEPS and v is not None}
+    if precision is None and any(OmegaConf.is_dict(v) for v in table.values()):
+        from matdyn.training.app import resolve_training_precision
+
+        asked = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+        precision = resolve_training_precision(asked, cuda=False)  # the table is CPU minutes
+    out = {}
+    for k, v in table.items():
+        if OmegaConf.is_dict(v):
+            v = v.get(precision)
+        if k in STEPS and v is not None:
+            out[f"{case}/{k}"] = 60.0 * float(v)
+    return out
 
 
 def expected_duration(steps: list[Step], expected: dict[str, float], *, force: bool = False

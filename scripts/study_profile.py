@@ -53,6 +53,13 @@ LAYOUTS: dict[str, dict[str, object]] = {
                   "lane_offsets_px": [-10, 12], "particles_per_lane": 3,
                   "band_rows_px": [100, 136], "n_free": 6, "lane_speed_nm_s": 250.0,
                   "free_diffusion_nm2_s": 1200.0},
+    # made after the 100k-image quick profile was chosen (issue 11, session 8): traps across
+    # the middle, two lanes above them with 4 particles each, the band at the bottom, faster
+    # free diffusion
+    "heldout_d": {"seed": 4, "trap_positions_px": [[70, 25], [70, 60], [70, 95], [70, 125]],
+                  "lane_offsets_px": [-45, -25], "particles_per_lane": 4,
+                  "band_rows_px": [96, 136], "n_free": 5, "lane_speed_nm_s": 350.0,
+                  "free_diffusion_nm2_s": 3000.0},
 }
 DEFAULT_SETTINGS = {"quick": []}
 #: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from matdyn.analysis.fidelity_content import (
+    BASELINE_SPLITS,
     Centres,
     Check,
     centre_density,
@@ -18,6 +19,7 @@ from matdyn.analysis.fidelity_content import (
     flagged,
     frame_diversity,
     half_split,
+    halvings,
     particle_fidelity,
 )
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
@@ -52,6 +54,33 @@ def test_identical_sets_sit_at_zero_and_fresh_draws_at_baseline_level(np64):
         assert 0.9 < r["ratio"] < 1.1
     assert flagged(checks) == []
     assert s["regions"]["confined"]["real_per_frame"] == 4.0  # 4 traps, always inside
+
+
+def test_particle_baselines_are_the_mean_over_many_halvings(np64):
+    """One halving of the observed frames is a noisy baseline (issue 11): the centre-density
+    and ratio baselines average BASELINE_SPLITS halvings, and report their spread."""
+    frames, rm = np64
+    real = dark_particle_centres(frames[:300])
+    gen = dark_particle_centres(frames[300:600])
+    s, checks = particle_fidelity(real, gen, (64, 64), region_map=rm, region_names=MODE_NAMES)
+    emd = s["centre_density"]["emd"]
+    by_hand = [density_emd(centre_density(real.subset(a).rc, (64, 64), 16),
+                           centre_density(real.subset(b).rc, (64, 64), 16))
+               for a, b in halvings(300, BASELINE_SPLITS, 0)]
+    assert s["centre_density"]["baseline_splits"] == BASELINE_SPLITS == len(by_hand)
+    assert emd["real_vs_real"] == pytest.approx(np.mean(by_hand))
+    assert emd["real_vs_real_sd"] == pytest.approx(np.std(by_hand)) and emd["real_vs_real_sd"] > 0
+    assert min(by_hand) < emd["real_vs_real"] < max(by_hand)
+    one, _ = particle_fidelity(real, gen, (64, 64), n_splits=1)
+    assert one["centre_density"]["emd"]["real_vs_real"] == pytest.approx(by_hand[0])
+    # ratio baselines: the mean |1 - r| over the halvings, shown as a typical ratio >= 1
+    ppf = s["particles_per_frame"]
+    dev = np.mean([abs(1 - real.subset(b).per_frame / real.subset(a).per_frame)
+                   for a, b in halvings(300, BASELINE_SPLITS, 0)])
+    assert ppf["real_vs_real_ratio"] == pytest.approx(1 + dev) and dev > 0
+    table = {c.name: c for c in checks}
+    assert table["particles_per_frame"].baseline == pytest.approx(dev)
+    assert all(r["real_vs_real_ratio"] >= 1.0 for r in s["regions"].values())
 
 
 def test_a_generator_that_drops_the_lanes_has_lane_ratio_zero(np64):

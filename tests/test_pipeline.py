@@ -145,6 +145,31 @@ def test_expected_duration_counts_only_the_steps_that_will_run(monkeypatch, tmp_
     assert seconds == 810.0
 
 
+def test_expected_training_minutes_follow_the_training_precision(monkeypatch, tmp_path):
+    """A preset whose training time depends on bf16 (trainer.precision=auto) lists minutes per
+    resolved precision; the table is read at the precision that will train on this CPU."""
+    presets = tmp_path / "experiment"
+    presets.mkdir()
+    (presets / "np_diffusion_quick.yaml").write_text(
+        "expected_minutes: {data: 1, train: {bf16-mixed: 10, 32-true: 30}}\n"
+        "trainer: {precision: auto}\n")
+    monkeypatch.setattr(pipeline, "EXPERIMENTS", presets)
+    assert pipeline.expected_seconds("np_diffusion", "quick", "bf16-mixed") == {
+        "np_diffusion/data": 60.0, "np_diffusion/train": 600.0}
+    assert pipeline.expected_seconds("np_diffusion", "quick", "32-true")["np_diffusion/train"] == 1800.0
+    # a precision the table does not measure: the step has no expected duration
+    assert "np_diffusion/train" not in pipeline.expected_seconds("np_diffusion", "quick", "16-mixed")
+    import dataclasses
+
+    from matdyn.checks import hardware
+
+    caps = hardware.capabilities()
+    for native, minutes in ((True, 600.0), (False, 1800.0)):  # auto resolves on this CPU
+        monkeypatch.setattr(hardware, "capabilities",
+                            lambda n=native: dataclasses.replace(caps, bf16_cpu=n))
+        assert pipeline.expected_seconds("np_diffusion", "quick")["np_diffusion/train"] == minutes
+
+
 def test_the_demo_preset_has_a_measured_duration():
     """`make demo` prints its expected duration (issue 11): every step of np_diffusion_quick
     carries one."""

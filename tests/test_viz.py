@@ -93,3 +93,22 @@ def test_save_figure_writes_png_and_svg(tmp_path):
     assert b"<svg" in paths[1].read_bytes()[:2000]
     save_figure(fig, tmp_path / "sub" / "grid")  # overwriting is fine
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["grid.png", "grid.svg"]
+
+
+def test_cluster_boxplots_skip_undefined_values_and_log_scale_decades():
+    """A descriptor with NaNs (an MSD exponent not fitted for some particles) still gets its
+    boxes, with the count left out in the title; MSD over several decades gets a log axis."""
+    lab = np.repeat([0, 1, 2], 20)
+    expo = 0.2 + RNG.random(60)
+    expo[::7] = np.nan
+    msd = np.concatenate([RNG.uniform(1e4, 2e4, 20), RNG.uniform(500, 900, 20), RNG.uniform(5, 12, 20)])
+    fig = cluster_boxplots({"msd": msd, "msd_exponent": expo}, lab,
+                           group_names={0: "most mobile", 1: "mobility rank 2", 2: "least mobile"})
+    ax_msd, ax_exp = fig.axes
+    assert ax_msd.get_yscale() == "log" and ax_exp.get_yscale() == "linear"
+    medians = [line.get_ydata()[0] for line in ax_exp.lines if len(line.get_ydata()) == 2
+               and line.get_ydata()[0] == line.get_ydata()[1]]
+    assert medians and np.isfinite(medians).all()  # boxes drawn, not an empty panel
+    assert ax_exp.get_title() == f"{int(np.isnan(expo).sum())} of 60 undefined, not shown"
+    assert [t.get_text() for t in ax_msd.get_xticklabels()] == ["most\nmobile", "mobility\nrank 2",
+                                                                  "least\nmobile"]

@@ -313,26 +313,39 @@ def cluster_boxplots(
 ) -> Figure:
     """Box plots of each descriptor per cluster, outliers as gray dots (Figs. 6d, 8c).
 
+    Non-finite values (e.g. an MSD exponent that could not be fitted) are left out of their
+    box and counted in the panel title; a positive descriptor spanning more than two decades
+    (MSD, D) gets a log axis, so that the least mobile cluster is not a flat line at zero.
+    Cluster names are wrapped onto several lines.
+
     >>> fig = cluster_boxplots({"anisotropy": [0.1, 0.2, 0.8, 0.9]}, [0, 0, 1, 1])
     >>> len(fig.axes)
     1
     """
+    import textwrap
+
     lab = np.asarray(labels).ravel()
     groups = list(np.unique(lab))
-    fig = Figure(figsize=(3.0 * len(values), 3.0))
+    fig = Figure(figsize=(3.0 * len(values), 3.2))
     axes = fig.subplots(1, len(values), squeeze=False).ravel()
     # one panel per descriptor, one box per cluster
     for ax, (name, vals) in zip(axes, values.items()):
         v = np.asarray(vals, dtype=np.float64).ravel()
         if v.shape != lab.shape:
             raise AnalysisError(f"descriptor {name!r} has {v.size} values for {lab.size} labels")
-        data = [v[lab == g] for g in groups]
+        ok = np.isfinite(v)
+        data = [v[(lab == g) & ok] for g in groups]
         ax.boxplot(
             data, flierprops={"marker": "o", "markersize": 3, "markerfacecolor": OUTLIER_COLOR,
                               "markeredgecolor": OUTLIER_COLOR},
         )  # fmt: skip
+        if ok.any() and (v[ok] > 0).all() and v[ok].max() > 100 * v[ok].min():
+            ax.set_yscale("log")
+        if not ok.all():
+            ax.set_title(f"{int((~ok).sum())} of {v.size} undefined, not shown", fontsize=8)
         ax.set_xticks(range(1, len(groups) + 1))
-        ax.set_xticklabels([(group_names or {}).get(g, str(g)) for g in groups])
+        ax.set_xticklabels([textwrap.fill((group_names or {}).get(g, str(g)), 10) for g in groups],
+                           fontsize=8)
         unit = (units or {}).get(name)
         ax.set_ylabel(f"{name} ({unit})" if unit else name)
         ax.set_xlabel("cluster")
