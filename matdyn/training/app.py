@@ -144,7 +144,8 @@ def resolve_training_precision(value: Any, cuda: bool) -> str:
     0.88), every planted region ≥ 0.93 of the observed particles per frame. Its training step
     runs 1.9–2.1× as fast as the fp32 one on an AVX-512-BF16 CPU (16–64 px; README,
     Performance). Two seeds on one layout are too few to change everyone's default; ``auto``
-    opts in.
+    opts in, and the NP quick preset (``conf/experiment/np_diffusion_quick.yaml``, the demo)
+    does: its 166k-image profile was chosen from bf16 runs (issue 11, session 8).
 
     >>> resolve_training_precision("32-true", cuda=False)
     '32-true'
