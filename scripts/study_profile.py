@@ -10,7 +10,7 @@ run's summary.json (matdyn.analysis.evaluate) gives the per-region particle rati
 real-vs-real baseline. Prints, and writes to ``<out>/study.md`` and ``study.json``, a table:
 setting → layout → minutes → per-region ratios → SWD / baseline → flags.
 
-    python scripts/study_profile.py                                  # quick profile, 3 layouts
+    python scripts/study_profile.py                                  # quick profile, all 5 layouts
     python scripts/study_profile.py --setting "w2=model.filters=[128,128,64,32,32,16]" \\
         --setting "lr5e-4=model.optimizer.lr=0.0005" --layouts default heldout_a
     python scripts/study_profile.py --smoke                          # ~1 min end-to-end check

@@ -151,6 +151,25 @@ def test_chart_slit_widths_of_observed_frames_match_the_truth_within_a_pixel(tmp
     assert s["d1"]["generated"]["n"] == 0 and checks == []
 
 
+def test_every_study_layout_plants_all_three_modes():
+    """The held-out layouts of scripts/study_profile.py are valid stand-in settings, and each
+    has lanes, a band and traps in its region map (else its per-region ratios mean nothing)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "study_profile.py"
+    spec = importlib.util.spec_from_file_location("study_profile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert {"default", "heldout_a", "heldout_b", "heldout_c", "heldout_d"} <= set(mod.LAYOUTS)
+    seeds = set()
+    for name, layout in mod.LAYOUTS.items():
+        d = simulate(**{**layout, "n_frames": 2})
+        labels = set(np.unique(d.truth["region_map"]).tolist())
+        assert {0, 1, 2} <= labels, name
+        seeds.add(layout["seed"])
+    assert len(seeds) == len(mod.LAYOUTS)  # every layout its own random draw
+
+
 def test_study_profile_table_from_summaries():
     import importlib.util
 
