@@ -80,9 +80,18 @@ class Check(NamedTuple):
         return bool(not np.isnan(self.value) and self.value > factor * max(self.baseline, self.floor))
 
 
-def ratio_check(name: str, ratio: float, baseline_ratio: float) -> Check:
-    """A ratio (1 = perfect) as a :class:`Check` on ``|1 - ratio|``."""
-    return Check(name, abs(1.0 - float(ratio)), abs(1.0 - float(baseline_ratio)), RATIO_FLOOR)
+def ratio_check(name: str, ratio: float, baseline_ratio: float | Sequence[float]) -> Check:
+    """A ratio (1 = perfect) as a :class:`Check` on ``|1 - ratio|``. ``baseline_ratio``: the
+    real-vs-real ratio of two halves, or those of several halvings; the baseline is the mean
+    ``|1 - r|`` over the finite ones (inf when there is none).
+
+    >>> round(ratio_check("n", 0.8, [1.1, 0.9]).baseline, 6), ratio_check("n", 1.0, 1.5).baseline
+    (0.1, 0.5)
+    """
+    r = np.atleast_1d(np.asarray(baseline_ratio, dtype=np.float64))
+    r = r[np.isfinite(r)]
+    base = float(np.mean(np.abs(1.0 - r))) if r.size else float("inf")
+    return Check(name, abs(1.0 - float(ratio)), base, RATIO_FLOOR)
 
 
 def flagged(checks: Sequence[Check], factor: float = 2.0) -> list[str]:
@@ -305,13 +314,6 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else (1.0 if num == 0 else float("inf"))
 
 
-def _halves_ratio(ratios: Sequence[float]) -> tuple[float, float]:
-    """(mean ``|1 - r|``, typical ratio ``1 + mean |1 - r|``) of the real-vs-real ratios of
-    several halvings: the check's baseline and the number the summary shows for it."""
-    dev = float(np.mean([abs(1.0 - r) for r in ratios if np.isfinite(r)] or [np.inf]))
-    return dev, 1.0 + dev
-
-
 def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int], *,
                       region_map: Any | None = None, region_names: Sequence[str] | None = None,
                       bins: int = 16, seed: int = 0, n_splits: int = BASELINE_SPLITS
@@ -332,11 +334,12 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     """
     splits = [(real.subset(a), real.subset(b)) for a, b in halvings(real.n_frames, n_splits, seed)]
     ratio = _ratio(generated.per_frame, real.per_frame)
-    dev, typical = _halves_ratio([_ratio(rb.per_frame, ra.per_frame) for ra, rb in splits])
-    ppf = {"real": real.per_frame, "generated": generated.per_frame,
-           "ratio": _num(ratio), "real_vs_real_ratio": _num(typical), "baseline_splits": len(splits)}
+    check = ratio_check("particles_per_frame", ratio,
+                        [_ratio(rb.per_frame, ra.per_frame) for ra, rb in splits])
+    ppf = {"real": real.per_frame, "generated": generated.per_frame, "ratio": _num(ratio),
+           "real_vs_real_ratio": _num(1.0 + check.baseline), "baseline_splits": len(splits)}
     out: dict[str, Any] = {"particles_per_frame": ppf}
-    checks = [Check("particles_per_frame", abs(1.0 - ratio), dev, RATIO_FLOOR)]
+    checks = [check]
     d_real = centre_density(real.rc, shape, bins)
     if len(generated):
         d_gen = centre_density(generated.rc, shape, bins)
@@ -379,12 +382,12 @@ def _region_fidelity(real: Centres, gen: Centres, splits: Sequence[tuple[Centres
         if not (region_map == k).any():
             continue
         ratio = _ratio(cg[k], cr[k])
-        dev, typical = _halves_ratio([_ratio(cb[k], ca[k]) for ca, cb in halves])
-        checks.append(Check(f"region_ratio.{names[k]}", abs(1.0 - ratio), dev, RATIO_FLOOR))
+        checks.append(ratio_check(f"region_ratio.{names[k]}", ratio,
+                                  [_ratio(cb[k], ca[k]) for ca, cb in halves]))
         # a ratio over zero observed particles is undefined: None in the summary (the check
         # above still flags particles drawn where the data have none)
         out[names[k]] = {"real_per_frame": float(cr[k]), "generated_per_frame": float(cg[k]),
-                         "ratio": _num(ratio), "real_vs_real_ratio": _num(typical)}
+                         "ratio": _num(ratio), "real_vs_real_ratio": _num(1.0 + checks[-1].baseline)}
     return out, checks
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,8 +323,6 @@ def cluster_boxplots(
     >>> len(fig.axes)
     1
     """
-    import textwrap
-
     lab = np.asarray(labels).ravel()
     groups = list(np.unique(lab))
     fig = Figure(figsize=(3.0 * len(values), 3.2))
