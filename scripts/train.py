@@ -70,7 +70,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, is_main: bool) -> None:
         div = summary.get("frame_diversity") or {}
         if div.get("ratio") is not None:
             print(f"frame diversity (mean RMS difference between frames): generated / observed = "
-                  f"{div['ratio']:.2f} (real halves {div['real_vs_real_ratio']:.2f})")
+                  f"{div['ratio']:.2f} (two halves of the observed frames differ by "
+                  f"{abs(div['real_vs_real_ratio'] - 1):.0%} on average)")
         print(f"summary: {run_dir / 'summary.json'}; figure: {summary.get('figure')}")
 
 

@@ -61,6 +61,32 @@ def test_particle_area_baseline_is_averaged_over_halvings(np64):
     assert checks[0].baseline == out["real_vs_real"]
 
 
+def test_swd_and_diversity_baselines_are_averaged_over_halvings(np64):
+    """The summary's SWD baseline is the mean SWD between the halves of IMAGE_BASELINE_SPLITS
+    random halvings (the first is the one-halving baseline of the same seed), and the
+    diversity baseline the mean |1 - r| of their diversity ratios."""
+    from matdyn.analysis.evaluate import IMAGE_BASELINE_SPLITS
+    from matdyn.analysis.fidelity import sliced_wasserstein
+    from matdyn.analysis.fidelity_content import diversity_fidelity, frame_diversity, halvings
+
+    frames, _ = np64
+    real, gen = frames[:120], frames[120:240]
+    s = fidelity_summary(gen, real, channel_names=["phase"], pixel_size=90.0, unit="nm",
+                         particles=False)
+    splits = halvings(120, IMAGE_BASELINE_SPLITS, 0)
+    singles = [sliced_wasserstein(real[a], real[b], seed=0).mean for a, b in splits]
+    assert s["swd"]["baseline_splits"] == IMAGE_BASELINE_SPLITS >= 3
+    assert s["swd"]["real_vs_real"] == pytest.approx(np.mean(singles))
+    assert s["swd"]["real_vs_real_sd"] == pytest.approx(np.std(singles)) and np.std(singles) > 0
+    assert s["checks"]["swd"]["baseline"] == pytest.approx(np.mean(singles))
+    devs = [abs(1 - frame_diversity(real[a]) / frame_diversity(real[b])) for a, b in splits]
+    div = s["frame_diversity"]
+    assert div["baseline_splits"] == len(splits)
+    assert div["real_vs_real_ratio"] == pytest.approx(1 + np.mean(devs))
+    one, _ = diversity_fidelity(real, gen, splits[0])  # one halving still accepted
+    assert one["baseline_splits"] == 1 and one["real_vs_real_ratio"] == pytest.approx(1 + devs[0])
+
+
 def test_summary_of_volumes_reports_composition_and_stage_mix():
     rng = np.random.default_rng(0)
     stages = np.repeat([0, 7], 20)

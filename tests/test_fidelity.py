@@ -102,6 +102,9 @@ def test_swd_3d_multichannel_and_baseline():
     assert res.levels.shape == (2,)
     base = swd_baseline(v, n_patches=512, min_size=8)
     assert base.levels.shape == (2,)
+    singles = split_half_baseline(  # the default averages five random halvings
+        v, lambda a, b: sliced_wasserstein(a, b, n_patches=512, min_size=8).mean, n_repeats=5)
+    assert base.mean == pytest.approx(np.mean(singles)) and np.ptp(singles) > 0
     assert res.mean > base.mean
     with pytest.raises(AnalysisError):
         sliced_wasserstein(v, v[:, :2])

@@ -151,7 +151,7 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
         "swd": {
             "value": swd(real, gen),
             # halves by hand: swd_baseline's own n_repeats would clash with the SWD's
-            "baseline": float(np.mean(split_half_baseline(real, swd, n_repeats=1, seed=seed))),
+            "baseline": float(np.mean(split_half_baseline(real, swd, n_repeats=reps, seed=seed))),
         },
         "s2": {
             "value": s2_distance(s2_r, s2_g),
