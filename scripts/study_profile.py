@@ -10,7 +10,7 @@ run's summary.json (matdyn.analysis.evaluate) gives the per-region particle rati
 real-vs-real baseline. Prints, and writes to ``<out>/study.md`` and ``study.json``, a table:
 setting → layout → minutes → per-region ratios → SWD / baseline → flags.
 
-    python scripts/study_profile.py                                  # quick profile, all 5 layouts
+    python scripts/study_profile.py                                  # quick profile, all 6 layouts
     python scripts/study_profile.py --setting "w2=model.filters=[128,128,64,32,32,16]" \\
         --setting "lr5e-4=model.optimizer.lr=0.0005" --layouts default heldout_a
     python scripts/study_profile.py --smoke                          # ~1 min end-to-end check
@@ -60,6 +60,12 @@ LAYOUTS: dict[str, dict[str, object]] = {
                   "lane_offsets_px": [-45, -25], "particles_per_lane": 4,
                   "band_rows_px": [96, 136], "n_free": 5, "lane_speed_nm_s": 350.0,
                   "free_diffusion_nm2_s": 3000.0},
+    # made after the issue-12 particle features were chosen on a-d (session 9): the band at
+    # the top, five traps in a row, two lanes at the bottom
+    "heldout_e": {"seed": 5, "trap_positions_px": [[62, 15], [62, 45], [62, 75], [62, 105],
+                                                   [62, 132]],
+                  "lane_offsets_px": [22, 45], "particles_per_lane": 3, "band_rows_px": [6, 46],
+                  "n_free": 6, "lane_speed_nm_s": 300.0, "free_diffusion_nm2_s": 2000.0},
 }
 DEFAULT_SETTINGS = {"quick": []}
 #: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores

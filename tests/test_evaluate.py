@@ -186,7 +186,7 @@ def test_every_study_layout_plants_all_three_modes():
     spec = importlib.util.spec_from_file_location("study_profile", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert {"default", "heldout_a", "heldout_b", "heldout_c", "heldout_d"} <= set(mod.LAYOUTS)
+    assert {"default", "heldout_a", "heldout_b", "heldout_c", "heldout_d", "heldout_e"} <= set(mod.LAYOUTS)
     seeds = set()
     for name, layout in mod.LAYOUTS.items():
         d = simulate(**{**layout, "n_frames": 2})

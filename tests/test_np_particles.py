@@ -16,6 +16,7 @@ from matdyn.analysis.cases.np_diffusion import particles, timebase
 from matdyn.analysis.cases.np_diffusion.config import Config
 from matdyn.dynamics.locate import LocateParams
 from matdyn.dynamics.streaming import ParticleLinks, particle_rows
+from matdyn.errors import AnalysisError
 from matdyn.sampling.reducers import ReferenceBlock, RunInfo, VariationBatch
 
 H = 40
@@ -159,18 +160,75 @@ def test_one_mode_data_yields_one_cluster():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"msd": np.exp(rng.normal(7.0, 0.4, 80)), "drift_fraction": 0.1,
                        "anisotropy": 0.5, "centroid_row": 1.0, "centroid_col": 1.0})
-    summary, results, rows = particles.cluster(Config(), df)
+    one = Config(particle_features=("log_msd",), feature_gamma=None)  # log MSD at the run's γ
+    summary, results, rows = particles.cluster(one, df)
     assert summary["n_modes"] == 1 and summary["n_modes_from_data"] == 1
     assert set(summary["methods"]["average"]["modes"]) == {"one mode"}
     # two well separated mobilities: two clusters, named from their MSD
     df2 = pd.concat([df, df.assign(msd=df.msd * 200)], ignore_index=True)
-    s2, res2, _ = particles.cluster(Config(), df2)
+    s2, res2, _ = particles.cluster(one, df2)
     assert s2["n_modes"] == 2 and set(s2["methods"]["average"]["modes"]) == {"most mobile",
                                                                              "least mobile"}
     # the paper's fixed 3 stays available; names stay generic when the data do not support 3
-    s3, _, _ = particles.cluster(Config(n_modes=3), df2)
+    s3, _, _ = particles.cluster(Config(n_modes=3, particle_features=("log_msd",),
+                                        feature_gamma=None), df2)
     assert s3["n_modes"] == 3 and not s3["separation_real"]
     assert all(n.startswith("cluster") for n in s3["methods"]["average"]["modes"])
+
+
+def _cloud_rows(n: int, sigma_xy: tuple[float, float], seed: int, samples: int = 200
+                ) -> pd.DataFrame:
+    """Particle rows at γ = 1 from simulated displacement clouds: ``samples`` Gaussian steps
+    of std sigma_xy (px per axis) per particle, the mobility scattered lognormally (0.1)."""
+    from matdyn.dynamics import cloud_stats
+
+    rng = np.random.default_rng(seed)
+    scale = np.exp(rng.normal(0.0, 0.1, n))
+    d = rng.standard_normal((n, samples, 2)) * np.array(sigma_xy)[::-1] * scale[:, None, None]
+    st = cloud_stats(d.reshape(-1, 2), np.repeat(np.arange(n), samples), n)
+    df = pd.DataFrame({k: st[k] for k in ("msd", "rg", "anisotropy", "drift_fraction")})
+    df["msd_floor"] = 0.01  # px², locate noise well below the clouds
+    df["msd_g1"] = df["msd"]
+    df["log_anisotropy_ratio_g1"] = particles._log_ratio(df, df["rg"], df["anisotropy"])
+    return df.assign(centroid_row=1.0, centroid_col=1.0)
+
+
+def test_default_features_tell_lanes_from_diffusion_at_equal_msd():
+    """Directed particles in a lane spread their displacements along it, diffusing ones in a
+    round cloud, trapped ones barely move. log MSD alone tells the trapped ones from the rest
+    only; the default features (log MSD and log anisotropy ratio at feature_gamma) find all
+    three; one round population stays one."""
+    from sklearn.metrics import adjusted_rand_score
+
+    cfg = Config()
+    assert cfg.particle_features == ("log_msd", "log_anisotropy_ratio") and cfg.feature_gamma == 1.0
+    free = _cloud_rows(50, (1.0, 1.0), seed=0)
+    lanes = _cloud_rows(30, (np.sqrt(1.99), 0.1), seed=1)  # same MSD (2 px²), along x
+    traps = _cloud_rows(40, (0.15, 0.15), seed=2)
+    assert lanes["msd"].median() == pytest.approx(free["msd"].median(), rel=0.25)
+    s1, _, _ = particles.cluster(cfg, free.copy())
+    assert s1["n_modes"] == 1 and s1["feature_gamma"] == 1.0
+    both = pd.concat([free, lanes, traps], ignore_index=True)
+    truth = np.repeat([0, 1, 2], [50, 30, 40])
+    # three modes (the paper's count): the features separate them, log MSD alone cannot
+    three = Config(n_modes=3)
+    s3, res, rows = particles.cluster(three, both.copy())
+    assert adjusted_rand_score(truth[rows], res["average"].labels) > 0.9
+    s_msd, res_msd, rows_msd = particles.cluster(
+        Config(n_modes=3, particle_features=("log_msd",)), both.copy())
+    assert adjusted_rand_score(truth[rows_msd], res_msd["average"].labels) < 0.7
+    with pytest.raises(AnalysisError, match="feature_gamma 2"):
+        particles.features(both, ("log_msd",), 2.0)
+
+
+def test_feature_gamma_must_be_on_the_msd_ladder():
+    from matdyn.errors import ConfigError
+
+    Config(feature_gamma=None, msd_gammas=()).validate()
+    with pytest.raises(ConfigError, match="feature_gamma must be one of"):
+        Config(feature_gamma=0.7).validate()
+    with pytest.raises(ConfigError, match="feature_gamma must be one of"):
+        Config(feature_gamma="one").validate()
 
 
 class _FigCtx:
@@ -222,7 +280,7 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     store = open_store(path)
     # 40 frames calibrate Δt up to 8 frames (0.4 s): the oracle's γ 0.5 stands for about that
     cfg = small_config(descriptors="particles", n_modes="auto", msd_gammas=(0.125, 0.25),
-                       msd_samples=16, floor_samples=8)
+                       msd_samples=16, floor_samples=8, feature_gamma=0.25)
     s = run_case("np_diffusion", NPOracle(store.truth_attrs), store, cfg, gamma=0.25,
                  out_dir=tmp_path / "out", seed=0, progress=False)
     json.dumps(s, allow_nan=False)
@@ -249,7 +307,10 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert 0.2 < rec["ari_supervised"] <= 1.0
     table = pd.read_csv(tmp_path / "out" / s["table"])
     assert {"msd", "D", "msd_floor", "D_floor", "msd_g0.125", "msd_g0.25", "planted_mode",
-            "cluster_average"} <= set(table.columns)
+            "cluster_average", "log_anisotropy_ratio", "log_anisotropy_ratio_g0.125",
+            "log_anisotropy_ratio_g0.25"} <= set(table.columns)
+    assert s["clustering"]["feature_gamma"] == 0.25
+    np.testing.assert_allclose(table["log_anisotropy_ratio_g0.25"], table["log_anisotropy_ratio"])
     assert set(table.source) == {"particle"}
     stems = {Path(f).stem for f in s["figures"]}
     assert {"particles_msd_dt", "particles_D", "time_calibration"} <= stems

@@ -351,7 +351,8 @@ class NPDiffusionCase:
         if self._traces:
             rec = recover(ctx, self._tcfg, table.frame, self._results, self._rows)
         if self._particles:
-            feats = particles.features(table.frame.loc[self._prows], self.cfg.particle_features)
+            feats = particles.features(table.frame.loc[self._prows], self.cfg.particle_features,
+                                       self.cfg.feature_gamma)
             prec = recover_particles(ctx, table.frame, self._presults, self._prows, self._gammas,
                                      self._dts, self._tracking, features=feats)
             rec = prec | ({"traces": rec} if rec else {})

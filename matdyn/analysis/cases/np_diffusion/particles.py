@@ -6,7 +6,8 @@ engine), at the run's γ and at each γ of ``msd_gammas`` (one more engine run e
 references). One row per reference particle: MSD (nm², ≥ 0 by construction), D = MSD /
 (2·ndim·Δt) with Δt the time the run's γ stands for (:mod:`.timebase`), the locate-noise
 floor of both (``msd_floor``, ``D_floor``: a still scene), the anisotropy of the
-displacement covariance, the drift fraction |⟨d⟩|²/MSD, the non-Gaussian α2, and over
+displacement covariance and its log principal-variance ratio above the localisation noise
+(``log_anisotropy_ratio``), the drift fraction |⟨d⟩|²/MSD, the non-Gaussian α2, and over
 the γ's: MSD(Δt), D from its slope (``D_slope``) and the MSD exponent (``msd_exponent``;
 ≈ 1 diffusive, < 0.7 confined, > 1.3 directed; Saxton & Jacobson 1997).
 """
@@ -67,8 +68,9 @@ def _merge_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | None],
           nm_per_px: float) -> pd.DataFrame:
-    """Rows of the run's γ with ``msd_g<γ>`` columns for the other γ (the same reference
-    particle, matched by reference index and position) and, with ≥ 2 calibrated Δt,
+    """Rows of the run's γ with ``msd_g<γ>`` and ``log_anisotropy_ratio_g<γ>`` columns for
+    every γ of the ladder (the same reference particle, matched by reference index and
+    position), ``log_anisotropy_ratio`` at the run's γ and, with ≥ 2 calibrated Δt,
     ``D_slope`` and ``msd_exponent`` (:func:`matdyn.dynamics.msd_curve`)."""
     from matdyn.dynamics import msd_curve
     from matdyn.dynamics.streaming import particle_rows
@@ -79,9 +81,12 @@ def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | Non
     main.insert(0, "source", "particle")
     gammas = sorted(runs)
     for g in gammas:
-        other = _merge_keys(rows[g])[["ref_index", "_r", "_c", "msd"]]
-        main = main.merge(other.rename(columns={"msd": f"msd_g{gamma_key(g)}"}),
-                          on=["ref_index", "_r", "_c"], how="left")
+        other = _merge_keys(rows[g])[["ref_index", "_r", "_c", "msd", "rg", "anisotropy"]]
+        other = other.rename(columns={"msd": f"msd_g{gamma_key(g)}", "rg": "_rg", "anisotropy": "_an"})
+        main = main.merge(other, on=["ref_index", "_r", "_c"], how="left")
+        main[f"log_anisotropy_ratio_g{gamma_key(g)}"] = _log_ratio(main, main.pop("_rg"),
+                                                                   main.pop("_an"))
+    main["log_anisotropy_ratio"] = _log_ratio(main, main["rg"], main["anisotropy"])
     main = main.drop(columns=["_r", "_c"])
     t = np.array([np.nan if dts.get(g) is None else dts[g] for g in gammas], np.float64)
     main["D_slope"] = np.nan
@@ -94,14 +99,34 @@ def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | Non
     return main
 
 
-def features(df: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
-    """Feature matrix [n, f]; log_msd / log_rg are natural logs (clipped at 1e-9)."""
+def _log_ratio(df: pd.DataFrame, rg: pd.Series, anisotropy: pd.Series) -> np.ndarray:
+    """:func:`matdyn.dynamics.log_anisotropy_ratio` regularised by the per-axis localisation
+    variance of each particle (its still-scene MSD floor / 2; 0 without a floor)."""
+    from matdyn.dynamics import log_anisotropy_ratio
+
+    floor = df["msd_floor"].to_numpy(np.float64) / 2.0 if "msd_floor" in df else 0.0
+    return log_anisotropy_ratio(rg.to_numpy(np.float64), anisotropy.to_numpy(np.float64),
+                                np.nan_to_num(floor, nan=0.0))
+
+
+#: features that :func:`features` reads at another γ of the ladder (``msd_g<γ>``, ...)
+PER_GAMMA = {"log_msd": "msd_g", "msd": "msd_g", "log_anisotropy_ratio": "log_anisotropy_ratio_g"}
+
+
+def features(df: pd.DataFrame, names: tuple[str, ...], gamma: float | None = None) -> np.ndarray:
+    """Feature matrix [n, f]; log_msd / log_rg are natural logs (clipped at 1e-9). With
+    ``gamma`` (one of the run's γ ladder), the :data:`PER_GAMMA` features come from the
+    variation at that γ; the others are always the run γ's."""
     cols = []
     for f in names:
-        if f in ("log_msd", "log_rg"):
-            cols.append(np.log(np.clip(df[f[4:]].to_numpy(np.float64), 1e-9, None)))
-        else:
-            cols.append(df[f].to_numpy(np.float64))
+        col = f[4:] if f in ("log_msd", "log_rg") else f
+        if gamma is not None and f in PER_GAMMA:
+            col = f"{PER_GAMMA[f]}{gamma_key(gamma)}"
+            if col not in df:
+                raise AnalysisError(f"no variation at feature_gamma {gamma:g}: add it to "
+                                    "analysis.msd_gammas")
+        v = df[col].to_numpy(np.float64)
+        cols.append(np.log(np.clip(v, 1e-9, None)) if f in ("log_msd", "log_rg") else v)
     return np.column_stack(cols)
 
 
@@ -134,7 +159,7 @@ def cluster(cfg: Config, df: pd.DataFrame, ens: Any = None
     from matdyn.dynamics import choose_n_clusters
 
     feats = tuple(cfg.particle_features)
-    x_all = features(df, feats)
+    x_all = features(df, feats, cfg.feature_gamma)
     finite = np.isfinite(x_all).all(axis=1)
     if finite.sum() < 3:
         raise AnalysisError(f"only {int(finite.sum())} of {len(df)} particles have finite "
@@ -164,7 +189,8 @@ def cluster(cfg: Config, df: pd.DataFrame, ens: Any = None
                                      | ({"ensemble": ens(df.loc[rows[res.labels == c]])}
                                         if ens is not None else {})
                                      for c in sorted(names)}}
-    summary = {"descriptors": "particles", "features": list(feats), "scaling": cfg.scaling or "none",
+    summary = {"descriptors": "particles", "features": list(feats),
+               "feature_gamma": cfg.feature_gamma, "scaling": cfg.scaling or "none",
                "n_modes": int(k), "n_modes_source": "fixed (analysis.n_modes)" if fixed else
                f"from the data ({cfg.cluster_count})",
                "n_modes_from_data": int(choice.k),
