@@ -155,7 +155,7 @@ def test_summary_contract_and_figures(result):
         assert fid["intensity_w1"][ch] == pytest.approx(w1[ch], rel=1e-3)
         assert fid["intensity_w1_baseline"][ch] == pytest.approx(base[ch], rel=1e-3)
     assert fid["swd"] == pytest.approx(0.263020, rel=1e-3)
-    assert fid["swd_baseline"] == pytest.approx(0.178090, rel=1e-3)
+    assert fid["swd_baseline"] == pytest.approx(0.223928, rel=1e-3)  # mean of 5 halvings
     names = {Path(p).name for p in summary["figures"]}
     assert {
         "fig7c_density.png",

@@ -398,9 +398,12 @@ class NPDiffusionCase:
         pfigs.d_histogram(ctx, df, self._tracking, planted, lu, tu)
         pfigs.calibration_figure(ctx, self._cal)
         sub = df.loc[self._prows]
-        shown = [c for c in ("msd", "D", "anisotropy", "drift_fraction", "msd_exponent")
+        clustered = [particles.feature_column(f, self.cfg.feature_gamma)
+                     for f in self.cfg.particle_features]  # what the clustering saw first
+        shown = [c for c in dict.fromkeys([*clustered, "D", "drift_fraction", "msd_exponent"])
                  if c in sub and sub[c].notna().any()]
         units = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}"}
+        units |= {c: f"{lu}^2" for c in shown if c.startswith("msd_g")}
         for method, res in self._presults.items():
             names_c = particles.name_clusters(res.labels, sub["msd"].to_numpy(np.float64),
                                               self._preal)

@@ -113,18 +113,23 @@ def _log_ratio(df: pd.DataFrame, rg: pd.Series, anisotropy: pd.Series) -> np.nda
 PER_GAMMA = {"log_msd": "msd_g", "msd": "msd_g", "log_anisotropy_ratio": "log_anisotropy_ratio_g"}
 
 
+def feature_column(name: str, gamma: float | None = None) -> str:
+    """The table column a clustering feature is read from (before any log)."""
+    if gamma is not None and name in PER_GAMMA:
+        return f"{PER_GAMMA[name]}{gamma_key(gamma)}"
+    return name[4:] if name in ("log_msd", "log_rg") else name
+
+
 def features(df: pd.DataFrame, names: tuple[str, ...], gamma: float | None = None) -> np.ndarray:
     """Feature matrix [n, f]; log_msd / log_rg are natural logs (clipped at 1e-9). With
     ``gamma`` (one of the run's γ ladder), the :data:`PER_GAMMA` features come from the
     variation at that γ; the others are always the run γ's."""
     cols = []
     for f in names:
-        col = f[4:] if f in ("log_msd", "log_rg") else f
-        if gamma is not None and f in PER_GAMMA:
-            col = f"{PER_GAMMA[f]}{gamma_key(gamma)}"
-            if col not in df:
-                raise AnalysisError(f"no variation at feature_gamma {gamma:g}: add it to "
-                                    "analysis.msd_gammas")
+        col = feature_column(f, gamma)
+        if gamma is not None and f in PER_GAMMA and col not in df:
+            raise AnalysisError(f"no variation at feature_gamma {gamma:g}: add it to "
+                                "analysis.msd_gammas")
         v = df[col].to_numpy(np.float64)
         cols.append(np.log(np.clip(v, 1e-9, None)) if f in ("log_msd", "log_rg") else v)
     return np.column_stack(cols)
