@@ -106,13 +106,14 @@ class Config:
     # log ratio of the principal variances of its displacement cloud above the localisation
     # noise (matdyn.dynamics.log_anisotropy_ratio), both at feature_gamma. On 9 quick NP
     # generators over 5 stand-in layouts, average-linkage ARI (k from the gap statistic)
-    # 0.64-0.85 against 0-0.56 for log MSD alone at the run's γ (0.36-0.56 with k = 3);
-    # the bounded anisotropy saturates near 1 and gave k = 1 on 8 of 9
+    # 0.64-0.85 against 0-0.56 for log MSD alone at the run's γ (0.37-0.64 with k = 3);
+    # with the bounded anisotropy (saturates near 1) instead, the gap statistic said k = 1 on all 9
     particle_features: Sequence[str] = ("log_msd", "log_anisotropy_ratio")
     # γ of the ladder (one of msd_gammas) whose clouds give log_msd / log_anisotropy_ratio
     # for the clustering; None: the run's γ. At the run's γ (0.13-0.38 on those generators)
     # slow particles hardly leave the localisation noise, at γ = 2 generators regenerate
-    # particles instead of moving them (issue 12); γ = 1 was best on 8 of the 9
+    # particles instead of moving them (issue 12). ARI on the 9: γ = 1 0.64-0.85; γ = 2
+    # higher on 5 but 0.53 and 0 (k = 1) on two; the run's γ 0.35-0.75
     feature_gamma: float | None = 1.0
     # clustering (§3.3.2: scaled distance, HAC average linkage, 3 modes); "auto": from the
     # data (cluster_count: silhouette or gap, matdyn.dynamics.modes), 1 when no structure
