@@ -195,15 +195,16 @@ class Config:
     def _validate_particles(self) -> None:
         if any(not (math.isfinite(g) and g > 0) for g in self.msd_gammas):
             raise ConfigError(f"analysis.msd_gammas must be numbers > 0, got {list(self.msd_gammas)}")
-        fg = self.feature_gamma
+        raw = self.feature_gamma
         try:
-            fg = None if fg is None else float(fg)
+            fg = None if raw is None else float(raw)
         except (TypeError, ValueError):
             fg = float("nan")
-        self.feature_gamma = fg
         if fg is not None and not any(abs(fg - g) <= 1e-9 for g in self.msd_gammas):
             raise ConfigError(f"analysis.feature_gamma must be one of analysis.msd_gammas "
-                              f"{list(self.msd_gammas)} or null (the analysis γ), got {fg}")
+                              f"{list(self.msd_gammas)}, got {raw!r}; add it there, or set "
+                              "analysis.feature_gamma=null to cluster at the analysis γ")
+        self.feature_gamma = fg
         bad = [f for f in self.particle_features if f not in _PARTICLE_FEATURES]
         if not self.particle_features or bad:
             raise ConfigError(f"analysis.particle_features must be a non-empty subset of "
