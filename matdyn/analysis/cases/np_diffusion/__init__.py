@@ -407,8 +407,11 @@ class NPDiffusionCase:
         for method, res in self._presults.items():
             names_c = particles.name_clusters(res.labels, sub["msd"].to_numpy(np.float64),
                                               self._preal)
-            figs.cluster_figures(ctx, sub, method, res, names_c, list(self.cfg.particle_features),
-                                 shown, units, int(len(set(res.labels))), tag="particles")
+            fg = self.cfg.feature_gamma
+            at = [f"{f} at γ = {fg:g}" if fg is not None and f in particles.PER_GAMMA else f
+                  for f in self.cfg.particle_features]
+            figs.cluster_figures(ctx, sub, method, res, names_c, at, shown, units,
+                                 int(len(set(res.labels))), tag="particles")
 
     def _cluster_figures(self, ctx: CaseContext, df: Any) -> None:
         cfg = self._tcfg

@@ -200,7 +200,8 @@ class Config:
             fg = None if raw is None else float(raw)
         except (TypeError, ValueError):
             fg = float("nan")
-        if fg is not None and not any(abs(fg - g) <= 1e-9 for g in self.msd_gammas):
+        uses = self.descriptors in ("particles", "both")  # traces alone never read it
+        if uses and fg is not None and not any(abs(fg - g) <= 1e-9 for g in self.msd_gammas):
             raise ConfigError(f"analysis.feature_gamma must be one of analysis.msd_gammas "
                               f"{list(self.msd_gammas)}, got {raw!r}; add it there, or set "
                               "analysis.feature_gamma=null to cluster at the analysis γ")

@@ -142,7 +142,8 @@ def cluster_figures(ctx: CaseContext, sub: pd.DataFrame, method: str, res, names
                  f"Fig. 6c: HAC ({label}) on scaled {', '.join(feats)}")
     fig = cluster_boxplots({f: sub[f].to_numpy(dtype=np.float64) for f in shown}, res.labels,
                            group_names=names, units=units)
-    ctx.save(fig, f"{pre}fig6d_boxplots_{method}", f"Fig. 6d: {what} per cluster ({label})")
+    ctx.save(fig, f"{pre}fig6d_boxplots_{method}",
+             f"Fig. 6d: {what} per cluster ({label} on {', '.join(feats)})")
 
 
 def variation_figures(ctx: CaseContext, refs: np.ndarray, means: np.ndarray,

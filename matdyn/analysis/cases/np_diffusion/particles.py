@@ -243,10 +243,12 @@ def ensemble(sub: pd.DataFrame, gammas: list[float], dts: dict[float, float | No
 
 
 def _group_stats(sub: pd.DataFrame) -> dict[str, Any]:
-    """Medians of one group of particle rows (NaN-safe)."""
+    """Medians of one group of particle rows (NaN-safe), the per-γ columns (``msd_g<γ>``,
+    ``log_anisotropy_ratio_g<γ>``, which the clustering reads) included."""
     out: dict[str, Any] = {"n": int(len(sub))}
+    per_gamma = [c for c in sub if c.startswith(("msd_g", "log_anisotropy_ratio"))]
     for c in ("msd", "msd_floor", "D", "D_floor", "D_slope", "msd_exponent", "anisotropy",
-              "drift_fraction", "alpha2"):
+              "drift_fraction", "alpha2", *per_gamma):
         if c in sub:
             v = sub[c].to_numpy(np.float64)
             out[f"median_{c}"] = finite_or_none(np.nanmedian(v)) if np.isfinite(v).any() else None
