@@ -225,6 +225,7 @@ def test_feature_gamma_must_be_on_the_msd_ladder():
     from matdyn.errors import ConfigError
 
     Config(feature_gamma=None, msd_gammas=()).validate()
+    Config(descriptors="traces", msd_gammas=()).validate()  # the traces never read it
     with pytest.raises(ConfigError, match="feature_gamma must be one of"):
         Config(feature_gamma=0.7).validate()
     with pytest.raises(ConfigError, match="feature_gamma must be one of"):
