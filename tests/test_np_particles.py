@@ -208,6 +208,7 @@ def test_default_features_tell_lanes_from_diffusion_at_equal_msd():
     assert lanes["msd"].median() == pytest.approx(free["msd"].median(), rel=0.25)
     s1, _, _ = particles.cluster(cfg, free.copy())
     assert s1["n_modes"] == 1 and s1["feature_gamma"] == 1.0
+    assert s1["feature_columns"] == ["msd_g1", "log_anisotropy_ratio_g1"]  # what was read
     both = pd.concat([free, lanes, traps], ignore_index=True)
     truth = np.repeat([0, 1, 2], [50, 30, 40])
     # three modes (the paper's count): the features separate them, log MSD alone cannot

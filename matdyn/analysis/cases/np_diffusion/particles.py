@@ -195,7 +195,9 @@ def cluster(cfg: Config, df: pd.DataFrame, ens: Any = None
                                         if ens is not None else {})
                                      for c in sorted(names)}}
     summary = {"descriptors": "particles", "features": list(feats),
-               "feature_gamma": cfg.feature_gamma, "scaling": cfg.scaling or "none",
+               "feature_gamma": cfg.feature_gamma,
+               "feature_columns": [feature_column(f, cfg.feature_gamma) for f in feats],
+               "scaling": cfg.scaling or "none",
                "n_modes": int(k), "n_modes_source": "fixed (analysis.n_modes)" if fixed else
                f"from the data ({cfg.cluster_count})",
                "n_modes_from_data": int(choice.k),
