@@ -194,9 +194,9 @@ def test_a_collapsed_generator_keeps_its_counts_but_fails_diversity(np64):
     collapsed = frames[400:401] + 0.01 * rng.standard_normal((400, *frames.shape[1:]))
     s, _ = _fid(real, collapsed, rm)
     assert all(0.85 <= r["ratio"] <= 1.3 for r in s["regions"].values())  # counts look right
-    d, checks = diversity_fidelity(real, collapsed, half_split(400))
+    d, checks = diversity_fidelity(real, collapsed, [half_split(400)])
     assert d["ratio"] < 0.3 and flagged(checks) == ["frame_diversity"]
-    d, checks = diversity_fidelity(real, frames[400:800], half_split(400))
+    d, checks = diversity_fidelity(real, frames[400:800], [half_split(400)])
     assert 0.9 < d["ratio"] < 1.1 and 0.9 < d["real_vs_real_ratio"] < 1.1 and flagged(checks) == []
     assert frame_diversity(real[:1].repeat(5, 0)) == 0.0
     with pytest.raises(AnalysisError, match="at least 2"):

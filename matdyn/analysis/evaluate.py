@@ -49,7 +49,6 @@ from matdyn.analysis.fidelity_content import (
     dark_particle_centres,
     diversity_fidelity,
     flagged,
-    half_split,
     halvings,
     particle_fidelity,
 )
@@ -155,9 +154,8 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
         raise AnalysisError(f"generated frames {generated.shape[1:]} and observed frames "
                             f"{real.shape[1:]} differ; compare at the generator's resolution")
     out: dict[str, Any] = {"n_generated": int(len(generated)), "n_real": int(len(real))}
-    halves = half_split(len(real), seed)
-    image_splits = halvings(len(real), IMAGE_BASELINE_SPLITS, seed)  # starts with `halves`
-    out["intensity_w1"], checks = _intensity(real, generated, halves, channel_names)
+    image_splits = halvings(len(real), IMAGE_BASELINE_SPLITS, seed)
+    out["intensity_w1"], checks = _intensity(real, generated, image_splits[0], channel_names)
     out["frame_diversity"], c = diversity_fidelity(real, generated, image_splits, seed=seed)
     checks += c
     if particles is None:

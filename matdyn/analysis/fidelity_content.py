@@ -169,16 +169,14 @@ def frame_diversity(images: Any, *, n_pairs: int = 2000, seed: int = 0) -> float
 
 
 def diversity_fidelity(real: Any, generated: Any,
-                       halves: tuple[np.ndarray, np.ndarray] | Sequence[tuple[np.ndarray, np.ndarray]],
-                       *, seed: int = 0) -> tuple[dict[str, float], list[Check]]:
+                       splits: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                       seed: int = 0) -> tuple[dict[str, float], list[Check]]:
     """Frame diversity (:func:`frame_diversity`) of generated vs observed frames; the ratio
     generated / observed (1 = as varied as the data) against the ratios of two halves of the
-    observed frames. ``halves``: one halving (a pair of index arrays) or several
-    (:func:`halvings`); the baseline is their mean ``|1 - r|``, shown as
-    ``real_vs_real_ratio`` = 1 + that mean (as the particle ratios of
-    :func:`particle_fidelity`). Check ``frame_diversity`` on ``|1 - ratio|`` (floor
-    :data:`RATIO_FLOOR`)."""
-    splits = [halves] if _is_one_halving(halves) else list(halves)
+    observed frames. ``splits``: halvings of the observed frames (:func:`halvings`, pairs of
+    index arrays); the baseline is their mean ``|1 - r|``, shown as ``real_vs_real_ratio`` =
+    1 + that mean (as the particle ratios of :func:`particle_fidelity`). Check
+    ``frame_diversity`` on ``|1 - ratio|`` (floor :data:`RATIO_FLOOR`)."""
     x = np.asarray(real)
     d_real, d_gen = frame_diversity(x, seed=seed), frame_diversity(generated, seed=seed)
     rs = [_ratio(frame_diversity(x[a], seed=seed), frame_diversity(x[b], seed=seed))
@@ -187,11 +185,6 @@ def diversity_fidelity(real: Any, generated: Any,
     out = {"real": d_real, "generated": d_gen, "ratio": _ratio(d_gen, d_real),
            "real_vs_real_ratio": 1.0 + check.baseline, "baseline_splits": len(rs)}
     return out, [check]
-
-
-def _is_one_halving(halves: Any) -> bool:
-    """True for one (a, b) pair of index arrays, False for a sequence of such pairs."""
-    return len(halves) == 2 and np.ndim(halves[0]) == 1 and not isinstance(halves[0], tuple)
 
 
 # ------------------------------------------------------------------------------ particles

@@ -404,12 +404,12 @@ class NPDiffusionCase:
                  if c in sub and sub[c].notna().any()]
         units = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}"}
         units |= {c: f"{lu}^2" for c in shown if c.startswith("msd_g")}
+        fg = self.cfg.feature_gamma
+        at = [f"{f} at γ = {fg:g}" if fg is not None and f in particles.PER_GAMMA else f
+              for f in self.cfg.particle_features]
         for method, res in self._presults.items():
             names_c = particles.name_clusters(res.labels, sub["msd"].to_numpy(np.float64),
                                               self._preal)
-            fg = self.cfg.feature_gamma
-            at = [f"{f} at γ = {fg:g}" if fg is not None and f in particles.PER_GAMMA else f
-                  for f in self.cfg.particle_features]
             figs.cluster_figures(ctx, sub, method, res, names_c, at, shown, units,
                                  int(len(set(res.labels))), tag="particles")
 

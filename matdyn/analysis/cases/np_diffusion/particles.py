@@ -86,7 +86,7 @@ def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | Non
         main = main.merge(other, on=["ref_index", "_r", "_c"], how="left")
         main[f"log_anisotropy_ratio_g{gamma_key(g)}"] = _log_ratio(main, main.pop("_rg"),
                                                                    main.pop("_an"))
-    main["log_anisotropy_ratio"] = _log_ratio(main, main["rg"], main["anisotropy"])
+    main["log_anisotropy_ratio"] = main[f"log_anisotropy_ratio_g{gamma_key(ctx.gamma)}"]
     main = main.drop(columns=["_r", "_c"])
     t = np.array([np.nan if dts.get(g) is None else dts[g] for g in gammas], np.float64)
     main["D_slope"] = np.nan
