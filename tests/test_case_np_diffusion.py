@@ -250,6 +250,9 @@ def test_end_to_end_outputs(analysis):
         assert fid[key]["baseline"] == pytest.approx(baseline, rel=1e-3)
     assert fid["particle_area_w1_raw"]["value"] > fid["particle_area_w1_raw"]["baseline"]
     assert fid["particle_area_w1"]["normalize"] == "range"
+    nr = fid["near_repeat"]  # the oracle draws the store's process: no flag, ratio near 1
+    assert nr["r_max_px"] > 1 and nr["n_real"] > 20 and not nr["flagged"]
+    assert abs(1 - nr["ratio"]) < 2 * max(nr["real_vs_real_ratio"] - 1, 0.075)
     # one versioned schema, the same fixed keys for every case
     assert summary["schema_version"] == 1 and summary["notes"] == []
     assert summary["config"]["n_refs"] == cfg.n_refs and summary["fit"] == "crop"

@@ -57,7 +57,9 @@ __all__ = [
     "flagged",
     "half_split",
     "halvings",
+    "mask_centres",
     "near_repeat_distances",
+    "near_repeat_fidelity",
     "particle_fidelity",
     "registered_slit_widths",
 ]
@@ -239,6 +241,13 @@ def dark_particle_centres(images: Any, *, channel: int = 0, sigma: float = 1.0,
     if not -x.shape[1] <= channel < x.shape[1]:
         raise ConfigError(f"particle channel {channel} but the frames have {x.shape[1]} channel(s)")
     masks = binarize(x[:, channel], "otsu", dark=True, sigma=sigma, tophat_radius=tophat_radius)
+    return mask_centres(masks, min_area=min_area)
+
+
+def mask_centres(masks: Any, *, min_area: int = 4) -> Centres:
+    """Centroids (px) and areas of the connected regions of at least ``min_area`` px in a
+    batch of particle masks [N, H, W] (8-connectivity)."""
+    masks = np.asarray(masks, bool)
     labels, owner = label_batch(masks)
     flat = labels.ravel()
     sizes = np.bincount(flat, minlength=owner.size)
@@ -250,7 +259,7 @@ def dark_particle_centres(images: Any, *, channel: int = 0, sigma: float = 1.0,
     keep = np.flatnonzero(sizes >= max(int(min_area), 1))
     keep = keep[keep > 0]
     rc = np.stack([r[keep] / sizes[keep], c[keep] / sizes[keep]], axis=1).reshape(-1, 2)
-    return Centres(owner[keep].astype(np.int64), rc, sizes[keep].astype(np.int64), int(x.shape[0]))
+    return Centres(owner[keep].astype(np.int64), rc, sizes[keep].astype(np.int64), int(masks.shape[0]))
 
 
 def centre_density(rc: Any, shape: tuple[int, int], bins: int = 16) -> np.ndarray:
@@ -370,8 +379,7 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                  "real_vs_real_sd": float(np.std(chi2s))},
     }
     checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
-    out["near_repeat"], c = _near_repeat_fidelity(
-        real, generated, halvings(real.n_frames, n_splits, seed), n_pairs=1000, seed=seed)
+    out["near_repeat"], c = near_repeat_fidelity(real, generated, n_splits=n_splits, seed=seed)
     checks += c
     if region_map is not None:
         regions, rchecks = _region_fidelity(real, generated, splits, np.asarray(region_map),
@@ -430,12 +438,14 @@ def near_repeat_distances(c: Centres, r_max: float, *, n_pairs: int = 1000,
     return _near_repeats(pts, trees, np.arange(c.n_frames), float(r_max), int(n_pairs), seed)
 
 
-def _near_repeat_fidelity(real: Centres, gen: Centres, splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                          n_pairs: int, seed: int, min_count: int = 20
-                          ) -> tuple[dict[str, Any], list[Check]]:
+def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = BASELINE_SPLITS,
+                         n_pairs: int = 1000, seed: int = 0, min_count: int = 20
+                         ) -> tuple[dict[str, Any], list[Check]]:
     """Median near-repeat distance, generated / observed, with the halves' ratios as the
     baseline; ``r_max`` = the median radius of the observed particles (√(area/π)).
-    Fewer than ``min_count`` observed near repeats: reported, not checked."""
+    Fewer than ``min_count`` observed near repeats: reported, not checked. Returns
+    ``(summary, checks)`` as :func:`particle_fidelity`."""
+    splits = halvings(real.n_frames, n_splits, seed)
     r_max = float(np.sqrt(np.median(real.area) / np.pi))
     rp, rt = _frame_points(real)
     dr = _near_repeats(rp, rt, np.arange(real.n_frames), r_max, n_pairs, seed)

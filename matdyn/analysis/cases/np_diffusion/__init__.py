@@ -137,6 +137,14 @@ class NPDiffusionCase:
         if swd["value"] > 10.0 * max(swd["baseline"], 1e-12):
             ctx.note(f"generated frames are far from the observed ones (SWD {swd['value']:.3g} "
                      f"vs real-vs-real {swd['baseline']:.3g}); is the generator trained?")
+        nr = fid["near_repeat"]
+        if nr.get("flagged"):
+            how = "still" if nr["ratio"] < 1 else "loose"
+            ctx.note(f"particles that keep their place are drawn too {how}: near-repeat distance "
+                     f"{nr['generated_median_px']:.2f} px generated vs {nr['real_median_px']:.2f} px "
+                     f"observed (ratio {nr['ratio']:.2f}, real-vs-real {nr['real_vs_real_ratio']:.2f}); "
+                     "their MC displacements are biased the same way, and the image-wide γ "
+                     "calibration hands their share of motion to the other particles")
         return fid
 
     def _plan(self, ctx: CaseContext, n_samples: int, floor: int, mean: bool) -> VariationPlan:
