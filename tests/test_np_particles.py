@@ -304,6 +304,14 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert modes["confined"]["median_msd"] < 0.05 * modes["free"]["median_msd"]
     assert modes["directed"]["median_anisotropy"] > modes["free"]["median_anisotropy"]
     assert rec["ari_average"] is not None
+    # per mode, MC MSD over the true MSD over the calibrated Δt: the oracle freezes the traps
+    share = rec["msd_over_planted_at_dt"]
+    assert set(share) <= {"directed", "free", "confined"} and "confined" in share
+    assert share["confined"] < 0.2 * share["free"]
+    for name, v in share.items():
+        e = modes[name]
+        mc = e["ensemble"]["msd_by_gamma"]["0.25"] - e["ensemble"]["floor"]
+        assert v == pytest.approx(mc / e["planted_msd_at_dt"])
     # what the clustered descriptors (log MSD) can separate at all: the oracle moves free and
     # directed particles pixels and confined ones barely, so at least confined vs the rest
     assert 0.2 < rec["ari_supervised"] <= 1.0

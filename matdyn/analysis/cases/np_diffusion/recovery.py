@@ -217,10 +217,17 @@ def recover_particles(ctx: CaseContext, table: Any, results: Mapping[str, Any], 
             entry["msd_exponent_of_medians"] = finite_or_none(f["alpha"][0])
         lag = int(round(dt_run / fi)) if dt_run and fi else 0
         if lag >= 1 and "positions_px" in truth and "slot_mode" in truth:
-            entry["planted_msd_at_dt"] = planted_motion(truth, lag, px_nm).get(m, {}).get("msd")
+            entry["planted_msd_at_dt"] = pl_msd = planted_motion(truth, lag, px_nm).get(m, {}).get("msd")
+            mc = ens["msd_by_gamma"].get(gamma_key(ctx.gamma))
+            if pl_msd and mc is not None:  # how the generator shares motion between modes
+                entry["msd_over_planted_at_dt"] = (mc - (ens["floor"] or 0.0)) / pl_msd
         entry["tracking_D"] = (tracking.get("modes", {}).get(name, {}) or {}).get("D")
         modes[name] = entry
     rec["modes"] = modes
+    # MC ensemble MSD (floor removed) over the true MSD over the calibrated Δt, per mode: the
+    # image-wide γ calibration fixes the sum of motion, this shows its split between modes
+    rec["msd_over_planted_at_dt"] = {n: e["msd_over_planted_at_dt"] for n, e in modes.items()
+                                     if e.get("msd_over_planted_at_dt") is not None}
     free, conf = modes.get("free", {}), modes.get("confined", {})
     # headline MC D: the ensemble MSD at the run's γ (trackpy emsd's averaging, like the
     # tracking baseline); the per-particle medians (at γ, and of the MSD(Δt) slope) beside it
