@@ -370,3 +370,58 @@ def test_ensemble_msd_is_the_mean_over_particles_minus_the_floor():
     assert e["D"] == pytest.approx((109.0 - 4.0) / (4 * 0.5))
     assert e["D_slope"] == pytest.approx(109.0 / 0.5 / 4)  # slope of 109 → 218 over 0.5 s
     assert particles.ensemble(df, [1.0, 2.0], {}, 1.0)["D"] is None  # no time axis
+
+
+def test_particle_polarity_from_pixel_skewness():
+    from matdyn.data.synthetic import np_diffusion as npd
+    from matdyn.dynamics import particle_polarity
+
+    frames = npd.simulate(n_frames=8, size=64, seed=0).frames[:, 0]
+    dark, sk = particle_polarity(frames)
+    assert dark and sk < -1
+    bright, sk2 = particle_polarity(-frames)
+    assert not bright and sk2 == pytest.approx(-sk)
+    noise = np.random.default_rng(0).standard_normal((8, 64, 64))
+    with pytest.raises(AnalysisError, match="dark_particles=true"):
+        particle_polarity(noise)  # no particles: the skewness cannot tell
+
+
+def test_bright_particles_are_found_without_saying_so(tmp_path):
+    """A bright-particle video (fluorescence, bright-field beads) runs with the default
+    dark_particles=auto: polarity from the observed frames, the same locator for MC and
+    tracking; the paper's dark-dip trace protocol refuses it with a clear error."""
+    from test_case_np_diffusion import SIDE, NPOracle, small_config
+
+    from matdyn.analysis.case import run_case
+    from matdyn.data.importers import import_frames
+    from matdyn.data.store import open_store
+    from matdyn.data.synthetic import np_diffusion as npd
+    from matdyn.errors import ConfigError
+
+    class BrightOracle(NPOracle):
+        def forward(self, z):
+            return -super().forward(z)
+
+    dark_path = tmp_path / "dark.zarr"
+    npd.generate(dark_path, n_frames=40, size=SIDE, seed=0, progress=False)
+    dark = open_store(dark_path)
+    np.save(tmp_path / "bright.npy", -np.asarray(dark.images[:, 0]))
+    import_frames(tmp_path / "bright.npy", tmp_path / "bright.zarr", pixel_size=40.58,
+                  frame_interval=float(dark.meta.frame_interval), progress=False)
+    bright = open_store(tmp_path / "bright.zarr")
+    cfg = small_config(descriptors="particles", msd_gammas=(0.125, 0.25), msd_samples=16,
+                       floor_samples=8, feature_gamma=0.25, n_modes=2)
+    assert cfg.dark_particles == "auto"
+    s = run_case("np_diffusion", BrightOracle(dark.truth_attrs), bright, cfg, gamma=0.25,
+                 out_dir=tmp_path / "out", seed=0, progress=False)
+    loc = s["particles"]["locate"]
+    assert loc["dark"] is False and loc["polarity"]["source"].startswith("auto")
+    assert loc["polarity"]["skewness"] > 1
+    assert s["particles"]["n_particles"] > 16 and s["tracking_baseline"]["applicable"]
+    assert cfg.dark_particles == "auto"  # the caller's config is not changed
+    with pytest.raises(ConfigError, match="descriptors=traces reads dark particles"):
+        run_case("np_diffusion", BrightOracle(dark.truth_attrs), bright,
+                 small_config(descriptors="traces"), gamma=0.25, out_dir=tmp_path / "out2",
+                 seed=0, progress=False)
+    with pytest.raises(ConfigError, match="dark_particles must be true, false or auto"):
+        small_config(dark_particles="maybe").validate()

@@ -15,9 +15,11 @@ so a distance reads as "how far beyond sampling noise":
   frames): Wasserstein distance of per-particle areas on the pooled range mapped to [0, 1]
   (paper: 0.068 for NP areas, §3.3.1), plus the raw distance in physical units (nm²);
 * ``particles`` (same data): particles per frame, the centre-density earth mover's and χ²
-  distances and — when the store has a planted region map (NP stand-in) — particles per
+  distances, the near-repeat distance and — when the store has a planted region map (NP stand-in) — particles per
   frame in each region with the generated/observed ratio
-  (:func:`matdyn.analysis.fidelity_content.particle_fidelity`; issue 11);
+  (:func:`matdyn.analysis.fidelity_content.particle_fidelity`; issue 11). Particles are
+  dark or bright by the sign of the observed pixel skewness (``particles.polarity``;
+  bright ones are measured on negated frames);
 * ``composition`` (multi-channel 3D volumes): per-channel mass fractions and, with
   ``stage_days`` labels, the stage mix (:func:`~matdyn.analysis.fidelity_content.
   composition_fidelity`);
@@ -146,7 +148,7 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     """Generated vs observed frames ([N, C, *spatial], physical units, same geometry) with
     real-vs-real baselines, a ``checks`` table and ``flags`` (numbers > ``flag_factor`` ×
     their baseline). ``pixel_size``: working pixel size (``unit`` per px). ``particles``:
-    measure dark particles in channel 0 (None: any 1-channel 2D set). ``region_map``
+    measure the particles of channel 0, dark or bright (None: any 1-channel 2D set). ``region_map``
     [H, W] at the frames' size and ``region_names``: planted regions (NP stand-in).
     ``stages``: one label per real frame for the composition's stage mix (multi-channel 3D).
     """
@@ -161,7 +163,9 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     if particles is None:
         particles = real.shape[1] == 1 and real.ndim == 4
     if particles:
-        cr, cg = dark_particle_centres(real), dark_particle_centres(generated)
+        polarity = _polarity(real)
+        sign = 1.0 if polarity["dark"] else -1.0  # bright particles are measured negated
+        cr, cg = dark_particle_centres(sign * real), dark_particle_centres(sign * generated)
         out["particle_area_w1"], c = _areas(cr, cg, len(real), len(generated), pixel_size,
                                             unit, seed=seed)
         checks += c
@@ -170,6 +174,7 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
                                                     region_map=region_map,
                                                     region_names=region_names, seed=seed)
             out["particles"]["channel"] = channel_names[0]
+            out["particles"]["polarity"] = polarity
             checks += c
     if real.ndim == 5 and real.shape[1] > 1:  # multi-species volumes (brass clumps, §3.4)
         try:
@@ -189,6 +194,18 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     out["flag_factor"] = float(flag_factor)
     out["flags"] = flagged(checks, flag_factor)
     return out
+
+
+def _polarity(real: np.ndarray) -> dict[str, Any]:
+    """Dark or bright particles in channel 0 (:func:`matdyn.dynamics.particle_polarity`);
+    dark, the NP phase-dip convention, when the pixel skewness cannot tell."""
+    from matdyn.dynamics import particle_polarity
+
+    try:
+        dark, sk = particle_polarity(real[:, 0])
+    except AnalysisError as e:
+        return {"dark": True, "skewness": None, "note": f"{e}; measured as dark"}
+    return {"dark": bool(dark), "skewness": sk}
 
 
 def _planted_regions(store: Any, resolution: int, fit: str) -> tuple[np.ndarray | None, list[str] | None]:

@@ -37,7 +37,13 @@ from matdyn.dynamics.calibration import (
     lag_intercept,
     msd_curve,
 )
-from matdyn.dynamics.locate import Located, LocateParams, estimate_locate_params, locate_stack
+from matdyn.dynamics.locate import (
+    Located,
+    LocateParams,
+    estimate_locate_params,
+    locate_stack,
+    particle_polarity,
+)
 from matdyn.dynamics.modes import ClusterChoice, choose_n_clusters
 from matdyn.dynamics.tracking import (
     TrackingResult,
@@ -84,6 +90,7 @@ __all__ = [
     "log_anisotropy_ratio",
     "noise_sigma",
     "locate_stack",
+    "particle_polarity",
     "msd_curve",
     "still_variation",
     "time_series_check",

@@ -87,6 +87,7 @@ A package of the :class:`~matdyn.analysis.case.Case` protocol, run by
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from typing import Any
 
@@ -117,7 +118,8 @@ class NPDiffusionCase:
     name, channels, ndim, what = CASE, 1, 2, "phase images"
 
     def __init__(self, cfg: Config | None = None) -> None:
-        self.cfg = cfg if cfg is not None else Config()
+        # a copy: observe() settles dark_particles="auto" on it
+        self.cfg = copy.copy(cfg) if cfg is not None else Config()
         self.counts: dict[str, Any] = {}
         self._sections: dict[str, Any] = {}
         self._particles = self.cfg.descriptors in ("particles", "both")
@@ -125,7 +127,9 @@ class NPDiffusionCase:
         self._tracking: dict[str, Any] = {}
 
     def observe(self, ctx: CaseContext) -> steps.Observed:
-        return steps.observe(ctx, self.cfg)
+        obs = steps.observe(ctx, self.cfg)
+        self._polarity = steps.resolve_polarity(self.cfg, obs.fidelity)
+        return obs
 
     def fidelity(self, ctx: CaseContext, observed: steps.Observed) -> dict:
         cfg, real = self.cfg, observed.fidelity
@@ -239,7 +243,8 @@ class NPDiffusionCase:
         units |= {f"msd_g{particles.gamma_key(g)}": f"{lu}^2" for g in runs}
         r0 = result
         info = {"locate": {"diameter": self._params.diameter, "minmass": self._params.minmass,
-                           "dark": self._params.dark, "estimated_on": self._params_source,
+                           "dark": self._params.dark, "polarity": self._polarity,
+                           "estimated_on": self._params_source,
                            "used_by": "the Monte Carlo links and the tracking baseline"},
                 "gammas": self._gammas,
                 "appearing_per_kept_sample": float(r0["particles/appearing"].sum()

@@ -98,7 +98,9 @@ class Config:
     locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated (observed frames)
     locate_minmass: float | None = None  # None: Otsu split of the located masses
     search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
-    dark_particles: bool = True  # particles darker than the background (phase dips)
+    # particles darker than the background (phase dips): True / False, or "auto" = from the
+    # sign of the observed frames' pixel skewness (matdyn.dynamics.particle_polarity)
+    dark_particles: bool | str = "auto"
     max_particles: int = 64  # per reference image (more are counted, left out)
     floor_samples: int = 32  # still-scene samples per reference: the locate-noise floor
     tracking_frames: int = 2000  # observed frames tracked for the baseline (trackpy; 0: off)
@@ -193,6 +195,9 @@ class Config:
                 f"analysis.noise_corr_ratio must be in [0, 1), got {self.noise_corr_ratio}")
 
     def _validate_particles(self) -> None:
+        if self.dark_particles not in (True, False, "auto"):
+            raise ConfigError(f"analysis.dark_particles must be true, false or auto, got "
+                              f"{self.dark_particles!r}")
         if any(not (math.isfinite(g) and g > 0) for g in self.msd_gammas):
             raise ConfigError(f"analysis.msd_gammas must be numbers > 0, got {list(self.msd_gammas)}")
         raw = self.feature_gamma

@@ -33,7 +33,7 @@ from matdyn.analysis.fidelity import (
 from matdyn.analysis.fidelity_content import checks_table, mask_centres, near_repeat_fidelity
 from matdyn.descriptors.differences import EntropyDifference
 from matdyn.descriptors.particles import Binarizer, particle_areas_batch
-from matdyn.errors import AnalysisError
+from matdyn.errors import AnalysisError, ConfigError
 from matdyn.gamma.continuity import consecutive_differences, summarize
 
 
@@ -67,6 +67,25 @@ def observe(ctx: CaseContext, cfg: Config) -> Observed:
     if len(real) < 4:
         raise AnalysisError(f"{ctx.store.path} has {n_store} frame(s); fidelity needs at least 4")
     return Observed(base, real, n_store)
+
+
+def resolve_polarity(cfg: Config, frames: np.ndarray) -> dict[str, Any]:
+    """Settle ``cfg.dark_particles`` ("auto": from the observed ``frames``' pixel skewness,
+    :func:`matdyn.dynamics.particle_polarity`; the config then holds the answer) and say
+    where it came from. The paper's trace protocol reads dark dips only: bright particles
+    with ``descriptors`` traces/both raise :class:`ConfigError`."""
+    from matdyn.dynamics import particle_polarity
+
+    out: dict[str, Any] = {"source": "config"}
+    if cfg.dark_particles == "auto":
+        cfg.dark_particles, sk = particle_polarity(frames)
+        out = {"source": "auto (pixel skewness)", "skewness": sk}
+    out["dark"] = bool(cfg.dark_particles)
+    if not cfg.dark_particles and cfg.descriptors != "particles":
+        raise ConfigError(f"analysis.descriptors={cfg.descriptors} reads dark particles (the "
+                          "paper's phase dips, §3.3); these particles are bright "
+                          f"({out['source']}): use analysis.descriptors=particles")
+    return out
 
 
 # ----------------------------------------------------------------------------- fidelity
@@ -120,6 +139,8 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
     """Noise checks, then particle-area W1, SWD and S₂ with real-vs-real baselines (Fig. 5a/b)."""
     seed, reps = ctx.seed, cfg.baseline_repeats
     r1_real, r1_gen = _check_not_noise(real, gen, cfg)
+    if cfg.dark_particles is False:  # the segmentation reads dips: bright particles, negated
+        real, gen = -real, -gen
     p = _particles(ctx, cfg, real, gen)
     a_real, a_gen = p["a_real"], p["a_gen"]
     swd_kw = dict(n_patches=cfg.swd_patches, n_directions=cfg.swd_directions,
