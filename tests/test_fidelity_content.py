@@ -21,6 +21,7 @@ from matdyn.analysis.fidelity_content import (
     half_split,
     halvings,
     near_repeat_distances,
+    near_repeat_fidelity,
     particle_fidelity,
 )
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
@@ -244,3 +245,9 @@ def test_near_repeat_is_not_checked_when_particles_never_keep_their_places():
     assert "near_repeat_median" not in {c.name for c in checks}
     with pytest.raises(ConfigError, match="r_max"):
         near_repeat_distances(one, 0.0)
+    with pytest.raises(ConfigError, match="n_pairs"):
+        near_repeat_distances(one, 2.0, n_pairs=0)
+    assert near_repeat_distances(one.subset(np.array([0])), 2.0).size == 0  # one frame
+    empty = Centres(np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), 10)
+    s, checks = near_repeat_fidelity(empty, one)
+    assert checks == [] and "no observed particle" in s["note"]

@@ -384,6 +384,14 @@ def test_particle_polarity_from_pixel_skewness():
     noise = np.random.default_rng(0).standard_normal((8, 64, 64))
     with pytest.raises(AnalysisError, match="dark_particles=true"):
         particle_polarity(noise)  # no particles: the skewness cannot tell
+    with pytest.raises(AnalysisError, match="no finite pixel"):
+        particle_polarity(np.full((2, 8, 8), np.nan))
+    nan_holes = -frames.copy()
+    nan_holes[:, :4] = np.nan  # NaN pixels are left out, not read as "skewness 0"
+    assert particle_polarity(nan_holes)[0] is False
+    from matdyn.errors import ConfigError
+    with pytest.raises(ConfigError, match="max_frames"):
+        particle_polarity(frames, max_frames=0)
 
 
 def test_bright_particles_are_found_without_saying_so(tmp_path):

@@ -93,6 +93,8 @@ def run_analysis(
     check_shard_options(shard, merge)
     out = Path(out_dir)
     case, _ = get_case(analysis)
+    if hasattr(analysis, "validate"):  # a bad key fails before anything is loaded or logged
+        analysis.validate()
     if merge:  # refuse missing shards before any work
         require_complete(out / "variations", f"the {case} analysis")
     out.mkdir(parents=True, exist_ok=True)

@@ -240,13 +240,15 @@ POLARITY_MIN_SKEW = 0.5
 
 
 def particle_polarity(frames: np.ndarray, *, max_frames: int = 64) -> tuple[bool, float]:
-    """``(dark, skewness)``: whether the particles of ``frames`` [T, ..., H, W] are darker
-    than the background, from the sign of the skewness of the pixel values of up to
-    ``max_frames`` evenly spaced frames. Sparse particles on a flat background put the long
-    tail of the intensity distribution on their own side (measured at 64 px: trackpy's
-    bulk_water spheres -2.5, the NP stand-in's phase dips -4.0, the Princeton "atomic
-    nature of matter" bright beads +8.6). Raises :class:`AnalysisError` when
-    |skewness| < :data:`POLARITY_MIN_SKEW` (dense or textured frames): then say it
+    """``(dark, skewness)``: whether the particles of ``frames`` [T, ..., H, W] (any channels
+    are pooled) are darker than the background, from the sign of the skewness of the finite
+    pixel values of up to ``max_frames`` evenly spaced frames. Sparse particles on a flat
+    background put the long tail of the intensity distribution on their own side (measured
+    at 64 px: trackpy's bulk_water spheres -2.5, the NP stand-in's phase dips -4.0, the
+    Princeton "atomic nature of matter" bright beads +8.5; per-frame values stay within
+    ±0.6 of these). Raises :class:`AnalysisError` when |skewness| < :data:`POLARITY_MIN_SKEW`
+    (our margin: dense or textured frames, pure noise ≈ 0), when no pixel is finite, and
+    :class:`ConfigError` for ``max_frames`` < 1; then say it
     (``analysis.dark_particles=true/false``).
 
     >>> x = np.zeros((2, 32, 32)); x[:, 10:13, 10:13] = 1.0
@@ -258,8 +260,13 @@ def particle_polarity(frames: np.ndarray, *, max_frames: int = 64) -> tuple[bool
     x = np.asarray(frames, dtype=np.float64)
     if x.ndim < 3 or x.shape[0] == 0:
         raise AnalysisError(f"particle polarity needs frames [T, ..., H, W], got shape {x.shape}")
+    if int(max_frames) < 1:
+        raise ConfigError(f"max_frames must be >= 1, got {max_frames!r}")
     idx = np.unique(np.linspace(0, len(x) - 1, min(len(x), int(max_frames))).round().astype(int))
     v = x[idx].ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise AnalysisError("particle polarity: no finite pixel value in the frames")
     sk = float(skew(v)) if np.ptp(v) > 0 else 0.0
     if not abs(sk) >= POLARITY_MIN_SKEW:
         raise AnalysisError(f"cannot tell dark from bright particles: pixel skewness {sk:+.2f} "

@@ -23,7 +23,9 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
                   cal: Mapping[str, Any], tracking: Mapping[str, Any], group: str | None,
                   names: Mapping[int, str], unit: str) -> None:
     """MC ensemble MSD (mean over each group's particles, as the tracking's emsd averages
-    over tracks) at each γ's Δt, the mean noise floor, and tracking MSD(Δt)."""
+    over tracks) at each γ's Δt, the mean noise floor, tracking MSD(Δt) and the line
+    4·D·Δt of the tracking D of all particles, drawn down to the shortest MC Δt (MC D is
+    compared with that D, ``mc_vs_tracking``)."""
     fig = Figure(figsize=(4.8, 3.4))
     ax = fig.add_subplot()
     dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
@@ -45,6 +47,11 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
         for i, (mode, sub) in enumerate(tr.groupby("mode", sort=False)):
             ax.plot(sub["dt"], sub["msd"], "--", color="k" if mode == "all" else f"C{i - 1}",
                     lw=1, label=f"tracking {mode}")
+        d_all = (tracking.get("modes", {}).get("all") or {}).get("D")
+        lo = np.nanmin(np.r_[x, tr["dt"].to_numpy()]) if len(tr) else np.nan
+        if d_all and np.isfinite(lo):  # the line MC D is compared with (mc_vs_tracking)
+            t = np.geomspace(lo, tr["dt"].max(), 20)
+            ax.plot(t, 4.0 * d_all * t, ":", color="k", lw=0.8, label="tracking 4DΔt (all)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short decade overlap

@@ -77,14 +77,16 @@ def resolve_polarity(cfg: Config, frames: np.ndarray) -> dict[str, Any]:
     from matdyn.dynamics import particle_polarity
 
     out: dict[str, Any] = {"source": "config"}
+    why = "analysis.dark_particles=false"
     if cfg.dark_particles == "auto":
         cfg.dark_particles, sk = particle_polarity(frames)
         out = {"source": "auto (pixel skewness)", "skewness": sk}
+        why = f"pixel skewness {sk:+.1f}"
     out["dark"] = bool(cfg.dark_particles)
     if not cfg.dark_particles and cfg.descriptors != "particles":
         raise ConfigError(f"analysis.descriptors={cfg.descriptors} reads dark particles (the "
-                          "paper's phase dips, §3.3); these particles are bright "
-                          f"({out['source']}): use analysis.descriptors=particles")
+                          f"paper's phase dips, §3.3); these particles are bright ({why}): "
+                          "use analysis.descriptors=particles")
     return out
 
 
