@@ -20,10 +20,9 @@ from matdyn.analysis.fidelity_content import (
     frame_diversity,
     half_split,
     halvings,
-    near_repeat_distances,
-    near_repeat_fidelity,
     particle_fidelity,
 )
+from matdyn.analysis.fidelity_repeats import near_repeat_distances, near_repeat_fidelity
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
 from matdyn.errors import AnalysisError, ConfigError
 

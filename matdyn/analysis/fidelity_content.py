@@ -13,7 +13,7 @@ generator learns still particles first"). The measures here look at content:
   (a ``bins`` × ``bins`` histogram over the frame) compared by the earth mover's distance
   (:func:`density_emd`, POT's exact ``ot.emd2``; ground distance in units of the frame side)
   and the χ² distance (:func:`density_chi2`), the near-repeat distance (how close the
-  nearest particle of another frame lies, :func:`near_repeat_distances`: the positional
+  nearest particle of another frame lies, :mod:`matdyn.analysis.fidelity_repeats`: the positional
   jitter of particles that keep their place, e.g. in traps), and — given a planted region
   map — particles per frame in each region with the generated/observed ratio.
 * :func:`composition_fidelity`: per-channel mass fractions of multi-channel frames (the
@@ -58,8 +58,6 @@ __all__ = [
     "half_split",
     "halvings",
     "mask_centres",
-    "near_repeat_distances",
-    "near_repeat_fidelity",
     "particle_fidelity",
     "registered_slit_widths",
 ]
@@ -338,7 +336,8 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                       bins: int = 16, seed: int = 0, n_splits: int = BASELINE_SPLITS
                       ) -> tuple[dict[str, Any], list[Check]]:
     """Particles per frame, centre-density distances, the near-repeat distance
-    (:func:`near_repeat_distances`, summary ``near_repeat``, check ``near_repeat_median``)
+    (:func:`matdyn.analysis.fidelity_repeats.near_repeat_distances`, summary
+    ``near_repeat``, check ``near_repeat_median``)
     and per-region counts, generated vs observed, with real-vs-real baselines over ``n_splits`` random halvings of the observed
     frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
     over three draws on the NP stand-in, issue 11, session 7).
@@ -379,7 +378,10 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                  "real_vs_real_sd": float(np.std(chi2s))},
     }
     checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
-    out["near_repeat"], c = near_repeat_fidelity(real, generated, n_splits=n_splits, seed=seed)
+    from matdyn.analysis.fidelity_repeats import NEAR_REPEAT_SPLITS, near_repeat_fidelity
+
+    out["near_repeat"], c = near_repeat_fidelity(real, generated, seed=seed,
+                                                 n_splits=min(n_splits, NEAR_REPEAT_SPLITS))
     checks += c
     if region_map is not None:
         regions, rchecks = _region_fidelity(real, generated, splits, np.asarray(region_map),
@@ -387,95 +389,6 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
         out["regions"] = regions
         checks += rchecks
     return out, checks
-
-
-def _frame_points(c: Centres) -> tuple[list[np.ndarray], list[Any]]:
-    """Per frame: its centres [k, 2] and a KD-tree of them (None for an empty frame)."""
-    from scipy.spatial import cKDTree
-
-    order = np.argsort(c.frame, kind="stable")
-    bounds = np.searchsorted(c.frame[order], np.arange(c.n_frames + 1))
-    pts = [c.rc[order[bounds[i] : bounds[i + 1]]] for i in range(c.n_frames)]
-    return pts, [cKDTree(p) if len(p) else None for p in pts]
-
-
-def _near_repeats(pts: list[np.ndarray], trees: list[Any], frames: np.ndarray, r_max: float,
-                  n_pairs: int, seed: int) -> np.ndarray:
-    if frames.size < 2:
-        return np.zeros(0)
-    i, j = np.random.default_rng(seed).choice(frames, (2, n_pairs))
-    out = []
-    for a, b in zip(i[i != j], j[i != j]):  # one nearest-neighbour query per frame pair
-        if trees[b] is not None and len(pts[a]):
-            d, _ = trees[b].query(pts[a], distance_upper_bound=r_max)
-            out.append(d[np.isfinite(d)])
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def near_repeat_distances(c: Centres, r_max: float, *, n_pairs: int = 1000,
-                          seed: int = 0) -> np.ndarray:
-    """Near-repeat distances [K] (px): for ``n_pairs`` random draws of an ordered frame pair
-    (i, j) (with replacement; draws with i = j are skipped, so one frame gives []), the
-    distance from each particle of frame i to the nearest particle of frame j, kept when
-    below ``r_max`` px. A particle that keeps its place (a trap, a pinned
-    particle) gives the spread of its positional jitter (two independent N(0, σ²) positions
-    per axis: Rayleigh with scale σ√2, median 1.67 σ); particles that move far give chance
-    coincidences, uniform over the disc (median r_max/√2). A generator that draws pinned
-    particles too still (or too loose) shifts this distribution; counts and centre
-    densities cannot see it (issue 11: trap jitter 0.12–0.24 px generated vs 0.36 px
-    observed on the NP demo, while the trap region's count ratio was 1.00).
-
-    >>> c = Centres(np.array([0, 1, 2]), np.array([[5., 5.], [5., 5.3], [5.4, 5.]]),
-    ...             np.ones(3, int), 3)
-    >>> d = near_repeat_distances(c, 2.0, n_pairs=50)
-    >>> sorted(set(np.round(d, 6).tolist()))      # 0.3, 0.4 and 0.5 px apart
-    [0.3, 0.4, 0.5]
-    """
-    if not r_max > 0:
-        raise ConfigError(f"r_max must be > 0 px, got {r_max!r}")
-    if int(n_pairs) < 1:
-        raise ConfigError(f"n_pairs must be >= 1, got {n_pairs!r}")
-    pts, trees = _frame_points(c)
-    return _near_repeats(pts, trees, np.arange(c.n_frames), float(r_max), int(n_pairs), seed)
-
-
-def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = BASELINE_SPLITS,
-                         n_pairs: int = 1000, seed: int = 0, min_count: int = 20
-                         ) -> tuple[dict[str, Any], list[Check]]:
-    """Median near-repeat distance, generated / observed, with the halves' ratios as the
-    baseline; ``r_max`` = the median radius of the observed particles (√(area/π)).
-    Particles that all move far give chance coincidences on both sides (median ≈
-    r_max/√2). Fewer than ``min_count`` observed near repeats (or no observed particle):
-    reported with a ``note``, not checked; fewer generated ones: ratio inf (flagged); halves
-    with too few: left out of the baseline (``baseline_splits`` counts the rest). Summary
-    keys: r_max_px, n_pairs, n_real, n_generated, real_median_px, generated_median_px,
-    ratio, real_vs_real_ratio, baseline_splits. Returns ``(summary, checks)`` as
-    :func:`particle_fidelity`."""
-    if len(real) == 0:
-        return {"n_real": 0, "note": "no observed particle: not checked"}, []
-    splits = halvings(real.n_frames, n_splits, seed)
-    r_max = float(np.sqrt(np.median(real.area) / np.pi))
-    rp, rt = _frame_points(real)
-    dr = _near_repeats(rp, rt, np.arange(real.n_frames), r_max, n_pairs, seed)
-    dg = _near_repeats(*_frame_points(gen), np.arange(gen.n_frames), r_max, n_pairs, seed)
-    med = [_num(np.median(v)) if v.size else None for v in (dr, dg)]
-    out: dict[str, Any] = {"r_max_px": r_max, "n_pairs": int(n_pairs), "n_real": int(dr.size),
-                           "n_generated": int(dg.size), "real_median_px": med[0],
-                           "generated_median_px": med[1]}
-    if dr.size < min_count:
-        out["note"] = f"{dr.size} observed near repeats (< {min_count}): not checked"
-        return out, []
-    ratio = float(np.median(dg) / np.median(dr)) if dg.size >= min_count else float("inf")
-    halves = []
-    for k, (a, b) in enumerate(splits):
-        da = _near_repeats(rp, rt, a, r_max, n_pairs // 2, seed + 2 * k + 1)
-        db = _near_repeats(rp, rt, b, r_max, n_pairs // 2, seed + 2 * k + 2)
-        if da.size >= min_count and db.size >= min_count:
-            halves.append(float(np.median(db) / np.median(da)))
-    check = ratio_check("near_repeat_median", ratio, halves)
-    out.update(ratio=_num(ratio), real_vs_real_ratio=_num(1.0 + check.baseline),
-               baseline_splits=len(halves))
-    return out, [check]
 
 
 def _region_fidelity(real: Centres, gen: Centres, splits: Sequence[tuple[Centres, Centres]],

@@ -30,7 +30,8 @@ from matdyn.analysis.fidelity import (
     wasserstein_1d,
     wasserstein_baseline,
 )
-from matdyn.analysis.fidelity_content import checks_table, mask_centres, near_repeat_fidelity
+from matdyn.analysis.fidelity_content import checks_table, mask_centres
+from matdyn.analysis.fidelity_repeats import near_repeat_fidelity
 from matdyn.descriptors.differences import EntropyDifference
 from matdyn.descriptors.particles import Binarizer, particle_areas_batch
 from matdyn.errors import AnalysisError, ConfigError
@@ -189,7 +190,7 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
 
 def _near_repeat(cfg: Config, p: dict, seed: int) -> dict[str, Any]:
     """Near-repeat distance of the particles of the masks above, generated vs observed
-    (:func:`matdyn.analysis.fidelity_content.near_repeat_fidelity`, ``flagged``: more than
+    (:func:`matdyn.analysis.fidelity_repeats.near_repeat_fidelity`, ``flagged``: more than
     2× its real-vs-real baseline)."""
     real = mask_centres(p["mask_real"], min_area=cfg.min_area)
     gen = mask_centres(p["mask_gen"], min_area=cfg.min_area)
