@@ -86,7 +86,7 @@ def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_RE
     with too few: left out of the baseline (``baseline_splits`` counts the rest). Summary
     keys: r_max_px, n_pairs, n_real, n_generated, real_median_px, generated_median_px,
     ratio, real_vs_real_ratio, baseline_splits. Returns ``(summary, checks)`` as
-    :func:`particle_fidelity`."""
+    :func:`matdyn.analysis.fidelity_content.particle_fidelity`."""
     if len(real) == 0:
         return {"n_real": 0, "note": "no observed particle: not checked"}, []
     splits = halvings(real.n_frames, n_splits, seed)
