@@ -433,3 +433,25 @@ def test_bright_particles_are_found_without_saying_so(tmp_path):
                  seed=0, progress=False)
     with pytest.raises(ConfigError, match="dark_particles must be true, false or auto"):
         small_config(dark_particles="maybe").validate()
+
+
+def test_sweep_metrics_follow_the_store_particle_polarity(tmp_path):
+    """The sweep's particle-area metric thresholds the side the particles are on: read from
+    the store (jobs and aggregation alike), the NP default (dark) when it cannot tell."""
+    from matdyn.data.importers import import_frames
+    from matdyn.data.synthetic import np_diffusion as npd
+    from matdyn.gamma.continuity import metrics_from_spec, sweep_particles_dark
+
+    frames = npd.simulate(n_frames=8, size=64, seed=0).frames
+    for name, x in (("dark", frames), ("bright", -frames),
+                    ("noise", np.random.default_rng(0).standard_normal(frames.shape))):
+        np.save(tmp_path / f"{name}.npy", x[:, 0].astype(np.float32))
+        import_frames(tmp_path / f"{name}.npy", tmp_path / f"{name}.zarr", pixel_size=40.58,
+                      progress=False)
+    dark = {n: sweep_particles_dark({"path": str(tmp_path / f"{n}.zarr")})
+            for n in ("dark", "bright", "noise")}
+    assert dark == {"dark": True, "bright": False, "noise": None}
+    assert sweep_particles_dark({"path": str(tmp_path / "missing.zarr")}) is None
+    area = {d: metrics_from_spec("auto", "np_diffusion", 2, dark=d)[1] for d in (None, False)}
+    assert area[None].binarizer.dark is True and area[False].binarizer.dark is False
+    assert repr(area[None]) != repr(area[False])  # the jobs' metric_specs tell them apart

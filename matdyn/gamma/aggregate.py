@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from matdyn.errors import AnalysisError, ConfigError
-from matdyn.gamma.continuity import metrics_from_spec, real_baseline, summarize
+from matdyn.gamma.continuity import (
+    metrics_from_spec,
+    real_baseline,
+    summarize,
+    sweep_particles_dark,
+)
 from matdyn.gamma.inversion import inversion_calibration
 from matdyn.gamma.job import (
     check_bundle_fits,
@@ -280,7 +285,8 @@ def _open_sweep(root: Path, dataset: Mapping[str, Any] | None, bundle_path: Any,
         raise AnalysisError(f"{bundle_path} differs from the bundle the jobs used ({first['bundle']}); "
                             "pass bundle=<that file>")
     bundle = load_generator(bundle_path)
-    metrics = metrics_from_spec(first.get("metrics_config", "auto"), dataset.get("name"), int(bundle.ndim))
+    metrics = metrics_from_spec(first.get("metrics_config", "auto"), dataset.get("name"),
+                                int(bundle.ndim), dark=sweep_particles_dark(dataset))
     if [repr(m) for m in metrics] != list(first["metric_specs"]):
         raise AnalysisError(f"the jobs measured {first['metric_specs']} but the aggregation builds "
                             f"{[repr(m) for m in metrics]}; aggregate with the sweep's metrics setting")

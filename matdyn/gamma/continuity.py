@@ -39,6 +39,7 @@ __all__ = [
     "consecutive_differences",
     "default_metrics",
     "summarize",
+    "sweep_particles_dark",
 ]
 
 
@@ -238,7 +239,7 @@ def consecutive_differences(
     )
 
 
-def case_metrics(dataset: str | None, ndim: int) -> list[DifferenceMetric]:
+def case_metrics(dataset: str | None, ndim: int, dark: bool | None = None) -> list[DifferenceMetric]:
     """The continuity metrics of each case study; the first one decides γ by default.
 
     * ``np_diffusion``: entropy difference and particle-area difference in px (§3.3.1,
@@ -247,6 +248,9 @@ def case_metrics(dataset: str | None, ndim: int) -> list[DifferenceMetric]:
     * ``brass_clump`` (and other 3D data): 1 − IOU₃D of the clump mask (Otsu on the
       channel sum) and total density difference (§3.4.1, Fig. 7d).
     * other 2D data: entropy and particle-area difference with bright particles.
+
+    ``dark`` (2D particle data): the particles' polarity when known (e.g.
+    :func:`sweep_particles_dark` from the store), else the case default above.
 
     >>> [m.name for m in case_metrics("np_diffusion", 2)]
     ['entropy_diff', 'area_diff']
@@ -259,15 +263,38 @@ def case_metrics(dataset: str | None, ndim: int) -> list[DifferenceMetric]:
         return [ShapeDifference(Binarizer())]
     if dataset == "brass_clump" or ndim == 3:
         return [ShapeDifference(Binarizer(channel=None)), DensityDifference()]
-    dark = dataset == "np_diffusion"
+    dark = dataset == "np_diffusion" if dark is None else bool(dark)
     return [EntropyDifference(), AreaDifference(Binarizer(dark=dark), min_area=2)]
 
 
-def metrics_from_spec(spec: Any, dataset: str | None, ndim: int) -> list[DifferenceMetric]:
-    """``auto``/None -> :func:`case_metrics`; a list of metric objects or of plain
-    ``{_target_: ...}`` mappings (built with Hydra's ``instantiate``) -> that list."""
+def sweep_particles_dark(dataset: Mapping[str, Any]) -> bool | None:
+    """Polarity of the particles of a 2D store (``dataset.path``) from the pixel skewness of
+    up to 64 evenly spaced raw frames, channel 0 (:func:`matdyn.dynamics.particle_polarity`);
+    None when there is no store yet, it is not 2D, or the skewness cannot tell. Sweep jobs
+    and the aggregation call it alike, so both build the same metrics."""
+    from matdyn.data.store import open_store
+    from matdyn.dynamics import particle_polarity
+
+    path = Path(str(dataset.get("path") or ""))
+    if not dataset.get("path") or not path.exists():
+        return None
+    st = open_store(path, validate=False)
+    if len(st.meta.spatial_shape) != 2 or len(st) == 0:
+        return None
+    idx = np.unique(np.linspace(0, len(st) - 1, min(len(st), 64)).round().astype(np.int64))
+    try:
+        return bool(particle_polarity(np.stack([np.asarray(st.images[i, 0]) for i in idx]))[0])
+    except AnalysisError:
+        return None
+
+
+def metrics_from_spec(spec: Any, dataset: str | None, ndim: int,
+                      dark: bool | None = None) -> list[DifferenceMetric]:
+    """``auto``/None -> :func:`case_metrics` (``dark``: the particles' polarity, if known);
+    a list of metric objects or of plain ``{_target_: ...}`` mappings (built with Hydra's
+    ``instantiate``) -> that list."""
     if spec is None or (isinstance(spec, str) and spec == "auto"):
-        return case_metrics(dataset, ndim)
+        return case_metrics(dataset, ndim, dark)
     if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
         raise ConfigError(
             f"metrics must be 'auto' or a list of metric configs with _target_, got {spec!r}"

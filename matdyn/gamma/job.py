@@ -23,7 +23,7 @@ import numpy as np
 
 from matdyn.descriptors.differences import DifferenceMetric
 from matdyn.errors import CheckpointError, ConfigError
-from matdyn.gamma.continuity import metrics_from_spec, summarize
+from matdyn.gamma.continuity import metrics_from_spec, summarize, sweep_particles_dark
 from matdyn.gamma.records import (
     JOB_FORMAT,
     JOB_RECORD,
@@ -305,7 +305,8 @@ def run_sweep_job(
     bundle = load_generator(bundle_path, precision=precision)
     meta = _open_store_meta(dataset)
     check_bundle_fits(bundle, dataset, meta, bundle_path)
-    ms = metrics_from_spec(metrics, dataset.get("name"), int(bundle.ndim))
+    ms = metrics_from_spec(metrics, dataset.get("name"), int(bundle.ndim),
+                           dark=sweep_particles_dark(dataset) if meta is not None else None)
     dev = resolve_device(device)
     out = Path(out_dir)
     identity = {
