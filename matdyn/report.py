@@ -259,6 +259,13 @@ ROWS["np_diffusion"] += [
     Row("particle-centre density EMD, generated vs observed (frame sides; truth: real vs real)", "—",
         "train.particles.centre_density.emd.generated_vs_real",
         "train.particles.centre_density.emd.real_vs_real"),
+    Row("near-repeat distance, generated / observed (< 1: pinned particles drawn too still; "
+        "truth column: real-vs-real ratio)", "—", "train.particles.near_repeat.ratio",
+        "train.particles.near_repeat.real_vs_real_ratio", ".2f"),
+    Row("MC MSD / true MSD at the calibrated Δt, directed / free / confined (the calibration "
+        "fixes the sum; 1 = each mode moves as much as it should)", "—",
+        lambda c: " / ".join(fmt(dig(c, f"analysis.recovery.msd_over_planted_at_dt.{m}"), ".2f")
+                             for m in ("directed", "free", "confined")), "=1 / 1 / 1"),
 ]
 ROWS["ta_chart"] += [
     Row(f"slit width {k}, generated at the working pixel size (training summary, nm)", "—",
