@@ -45,6 +45,7 @@ def test_identical_sets_sit_at_zero_and_fresh_draws_at_baseline_level(np64):
     assert s["centre_density"]["emd"]["generated_vs_real"] == 0.0
     assert s["particles_per_frame"]["ratio"] == 1.0
     assert {k: v["ratio"] for k, v in s["regions"].items()} == dict.fromkeys(MODE_NAMES, 1.0)
+    assert s["near_repeat"]["ratio"] == 1.0 and s["near_repeat"]["n_real"] > 100
     assert flagged(checks) == []
     # a disjoint random draw of the same data: distances at the split-half baseline level
     perm = np.random.default_rng(2).permutation(800)
@@ -53,6 +54,7 @@ def test_identical_sets_sit_at_zero_and_fresh_draws_at_baseline_level(np64):
     assert emd["generated_vs_real"] < 2 * emd["real_vs_real"]
     for r in s["regions"].values():
         assert 0.9 < r["ratio"] < 1.1
+    assert 0.9 < s["near_repeat"]["ratio"] < 1.1  # the store's own trap jitter, both sides
     assert flagged(checks) == []
     assert s["regions"]["confined"]["real_per_frame"] == 4.0  # 4 traps, always inside
 
@@ -239,8 +241,10 @@ def test_near_repeat_distance_sees_trap_jitter_that_counts_cannot():
 def test_near_repeat_is_not_checked_when_particles_never_keep_their_places():
     rng = np.random.default_rng(0)
     one = Centres(np.arange(60), rng.uniform(4, 60, (60, 2)), np.full(60, 17), 60)
-    s, checks = particle_fidelity(one, one, (64, 64))
+    still = _jittered(60, 0.05, seed=3, n_free=0)  # a generator with pinned particles
+    s, checks = particle_fidelity(one, still, (64, 64))
     assert s["near_repeat"]["n_real"] < 20 and "not checked" in s["near_repeat"]["note"]
+    assert s["near_repeat"]["n_generated"] > 20 and "ratio" not in s["near_repeat"]
     assert "near_repeat_median" not in {c.name for c in checks}
     with pytest.raises(ConfigError, match="r_max"):
         near_repeat_distances(one, 0.0)

@@ -15,8 +15,8 @@ so a distance reads as "how far beyond sampling noise":
   frames): Wasserstein distance of per-particle areas on the pooled range mapped to [0, 1]
   (paper: 0.068 for NP areas, §3.3.1), plus the raw distance in physical units (nm²);
 * ``particles`` (same data): particles per frame, the centre-density earth mover's and χ²
-  distances, the near-repeat distance and — when the store has a planted region map (NP stand-in) — particles per
-  frame in each region with the generated/observed ratio
+  distances, the near-repeat distance and — when the store has a planted region map (NP
+  stand-in) — particles per frame in each region with the generated/observed ratio
   (:func:`matdyn.analysis.fidelity_content.particle_fidelity`; issue 11). Particles are
   dark or bright by the sign of the observed pixel skewness (``particles.polarity``;
   bright ones are measured on negated frames);
@@ -148,8 +148,8 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     """Generated vs observed frames ([N, C, *spatial], physical units, same geometry) with
     real-vs-real baselines, a ``checks`` table and ``flags`` (numbers > ``flag_factor`` ×
     their baseline). ``pixel_size``: working pixel size (``unit`` per px). ``particles``:
-    measure the particles of channel 0, dark or bright (None: any 1-channel 2D set). ``region_map``
-    [H, W] at the frames' size and ``region_names``: planted regions (NP stand-in).
+    measure the particles of channel 0, dark or bright (None: any 1-channel 2D set).
+    ``region_map`` [H, W] at the frames' size and ``region_names``: planted regions (NP stand-in).
     ``stages``: one label per real frame for the composition's stage mix (multi-channel 3D).
     """
     if generated.shape[1:] != real.shape[1:]:

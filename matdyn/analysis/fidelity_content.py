@@ -13,9 +13,9 @@ generator learns still particles first"). The measures here look at content:
   (a ``bins`` × ``bins`` histogram over the frame) compared by the earth mover's distance
   (:func:`density_emd`, POT's exact ``ot.emd2``; ground distance in units of the frame side)
   and the χ² distance (:func:`density_chi2`), the near-repeat distance (how close the
-  nearest particle of another frame lies, :mod:`matdyn.analysis.fidelity_repeats`: the positional
-  jitter of particles that keep their place, e.g. in traps), and — given a planted region
-  map — particles per frame in each region with the generated/observed ratio.
+  nearest particle of another frame lies, :mod:`matdyn.analysis.fidelity_repeats`: the
+  positional jitter of particles that keep their place, e.g. in traps), and — given a
+  planted region map — particles per frame in each region with the generated/observed ratio.
 * :func:`composition_fidelity`: per-channel mass fractions of multi-channel frames (the
   brass clumps' Cu / Cu₂S / CuS share, paper §3.4) and, with per-frame stage labels, the
   share of frames nearest each stage's mean composition ("stage mix").
@@ -257,7 +257,8 @@ def mask_centres(masks: Any, *, min_area: int = 4) -> Centres:
     keep = np.flatnonzero(sizes >= max(int(min_area), 1))
     keep = keep[keep > 0]
     rc = np.stack([r[keep] / sizes[keep], c[keep] / sizes[keep]], axis=1).reshape(-1, 2)
-    return Centres(owner[keep].astype(np.int64), rc, sizes[keep].astype(np.int64), int(masks.shape[0]))
+    return Centres(owner[keep].astype(np.int64), rc, sizes[keep].astype(np.int64),
+                   int(masks.shape[0]))
 
 
 def centre_density(rc: Any, shape: tuple[int, int], bins: int = 16) -> np.ndarray:
@@ -337,9 +338,9 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                       ) -> tuple[dict[str, Any], list[Check]]:
     """Particles per frame, centre-density distances, the near-repeat distance
     (:func:`matdyn.analysis.fidelity_repeats.near_repeat_distances`, summary
-    ``near_repeat``, check ``near_repeat_median``)
-    and per-region counts, generated vs observed, with real-vs-real baselines over ``n_splits`` random halvings of the observed
-    frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
+    ``near_repeat``, check ``near_repeat_median``; at most 5 halvings) and per-region
+    counts, generated vs observed, with real-vs-real baselines over ``n_splits`` random
+    halvings of the observed frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
     over three draws on the NP stand-in, issue 11, session 7).
 
     Baselines: distances (EMD, χ²) are the mean over the halvings (``real_vs_real``, with
