@@ -104,6 +104,15 @@ def _pm(mean_path: str, std_path: str, spec: str = ".0f") -> Getter:
     return g
 
 
+def _per_channel_w1(ctx: Mapping[str, Any], which: str) -> Value:
+    """``name value / name value ...`` of the training summary's per-channel mass-fraction W1
+    (channel names from the store)."""
+    per = dig(ctx, "train.composition.mass_fraction")
+    if isinstance(per, Missing) or not isinstance(per, Mapping):
+        return per if isinstance(per, Missing) else Missing("not computed")
+    return " / ".join(f"{k} {fmt(dig(v, f'w1.{which}'), '.3f')}" for k, v in per.items())
+
+
 def _either(first: str | Getter, second: str | Getter) -> Getter:
     """The first of two paths/getters that is not missing (e.g. nested or top-level)."""
     def g(ctx: Mapping[str, Any]) -> Value:
@@ -276,6 +285,9 @@ ROWS["brass_clump"] += [
     Row("stage mix: largest share difference, generated vs observed (truth: real vs real)", "—",
         "train.composition.stage_mix.max_share_difference.generated_vs_real",
         "train.composition.stage_mix.max_share_difference.real_vs_real", ".2f"),
+    Row("mass-fraction W1 inside the clump mask, per channel, generated vs observed "
+        "(truth: real vs real)", "—", lambda c: _per_channel_w1(c, "generated_vs_real"),
+        lambda c: _per_channel_w1(c, "real_vs_real")),
 ]
 for _rows in ROWS.values():
     _rows += TRAIN_ROWS

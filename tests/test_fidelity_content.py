@@ -8,9 +8,12 @@ import pytest
 
 from matdyn.analysis.fidelity_content import (
     BASELINE_SPLITS,
+    MASK_LEVEL,
     Centres,
     Check,
     centre_density,
+    channel_fractions,
+    clump_threshold,
     composition_fidelity,
     dark_particle_centres,
     density_chi2,
@@ -185,6 +188,44 @@ def test_composition_baseline_is_the_mean_over_many_halvings_not_one_lucky_split
     assert s["stage_mix"]["max_share_difference"]["real_vs_real_sd"] > 0
     with pytest.raises(ConfigError):
         composition_fidelity(real, real, ["Cu", "CuS"], n_splits=0)
+
+
+def _clumps(rng, n, share, floor_sd):
+    """[n, 2, 8, 8, 8] balls of unit occupancy with a CuS share per frame, over a rectified
+    noise floor of standard deviation ``floor_sd`` (as the clump stand-in draws it)."""
+    g = np.indices((8, 8, 8)) - 3.5
+    ball = (np.sqrt((g ** 2).sum(0))[None] < rng.uniform(2.0, 3.5, n)[:, None, None, None])
+    x = np.stack([ball * (1 - share)[:, None, None, None], ball * share[:, None, None, None]], 1)
+    return np.clip(x + floor_sd * rng.standard_normal(x.shape), 0.0, None)
+
+
+def test_composition_counts_mass_inside_the_clump_not_the_noise_floor():
+    """Over the whole box the noise floor is mass: unaged clumps (no CuS) read several % CuS,
+    and a generator whose background is noisier looks like wrong chemistry. Inside the clump
+    mask the unaged clumps read ~0 CuS and only a change of the clumps themselves flags."""
+    rng = np.random.default_rng(0)
+    stages = np.repeat([0, 28], 150)
+    share = np.where(stages == 0, 0.0, rng.uniform(0.2, 0.4, 300))
+    real = _clumps(rng, 300, share, 0.01)
+    thr = clump_threshold(real)
+    assert 0.4 < thr < 0.6  # half the clumps' total density (1)
+    young = stages == 0
+    assert channel_fractions(real)[young, 1].mean() > 0.02  # the floor, counted as CuS
+    assert channel_fractions(real, real.sum(1) > thr)[young, 1].mean() < 0.005
+    noisier = _clumps(rng, 300, share, 0.05)  # same clumps, 5x the background noise
+    _, box = composition_fidelity(real, noisier, ["Cu", "CuS"], stages=stages, mask_level=None)
+    s, inside = composition_fidelity(real, noisier, ["Cu", "CuS"], stages=stages)
+    assert "mass_fraction_w1.CuS" in flagged(box) and flagged(inside) == []
+    assert s["mask"]["level"] == MASK_LEVEL and 0 < s["mask"]["real_volume_fraction"] < 0.3
+    ghost = _clumps(rng, 300, share + 0.05, 0.01)  # 5 % CuS drawn into every clump
+    s, checks = composition_fidelity(real, ghost, ["Cu", "CuS"], stages=stages)
+    assert "mass_fraction_w1.CuS" in flagged(checks)
+    assert abs(s["mass_fraction"]["CuS"]["generated_mean"]
+               - s["mass_fraction"]["CuS"]["real_mean"] - 0.05) < 0.01
+    with pytest.raises(ConfigError):
+        clump_threshold(real, 1.5)
+    with pytest.raises(AnalysisError, match="mask"):
+        channel_fractions(real, np.ones((3, 8, 8, 8), bool))
 
 
 def test_a_collapsed_generator_keeps_its_counts_but_fails_diversity(np64):

@@ -127,6 +127,18 @@ def test_trace_rows_say_the_protocol_was_off_not_absent():
     assert auc.cells(on)[2] == "0.8"
 
 
+def test_clump_composition_row_names_the_store_channels():
+    """The per-channel mass-fraction row takes its channel names from the training summary
+    (the store's), not from the stand-in."""
+    row = [r for r in ROWS["brass_clump"] if r.label.startswith("mass-fraction W1")][0]
+    per = {"Fe": {"w1": {"generated_vs_real": 0.0312, "real_vs_real": 0.014}},
+           "O": {"w1": {"generated_vs_real": 0.02, "real_vs_real": 0.0061}}}
+    cells = row.cells({"train": {"composition": {"mass_fraction": per}}})
+    assert cells[2:] == ["Fe 0.031 / O 0.020", "Fe 0.014 / O 0.006"]
+    assert row.cells({"train": {"composition": {"error": "too few frames"}}})[2] == \
+        "not computed: too few frames"
+
+
 def test_step_key_follows_resolved_config(monkeypatch):
     """A changed default in conf/ (not on the command line) changes the key of the steps that
     read it, and only those."""
