@@ -17,8 +17,9 @@ generator learns still particles first"). The measures here look at content:
   positional jitter of particles that keep their place, e.g. in traps), and — given a
   planted region map — particles per frame in each region with the generated/observed ratio.
 * :func:`composition_fidelity`: per-channel mass fractions of multi-channel frames inside
-  each frame's clump mask (the brass clumps' Cu / Cu₂S / CuS share, paper §3.4) and, with per-frame stage labels, the
-  share of frames nearest each stage's mean composition ("stage mix").
+  each frame's clump mask (the brass clumps' Cu / Cu₂S / CuS share, paper §3.4) and,
+  with per-frame stage labels, the share of frames nearest each stage's mean composition
+  ("stage mix").
 * :func:`registered_slit_widths`: slit widths (physical units) in frames registered to an
   anchor whose slits are known (paper §3.2, template-matched profiles).
 
@@ -39,7 +40,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from matdyn.analysis.fidelity import wasserstein_1d
-from matdyn.descriptors.particles import binarize, label_batch
+from matdyn.descriptors.composition import channel_mass
+from matdyn.descriptors.particles import Binarizer, binarize, label_batch
 from matdyn.errors import AnalysisError, ConfigError
 
 __all__ = [
@@ -439,13 +441,7 @@ def channel_fractions(images: Any, mask: Any | None = None) -> np.ndarray:
     x = np.asarray(images, dtype=np.float64)
     if x.ndim not in (4, 5) or x.shape[0] == 0:
         raise AnalysisError(f"channel fractions need frames [N, C, *spatial], got shape {x.shape}")
-    x = np.clip(x, 0.0, None)
-    if mask is not None:
-        m = np.asarray(mask, dtype=bool)
-        if m.shape != x.shape[:1] + x.shape[2:]:
-            raise AnalysisError(f"mask {m.shape} does not match frames {x.shape}")
-        x = x * m[:, None]
-    mass = x.reshape(x.shape[0], x.shape[1], -1).sum(axis=2)
+    mass = channel_mass(np.clip(x, 0.0, None), mask=mask)
     total = mass.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, mass / total, np.nan)
@@ -496,9 +492,9 @@ def composition_fidelity(real: Any, generated: Any, channel_names: Sequence[str]
     real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
     mr = mg = None
     out: dict[str, Any] = {"mass_fraction": {}}
-    if mask_level is not None:
+    if mask_level is not None:  # the clump analysis's mask (total density > threshold)
         thr = clump_threshold(real, mask_level)
-        mr, mg = real.sum(axis=1) > thr, generated.sum(axis=1) > thr
+        mr, mg = Binarizer(threshold=thr)(real), Binarizer(threshold=thr)(generated)
         out["mask"] = {"level": float(mask_level), "total_density_threshold": thr,
                        "real_volume_fraction": float(mr.mean()),
                        "generated_volume_fraction": float(mg.mean())}
