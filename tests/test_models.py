@@ -242,3 +242,38 @@ def test_inplace_layers_change_neither_values_nor_gradients(ndim):
         z0 = z.clone()
         g(z, 2, 1.0)
         assert torch.equal(z, z0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_linear_upsampling_generator_keeps_shapes_fade_and_config(ndim):
+    # the linear filter ([1, 3, 3, 1] / 4 per axis) keeps a constant and reproduces a ramp
+    # away from the border; averaging it back down returns the interior exactly
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
+    up = upsample(ramp, "linear")
+    assert up.shape == (1, 1, 16, 16)
+    assert torch.allclose(up[0, 0, 5, 1:-1], torch.arange(1, 15) / 2.0 - 0.25)
+    assert torch.allclose(downsample(up)[..., 1:-1], ramp[..., 1:-1])
+    assert torch.equal(upsample(torch.ones(1, 2, *(4,) * ndim), "linear"),
+                       torch.ones(1, 2, *(8,) * ndim))
+    with pytest.raises(ValueError, match="upsample mode"):
+        upsample(ramp, "cubic")
+
+    torch.manual_seed(0)
+    g = Generator(latent_dim=8, channels=2, ndim=ndim, filters=FILTERS, upsample="linear")
+    assert g.config["upsample"] == "linear"
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        for stage in (1, 2):
+            x = g(z, stage, 1.0)
+            assert x.shape == (3, 2, *(stage_resolution(stage),) * ndim)
+            # alpha = 0 is the previous stage's image, upsampled with the same filter
+            assert torch.equal(g(z, stage, 0.0), upsample(g(z, stage - 1, 1.0), "linear"))
+        # same weights, other filter: a different image (the option is not ignored)
+        h = Generator(**{**g.config, "upsample": "nearest"})
+        h.load_state_dict(g.state_dict())
+        assert not torch.allclose(h(z, 2, 1.0), g(z, 2, 1.0), atol=1e-3)
+        rebuilt = Generator(**g.config)
+        rebuilt.load_state_dict(g.state_dict())
+        assert torch.equal(rebuilt(z, 2, 1.0), g(z, 2, 1.0))
+    with pytest.raises(ValueError, match="upsample must be"):
+        Generator(latent_dim=8, filters=FILTERS, upsample="bicubic")

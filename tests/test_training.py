@@ -357,6 +357,7 @@ def test_bad_inputs_give_one_line_errors(store2d, store3d, tmp_path):
     cases = [
         (_cfg(store2d, "model.channels=2"), ConfigError, "channel"),
         (_cfg(store2d, "resolution=12"), ConfigError, "power of two"),
+        (_cfg(store2d, "model.upsample=cubic"), ConfigError, "model.upsample must be one of"),
         # every dataset key that describes the data is checked against the store
         (_cfg(store2d, "dataset.pixel_size=40.58"), StoreError, "set dataset.pixel_size=2.0"),
         (_cfg(store2d, "dataset.unit=um"), StoreError, "store has unit=nm"),

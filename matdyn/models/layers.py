@@ -172,9 +172,20 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, s], dim=1)  # [N, C+1, *S]
 
 
-def upsample(x: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour ×2 upsampling of [N, C, *S]."""
-    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+#: ×2 upsampling filters of the generator: PGGAN's nearest neighbour, or the linear
+#: (bilinear / trilinear, half-pixel centres: the [1, 3, 3, 1] / 4 filter per axis) one
+UPSAMPLE_MODES = ("nearest", "linear")
+
+
+def upsample(x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """×2 upsampling of [N, C, *S]: nearest neighbour (PGGAN) or ``"linear"`` (bilinear for
+    images, trilinear for volumes, ``align_corners=False``)."""
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    if mode != "linear":
+        raise ValueError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear" if x.dim() == 4 else "trilinear",
+                         align_corners=False)
 
 
 def downsample(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,12 @@ arguments of ``forward``:
 Paper widths (§3.1, Section S1): [512, 512, 512, 512, 256, 128, 64, 32] for the Ta chart,
 half of that for NP diffusion and brass clumps; latent dimension 32.
 
+``upsample`` picks the generator's ×2 filter: ``"nearest"`` (PGGAN and the paper's code, the
+default) or ``"linear"`` (bilinear / trilinear). Nearest upsampling puts the 4-px grid of the
+first stage into every later stage, which shows as pixel locking of generated particle
+centroids; the linear filter removes that extra locking on the NP stand-in (README,
+Configuration). The critic always downsamples by 2×2 averaging.
+
 Control flow in ``forward`` depends only on ``stage`` (a Python int), so each stage traces to
 one static graph (torch.compile, channels_last, bf16 autocast); ``fade_alpha`` may be a
 float or a 0-dim tensor (a tensor avoids recompiling as alpha changes). A float alpha of
@@ -31,6 +37,7 @@ from torch import nn
 
 from matdyn.models.layers import (
     SQRT2,
+    UPSAMPLE_MODES,
     EqualizedConv,
     EqualizedLinear,
     MinibatchStd,
@@ -76,15 +83,18 @@ class _GBlock(nn.Sequential):
     (:meth:`EqualizedConv.forward_upsampled`); the modules (and state_dict keys) stay those of
     the plain sequence."""
 
-    def __init__(self, c_in: int, c_out: int, ndim: int) -> None:
+    def __init__(self, c_in: int, c_out: int, ndim: int, mode: str = "nearest") -> None:
         super().__init__(
-            _Upsample(),
+            _Upsample(mode),
             EqualizedConv(c_in, c_out, 3, ndim), lrelu(True), PixelNorm(inplace=True),
             EqualizedConv(c_out, c_out, 3, ndim), lrelu(True), PixelNorm(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self[1].forward_upsampled(x)  # = self[1](self[0](x))
+        if self[0].mode == "nearest":
+            x = self[1].forward_upsampled(x)  # = self[1](self[0](x))
+        else:
+            x = self[1](self[0](x))
         for i, layer in enumerate(self):
             if i >= 2:
                 x = layer(x)
@@ -103,8 +113,12 @@ class _DBlock(nn.Sequential):
 
 
 class _Upsample(nn.Module):
+    def __init__(self, mode: str = "nearest") -> None:
+        super().__init__()
+        self.mode = mode
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upsample(x)
+        return upsample(x, self.mode)
 
 
 class _Downsample(nn.Module):
@@ -123,8 +137,12 @@ class Generator(nn.Module):
         ndim: int = 2,
         filters: Sequence[int] = (256, 256, 256, 256, 128, 64, 32, 16),
         normalize_latents: bool = True,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        self.upsample = upsample
         self.ndim = _check_ndim(ndim)
         self.latent_dim = int(latent_dim)
         self.channels = int(channels)
@@ -144,7 +162,7 @@ class Generator(nn.Module):
         )
         # stage k >= 1: blocks[k - 1] doubles the resolution, filters[k-1] -> filters[k]
         self.blocks = nn.ModuleList(
-            _GBlock(self.filters[k - 1], self.filters[k], self.ndim)
+            _GBlock(self.filters[k - 1], self.filters[k], self.ndim, upsample)
             for k in range(1, self.num_stages)
         )
         # 1×1 to-image layer per stage, linear (gain 1)
@@ -165,6 +183,7 @@ class Generator(nn.Module):
             "ndim": self.ndim,
             "filters": list(self.filters),
             "normalize_latents": self.normalize_latents,
+            "upsample": self.upsample,
         }
 
     def forward(self, z: torch.Tensor, stage: int, fade_alpha: Alpha = 1.0) -> torch.Tensor:
@@ -182,7 +201,7 @@ class Generator(nn.Module):
         if stage > 0 and not _is_one(fade_alpha):
             # fade-in: previous stage's image, upsampled (skipped at a Python alpha of exactly
             # 1, where lerp returns the new image bit for bit; a tensor alpha always blends)
-            img = _blend(upsample(self._to_image(stage - 1, prev)), img, fade_alpha)
+            img = _blend(upsample(self._to_image(stage - 1, prev), self.upsample), img, fade_alpha)
         return img
 
     def _to_image(self, k: int, x: torch.Tensor) -> torch.Tensor:

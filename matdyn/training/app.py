@@ -49,6 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.io import write_json_atomic
+from matdyn.models.layers import UPSAMPLE_MODES
 
 log = logging.getLogger("matdyn.train")
 
@@ -218,6 +219,9 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
     if len(filters) < n_stages:
         raise ConfigError(f"model.filters has {len(filters)} widths but the schedule needs "
                           f"{n_stages} stages; give one width per stage from 4 px")
+    up = m.get("upsample", "nearest")
+    if up not in UPSAMPLE_MODES:
+        raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {up!r}")
     ema_decay = m.get("ema_decay")
     perf = cfg.get("perf") or {}
     on_cuda = _trains_on_cuda(cfg, cuda)
@@ -248,7 +252,8 @@ def _resume(cfg: DictConfig, module: Any) -> Path | None:
         return None
     ckpt_path, ckpt = load_checkpoint(str(cfg.ckpt_path))
     old = ckpt.get("hyper_parameters") or {}
-    for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group"):
+    for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group",
+                "upsample"):
         if key in old and old[key] != module.hparams[key]:
             raise CheckpointError(
                 f"{ckpt_path} was trained with {key}={old[key]} but this config gives "

@@ -89,6 +89,7 @@ class PGGANModule(pl.LightningModule):
         *,
         mbstd_group: int = 4,
         normalize_latents: bool = True,
+        upsample: str = "nearest",
         optimizer: OptimizerFactory | None = None,
         n_critic: int = 1,
         gp_weight: float = GP_WEIGHT,
@@ -109,13 +110,18 @@ class PGGANModule(pl.LightningModule):
             {
                 "latent_dim": int(latent_dim), "channels": int(channels), "ndim": int(ndim),
                 "filters": filters, "mbstd_group": int(mbstd_group),
-                "normalize_latents": bool(normalize_latents), "n_critic": int(n_critic),
+                "normalize_latents": bool(normalize_latents), "upsample": str(upsample),
+                "n_critic": int(n_critic),
                 "gp_weight": float(gp_weight), "drift_weight": float(drift_weight),
                 "ema_decay": float(ema_decay), "sample_seed": int(sample_seed), "seed": int(seed),
             }
         )
         self.automatic_optimization = False
-        self.generator = Generator(latent_dim, channels, ndim, filters, normalize_latents)
+        try:
+            self.generator = Generator(latent_dim, channels, ndim, filters, normalize_latents,
+                                       upsample)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
         self.discriminator = Discriminator(channels, ndim, filters, mbstd_group)
         self.g_ema = copy.deepcopy(self.generator).requires_grad_(False)
         self._optimizer = optimizer or DEFAULT_OPTIMIZER
@@ -207,7 +213,7 @@ class PGGANModule(pl.LightningModule):
         real = match_resolution(real, stage_resolution(stage))
         if stage > 0 and alpha < 1.0:
             # fade the reals like the networks: blend in the previous stage's resolution
-            real = torch.lerp(upsample(downsample(real)), real, alpha)
+            real = torch.lerp(upsample(downsample(real), self.hparams.upsample), real, alpha)
         real = self._fmt(real)
         b = real.shape[0]
         # compiled graphs take alpha as a tensor input (no recompile as it changes)
