@@ -271,6 +271,10 @@ ROWS["np_diffusion"] += [
     Row("near-repeat distance, generated / observed (< 1: pinned particles drawn too still; "
         "truth column: real-vs-real ratio)", "—", "train.particles.near_repeat.ratio",
         "train.particles.near_repeat.real_vs_real_ratio", ".2f"),
+    Row("sub-pixel locking: share of centroid coordinates within 0.05 px of a pixel centre, "
+        "generated (truth column: observed; 0.10 for positions uniform within a pixel)", "—",
+        "train.particles.subpixel.generated_locked_share",
+        "train.particles.subpixel.real_locked_share", ".3f"),
     Row("MC MSD / true MSD at the calibrated Δt, directed / free / confined (the calibration "
         "fixes the sum; 1 = each mode moves as much as it should)", "—",
         lambda c: " / ".join(fmt(dig(c, f"analysis.recovery.msd_over_planted_at_dt.{m}"), ".2f")

@@ -25,7 +25,12 @@ from matdyn.analysis.fidelity_content import (
     halvings,
     particle_fidelity,
 )
-from matdyn.analysis.fidelity_repeats import near_repeat_distances, near_repeat_fidelity
+from matdyn.analysis.fidelity_repeats import (
+    circular_w1,
+    near_repeat_distances,
+    near_repeat_fidelity,
+    subpixel_fidelity,
+)
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
 from matdyn.errors import AnalysisError, ConfigError
 
@@ -295,3 +300,33 @@ def test_near_repeat_is_not_checked_when_particles_never_keep_their_places():
     empty = Centres(np.zeros(0, int), np.zeros((0, 2)), np.zeros(0, int), 10)
     s, checks = near_repeat_fidelity(empty, one)
     assert checks == [] and "no observed particle" in s["note"]
+
+
+def test_subpixel_locking_sees_centroids_piled_on_the_pixel_grid():
+    """A nearest-upsampling generator piles centroids on its coarse grid (issue 11, session
+    12): counts, densities and near-repeat distances stay put; the circular W1 of the
+    centroids' fractional parts and the locked share see it."""
+    real = _jittered(400, 0.4, seed=0)
+    fresh = _jittered(400, 0.4, seed=1)
+    rng = np.random.default_rng(2)
+    snap = rng.random(fresh.rc.shape) < 0.3  # 30 % of the coordinates on a pixel centre
+    locked = Centres(fresh.frame, np.where(snap, np.round(fresh.rc), fresh.rc), fresh.area,
+                     fresh.n_frames)
+    s, checks = particle_fidelity(real, fresh, (64, 64))
+    sub = s["subpixel"]
+    assert "subpixel_w1" not in flagged(checks) and sub["w1_px"] < 2 * sub["real_vs_real_px"]
+    assert 0.08 < sub["real_locked_share"] < 0.12 and 0.08 < sub["generated_locked_share"] < 0.12
+    s, checks = particle_fidelity(real, locked, (64, 64))
+    sub = s["subpixel"]
+    assert "subpixel_w1" in flagged(checks)
+    assert sub["generated_locked_share"] == pytest.approx(0.3 + 0.7 * 0.1, abs=0.02)
+    assert s["particles_per_frame"]["ratio"] == 1.0  # the count is blind to it
+    assert sub["baseline_splits"] == 5 and sub["w1_px"] > 5 * sub["real_vs_real_px"]
+    # identical sets: zero; too few centroids: reported, not checked
+    assert particle_fidelity(real, real, (64, 64))[0]["subpixel"]["w1_px"] == 0.0
+    few = real.subset(np.arange(3))
+    s, checks = subpixel_fidelity(few, real)
+    assert "not checked" in s["note"] and checks == []
+    assert circular_w1([0.99], [0.01]) == pytest.approx(0.02)
+    with pytest.raises(ConfigError, match="non-empty"):
+        circular_w1([], [0.5])

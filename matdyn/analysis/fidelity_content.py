@@ -342,7 +342,9 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                       ) -> tuple[dict[str, Any], list[Check]]:
     """Particles per frame, centre-density distances, the near-repeat distance
     (:func:`matdyn.analysis.fidelity_repeats.near_repeat_distances`, summary
-    ``near_repeat``, check ``near_repeat_median``; at most 5 halvings) and per-region
+    ``near_repeat``, check ``near_repeat_median``; at most 5 halvings), sub-pixel locking
+    (:func:`matdyn.analysis.fidelity_repeats.subpixel_fidelity`, summary ``subpixel``, check
+    ``subpixel_w1``; at most 5 halvings) and per-region
     counts, generated vs observed, with real-vs-real baselines over ``n_splits`` random
     halvings of the observed frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
     over three draws on the NP stand-in, issue 11, session 7).
@@ -383,10 +385,17 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                  "real_vs_real_sd": float(np.std(chi2s))},
     }
     checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
-    from matdyn.analysis.fidelity_repeats import NEAR_REPEAT_SPLITS, near_repeat_fidelity
+    from matdyn.analysis.fidelity_repeats import (
+        NEAR_REPEAT_SPLITS,
+        near_repeat_fidelity,
+        subpixel_fidelity,
+    )
 
     out["near_repeat"], c = near_repeat_fidelity(real, generated, seed=seed,
                                                  n_splits=min(n_splits, NEAR_REPEAT_SPLITS))
+    checks += c
+    out["subpixel"], c = subpixel_fidelity(real, generated, seed=seed,
+                                           n_splits=min(n_splits, NEAR_REPEAT_SPLITS))
     checks += c
     if region_map is not None:
         regions, rchecks = _region_fidelity(real, generated, splits, np.asarray(region_map),

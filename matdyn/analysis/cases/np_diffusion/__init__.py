@@ -149,6 +149,14 @@ class NPDiffusionCase:
                      f"observed (ratio {nr['ratio']:.2f}, real-vs-real {nr['real_vs_real_ratio']:.2f}); "
                      "their MC displacements are biased the same way, and the image-wide γ "
                      "calibration hands their share of motion to the other particles")
+        sp = fid["subpixel"]
+        if sp.get("flagged"):
+            ctx.note(f"generated particle centroids sit on the pixel grid more (or less) often than "
+                     f"observed: {100 * sp['generated_locked_share']:.1f} % of coordinates within "
+                     f"{sp['lock_window_px']} px of a pixel centre vs "
+                     f"{100 * sp['real_locked_share']:.1f} % observed (circular W1 "
+                     f"{sp['w1_px']:.3f} px, real-vs-real {sp['real_vs_real_px']:.3f} px); "
+                     "sub-pixel MC displacements are biased by the grid (see model.upsample)")
         return fid
 
     def _plan(self, ctx: CaseContext, n_samples: int, floor: int, mean: bool) -> VariationPlan:

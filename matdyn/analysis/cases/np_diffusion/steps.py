@@ -31,7 +31,7 @@ from matdyn.analysis.fidelity import (
     wasserstein_baseline,
 )
 from matdyn.analysis.fidelity_content import checks_table, mask_centres
-from matdyn.analysis.fidelity_repeats import near_repeat_fidelity
+from matdyn.analysis.fidelity_repeats import near_repeat_fidelity, subpixel_fidelity
 from matdyn.descriptors.differences import EntropyDifference
 from matdyn.descriptors.particles import Binarizer, particle_areas_batch
 from matdyn.errors import AnalysisError, ConfigError
@@ -183,20 +183,23 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
             "baseline": s2_baseline(p["mask_real"], periodic=False, n_repeats=reps, seed=seed),
         },
         "lag1_autocorrelation": {"observed": r1_real, "generated": r1_gen},
-        "near_repeat": _near_repeat(cfg, p, seed),
+        **_positions(cfg, p, seed),
         "_areas": (a_real, a_gen),  # for Fig. 5b; removed before the summary
     }
 
 
-def _near_repeat(cfg: Config, p: dict, seed: int) -> dict[str, Any]:
-    """Near-repeat distance of the particles of the masks above, generated vs observed
-    (:func:`matdyn.analysis.fidelity_repeats.near_repeat_fidelity`, ``flagged``: more than
-    2× its real-vs-real baseline)."""
+def _positions(cfg: Config, p: dict, seed: int) -> dict[str, dict[str, Any]]:
+    """Near-repeat distance and sub-pixel locking of the particles of the masks above,
+    generated vs observed (:mod:`matdyn.analysis.fidelity_repeats`; ``flagged``: more than
+    2× its real-vs-real baseline): ``{"near_repeat": ..., "subpixel": ...}``."""
     real = mask_centres(p["mask_real"], min_area=cfg.min_area)
     gen = mask_centres(p["mask_gen"], min_area=cfg.min_area)
-    out, checks = near_repeat_fidelity(real, gen, n_splits=cfg.baseline_repeats, seed=seed)
-    out["flagged"] = bool(checks and checks[0].flagged())
-    out["check"] = checks_table(checks).get("near_repeat_median")
+    out = {}
+    for key, measure, name in (("near_repeat", near_repeat_fidelity, "near_repeat_median"),
+                               ("subpixel", subpixel_fidelity, "subpixel_w1")):
+        out[key], checks = measure(real, gen, n_splits=cfg.baseline_repeats, seed=seed)
+        out[key]["flagged"] = bool(checks and checks[0].flagged())
+        out[key]["check"] = checks_table(checks).get(name)
     return out
 
 
