@@ -250,11 +250,22 @@ def test_end_to_end_outputs(analysis):
         assert fid[key]["baseline"] == pytest.approx(baseline, rel=1e-3)
     assert fid["particle_area_w1_raw"]["value"] > fid["particle_area_w1_raw"]["baseline"]
     assert fid["particle_area_w1"]["normalize"] == "range"
-    nr = fid["near_repeat"]  # the oracle draws the store's process: no flag, ratio near 1
-    assert nr["r_max_px"] > 1 and nr["n_real"] > 20 and not nr["flagged"]
-    assert abs(1 - nr["ratio"]) < 2 * max(nr["real_vs_real_ratio"] - 1, 0.075)
+    # the oracle's trapped particles wander 0.1 px per unit z, not the store's ~0.36 px: the
+    # near-repeat check sees the difference, and the summary says so in a note
+    nr = fid["near_repeat"]
+    assert nr["r_max_px"] > 1 and nr["n_real"] > 20 and nr["flagged"]
+    assert abs(1 - nr["ratio"]) > 2 * max(nr["real_vs_real_ratio"] - 1, 0.075)
+    sp = fid["subpixel"]  # trackpy centroids with the analysis's locator, both sides
+    assert sp["locator"] == "trackpy" and sp["locate_diameter_px"] >= 3 and "flagged" in sp
+    assert sp["n_real"] > 0 and (sp.get("note") or sp["w1_px"] >= 0)
     # one versioned schema, the same fixed keys for every case
-    assert summary["schema_version"] == 1 and summary["notes"] == []
+    assert summary["schema_version"] == 1
+    # the notes name what is off, nothing else: the still traps and (the oracle's analytic
+    # dips against the store's rendered discs, 111 observed centroids: 2.3x) sub-pixel placement
+    heads = [n.split(":")[0] for n in summary["notes"]]
+    assert heads[0] == "particles that keep their place are drawn too still"
+    assert heads[1:] == (["generated particle centroids sit on the pixel grid less often than "
+                          "observed"] if fid["subpixel"]["flagged"] else [])
     assert summary["config"]["n_refs"] == cfg.n_refs and summary["fit"] == "crop"
     # logged scalars: one key scheme, analysis/<case>/<key>
     keys = set().union(*logged)

@@ -27,6 +27,7 @@ from matdyn.analysis.fidelity_content import (
 )
 from matdyn.analysis.fidelity_repeats import (
     circular_w1,
+    located_subpixel_fidelity,
     near_repeat_distances,
     near_repeat_fidelity,
     subpixel_fidelity,
@@ -304,7 +305,7 @@ def test_near_repeat_is_not_checked_when_particles_never_keep_their_places():
 
 def test_subpixel_locking_sees_centroids_piled_on_the_pixel_grid():
     """A nearest-upsampling generator piles centroids on its coarse grid (issue 11, session
-    12): counts, densities and near-repeat distances stay put; the circular W1 of the
+    13): counts, densities and near-repeat distances stay put; the circular W1 of the
     centroids' fractional parts and the locked share see it."""
     real = _jittered(400, 0.4, seed=0)
     fresh = _jittered(400, 0.4, seed=1)
@@ -312,21 +313,49 @@ def test_subpixel_locking_sees_centroids_piled_on_the_pixel_grid():
     snap = rng.random(fresh.rc.shape) < 0.3  # 30 % of the coordinates on a pixel centre
     locked = Centres(fresh.frame, np.where(snap, np.round(fresh.rc), fresh.rc), fresh.area,
                      fresh.n_frames)
-    s, checks = particle_fidelity(real, fresh, (64, 64))
-    sub = s["subpixel"]
-    assert "subpixel_w1" not in flagged(checks) and sub["w1_px"] < 2 * sub["real_vs_real_px"]
+    sub, checks = subpixel_fidelity(real, fresh)
+    assert flagged(checks) == [] and sub["w1_px"] < 2 * sub["real_vs_real_px"]
     assert 0.08 < sub["real_locked_share"] < 0.12 and 0.08 < sub["generated_locked_share"] < 0.12
-    s, checks = particle_fidelity(real, locked, (64, 64))
-    sub = s["subpixel"]
-    assert "subpixel_w1" in flagged(checks)
+    sub, checks = subpixel_fidelity(real, locked)
+    assert flagged(checks) == ["subpixel_w1"]
     assert sub["generated_locked_share"] == pytest.approx(0.3 + 0.7 * 0.1, abs=0.02)
+    s, _ = particle_fidelity(real, locked, (64, 64))
     assert s["particles_per_frame"]["ratio"] == 1.0  # the count is blind to it
+    assert 0.9 < s["near_repeat"]["ratio"] < 1.1  # and so is the near-repeat distance
     assert sub["baseline_splits"] == 5 and sub["w1_px"] > 5 * sub["real_vs_real_px"]
     # identical sets: zero; too few centroids: reported, not checked
-    assert particle_fidelity(real, real, (64, 64))[0]["subpixel"]["w1_px"] == 0.0
+    assert subpixel_fidelity(real, real)[0]["w1_px"] == 0.0
     few = real.subset(np.arange(3))
     s, checks = subpixel_fidelity(few, real)
     assert "not checked" in s["note"] and checks == []
     assert circular_w1([0.99], [0.01]) == pytest.approx(0.02)
     with pytest.raises(ConfigError, match="non-empty"):
         circular_w1([], [0.5])
+
+
+def _blob_frames(n: int, seed: int, snap: bool) -> np.ndarray:
+    """n frames [n, 48, 48] of 6 dark Gaussian particles (σ 1.5 px) at random sub-pixel
+    places, or (``snap``) at places on a half-pixel grid."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48]
+    out = np.ones((n, 48, 48))
+    for i in range(n):
+        for _ in range(6):
+            r, c = rng.uniform(8, 40, 2)
+            if snap:
+                r, c = np.round(2 * r) / 2, np.round(2 * c) / 2
+            out[i] -= 0.8 * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.5 ** 2))
+    return out
+
+
+def test_located_subpixel_locking_uses_trackpy_centroids():
+    real = _blob_frames(150, 0, False)
+    fresh, _ = located_subpixel_fidelity(real, _blob_frames(150, 1, False))
+    on_grid, checks = located_subpixel_fidelity(real, _blob_frames(150, 1, True)[:, None])
+    assert fresh["locator"] == "trackpy" and fresh["n_real"] > 450
+    assert fresh["w1_px"] < 2 * fresh["real_vs_real_px"]
+    assert flagged(checks) == ["subpixel_w1"]
+    # centroids on the half-pixel grid: fractional parts near 0 and 0.5 only
+    assert on_grid["generated_locked_share"] > 0.3 > 0.15 > fresh["generated_locked_share"]
+    empty, checks = located_subpixel_fidelity(np.ones((4, 48, 48)), real)
+    assert "no particle" in empty["note"] and checks == []

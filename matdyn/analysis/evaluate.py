@@ -54,6 +54,7 @@ from matdyn.analysis.fidelity_content import (
     halvings,
     particle_fidelity,
 )
+from matdyn.analysis.fidelity_repeats import located_subpixel_fidelity
 from matdyn.errors import AnalysisError
 
 __all__ = ["dark_particle_areas", "evaluate_bundle", "fidelity_summary", "generate_frames",
@@ -175,6 +176,9 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
                                                     region_names=region_names, seed=seed)
             out["particles"]["channel"] = channel_names[0]
             out["particles"]["polarity"] = polarity
+            checks += c
+            out["particles"]["subpixel"], c = located_subpixel_fidelity(
+                real[:, 0], generated[:, 0], dark=bool(polarity["dark"]), seed=seed)
             checks += c
     if real.ndim == 5 and real.shape[1] > 1:  # multi-species volumes (brass clumps, §3.4)
         try:

@@ -342,9 +342,7 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                       ) -> tuple[dict[str, Any], list[Check]]:
     """Particles per frame, centre-density distances, the near-repeat distance
     (:func:`matdyn.analysis.fidelity_repeats.near_repeat_distances`, summary
-    ``near_repeat``, check ``near_repeat_median``; at most 5 halvings), sub-pixel locking
-    (:func:`matdyn.analysis.fidelity_repeats.subpixel_fidelity`, summary ``subpixel``, check
-    ``subpixel_w1``; at most 5 halvings) and per-region
+    ``near_repeat``, check ``near_repeat_median``; at most 5 halvings) and per-region
     counts, generated vs observed, with real-vs-real baselines over ``n_splits`` random
     halvings of the observed frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
     over three draws on the NP stand-in, issue 11, session 7).

@@ -151,7 +151,8 @@ class NPDiffusionCase:
                      "calibration hands their share of motion to the other particles")
         sp = fid["subpixel"]
         if sp.get("flagged"):
-            ctx.note(f"generated particle centroids sit on the pixel grid more (or less) often than "
+            how = "more" if sp["generated_locked_share"] > sp["real_locked_share"] else "less"
+            ctx.note(f"generated particle centroids sit on the pixel grid {how} often than "
                      f"observed: {100 * sp['generated_locked_share']:.1f} % of coordinates within "
                      f"{sp['lock_window_px']} px of a pixel centre vs "
                      f"{100 * sp['real_locked_share']:.1f} % observed (circular W1 "

@@ -31,7 +31,7 @@ from matdyn.analysis.fidelity import (
     wasserstein_baseline,
 )
 from matdyn.analysis.fidelity_content import checks_table, mask_centres
-from matdyn.analysis.fidelity_repeats import near_repeat_fidelity, subpixel_fidelity
+from matdyn.analysis.fidelity_repeats import located_subpixel_fidelity, near_repeat_fidelity
 from matdyn.descriptors.differences import EntropyDifference
 from matdyn.descriptors.particles import Binarizer, particle_areas_batch
 from matdyn.errors import AnalysisError, ConfigError
@@ -142,6 +142,7 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
     """Noise checks, then particle-area W1, SWD and S₂ with real-vs-real baselines (Fig. 5a/b)."""
     seed, reps = ctx.seed, cfg.baseline_repeats
     r1_real, r1_gen = _check_not_noise(real, gen, cfg)
+    subpixel = _subpixel(ctx, cfg, real, gen)  # before the sign flip: the locator reads dark_particles
     if cfg.dark_particles is False:  # the segmentation reads dips: bright particles, negated
         real, gen = -real, -gen
     p = _particles(ctx, cfg, real, gen)
@@ -183,24 +184,41 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
             "baseline": s2_baseline(p["mask_real"], periodic=False, n_repeats=reps, seed=seed),
         },
         "lag1_autocorrelation": {"observed": r1_real, "generated": r1_gen},
-        **_positions(cfg, p, seed),
+        "near_repeat": _near_repeat(cfg, p, seed),
+        "subpixel": subpixel,
         "_areas": (a_real, a_gen),  # for Fig. 5b; removed before the summary
     }
 
 
-def _positions(cfg: Config, p: dict, seed: int) -> dict[str, dict[str, Any]]:
-    """Near-repeat distance and sub-pixel locking of the particles of the masks above,
-    generated vs observed (:mod:`matdyn.analysis.fidelity_repeats`; ``flagged``: more than
-    2× its real-vs-real baseline): ``{"near_repeat": ..., "subpixel": ...}``."""
+def _flag(out: dict[str, Any], checks: list, name: str) -> dict[str, Any]:
+    out["flagged"] = bool(checks and checks[0].flagged())
+    out["check"] = checks_table(checks).get(name)
+    return out
+
+
+def _near_repeat(cfg: Config, p: dict, seed: int) -> dict[str, Any]:
+    """Near-repeat distance of the particles of the masks above, generated vs observed
+    (:func:`matdyn.analysis.fidelity_repeats.near_repeat_fidelity`, ``flagged``: more than
+    2× its real-vs-real baseline)."""
     real = mask_centres(p["mask_real"], min_area=cfg.min_area)
     gen = mask_centres(p["mask_gen"], min_area=cfg.min_area)
-    out = {}
-    for key, measure, name in (("near_repeat", near_repeat_fidelity, "near_repeat_median"),
-                               ("subpixel", subpixel_fidelity, "subpixel_w1")):
-        out[key], checks = measure(real, gen, n_splits=cfg.baseline_repeats, seed=seed)
-        out[key]["flagged"] = bool(checks and checks[0].flagged())
-        out[key]["check"] = checks_table(checks).get(name)
-    return out
+    out, checks = near_repeat_fidelity(real, gen, n_splits=cfg.baseline_repeats, seed=seed)
+    return _flag(out, checks, "near_repeat_median")
+
+
+def _subpixel(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -> dict[str, Any]:
+    """Sub-pixel locking of trackpy centroids, generated vs observed, with the locator the
+    Monte Carlo displacements use (:func:`matdyn.analysis.fidelity_repeats.located_subpixel_fidelity`,
+    ``flagged``: more than 2× its real-vs-real baseline)."""
+    from matdyn.analysis.cases.np_diffusion.particles import locate_params
+
+    try:
+        params, _ = locate_params(ctx, cfg, real)
+    except AnalysisError as e:
+        return {"note": f"not checked: {e}"}
+    out, checks = located_subpixel_fidelity(real, gen, params=params,
+                                            n_splits=cfg.baseline_repeats, seed=ctx.seed)
+    return _flag(out, checks, "subpixel_w1")
 
 
 # ----------------------------------------------------------------------------- filter
