@@ -35,7 +35,8 @@ def test_summary_copy_has_no_flags_and_dropped_lanes_are_flagged(np64):
     assert s["flags"] == [], s["checks"]
     assert set(s["particles"]["regions"]) == set(MODE_NAMES)
     assert {"swd", "intensity_w1.phase", "particle_area_w1", "region_ratio.directed",
-            "centre_density_emd"} <= set(s["checks"])
+            "centre_density_emd", "subpixel_w1"} <= set(s["checks"])
+    assert s["particles"]["subpixel"]["locator"] == "trackpy"  # the MC's locator, once
     erased = frames[perm[200:]].copy()
     for img in erased[:, 0]:
         img[rm == 0] = np.median(img)

@@ -152,6 +152,8 @@ def fidelity_summary(generated: np.ndarray, real: np.ndarray, *, channel_names: 
     measure the particles of channel 0, dark or bright (None: any 1-channel 2D set).
     ``region_map`` [H, W] at the frames' size and ``region_names``: planted regions (NP stand-in).
     ``stages``: one label per real frame for the composition's stage mix (multi-channel 3D).
+    Particle sets also get ``particles.subpixel``: sub-pixel locking of trackpy centroids
+    (:func:`matdyn.analysis.fidelity_repeats.located_subpixel_fidelity`).
     """
     if generated.shape[1:] != real.shape[1:]:
         raise AnalysisError(f"generated frames {generated.shape[1:]} and observed frames "

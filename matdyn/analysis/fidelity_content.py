@@ -383,17 +383,10 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
                  "real_vs_real_sd": float(np.std(chi2s))},
     }
     checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
-    from matdyn.analysis.fidelity_repeats import (
-        NEAR_REPEAT_SPLITS,
-        near_repeat_fidelity,
-        subpixel_fidelity,
-    )
+    from matdyn.analysis.fidelity_repeats import NEAR_REPEAT_SPLITS, near_repeat_fidelity
 
     out["near_repeat"], c = near_repeat_fidelity(real, generated, seed=seed,
                                                  n_splits=min(n_splits, NEAR_REPEAT_SPLITS))
-    checks += c
-    out["subpixel"], c = subpixel_fidelity(real, generated, seed=seed,
-                                           n_splits=min(n_splits, NEAR_REPEAT_SPLITS))
     checks += c
     if region_map is not None:
         regions, rchecks = _region_fidelity(real, generated, splits, np.asarray(region_map),
