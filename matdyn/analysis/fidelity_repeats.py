@@ -16,9 +16,9 @@ centroids onto it; the locked share and the circular W1 against the observed cen
 it where counts, densities and near-repeat distances cannot. Centroids come from trackpy's
 locator (:func:`located_subpixel_fidelity`, the one the Monte Carlo displacements use):
 binary-mask centroids of small particles are quantised by the mask's shape, which swamps the
-generator's grid (on held-out NP stand-ins d and e, mask centroids put nearest- and
+generator's grid (on held-out NP stand-ins d and e, seed 0, mask centroids put nearest- and
 linear-upsampling generators alike at 4.3-4.9× the baseline; trackpy centroids at 5.5-5.7×
-against 2.6-3.4×, issue 11, session 13).
+against 2.6-3.4×; a second nearest training on d: 2.0×, issue 11, session 13).
 """
 
 from __future__ import annotations
