@@ -33,6 +33,7 @@ from matdyn.analysis.fidelity_repeats import (
     subpixel_fidelity,
 )
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
+from matdyn.dynamics.locate import estimate_locate_params, estimate_locate_params_from
 from matdyn.errors import AnalysisError, ConfigError
 
 
@@ -350,11 +351,19 @@ def _blob_frames(n: int, seed: int, snap: bool) -> np.ndarray:
 
 def test_located_subpixel_locking_uses_trackpy_centroids():
     real = _blob_frames(150, 0, False)
-    fresh, _ = located_subpixel_fidelity(real, _blob_frames(150, 1, False))
+    fresh, fresh_checks = located_subpixel_fidelity(real, _blob_frames(150, 1, False))
     on_grid, checks = located_subpixel_fidelity(real, _blob_frames(150, 1, True)[:, None])
     assert fresh["locator"] == "trackpy" and fresh["n_real"] > 450
-    assert fresh["w1_px"] < 2 * fresh["real_vs_real_px"]
-    assert flagged(checks) == ["subpixel_w1"]
+    assert fresh["w1_px"] < 2 * fresh["real_vs_real_px"] and flagged(fresh_checks) == []
+    assert flagged(checks) == ["subpixel_w1"] and on_grid["w1_px"] > 3 * fresh["w1_px"]
+    # both sides located with the settings estimated on the first observed frame with a
+    # particle (blank frames are skipped)
+    blank_first = np.concatenate([np.ones((2, 48, 48)), real])
+    params, i = estimate_locate_params_from(blank_first)
+    assert i == 2 and params == estimate_locate_params(real[0])
+    assert on_grid["locate_diameter_px"] == params.diameter
+    with pytest.raises(AnalysisError, match="no particle"):
+        estimate_locate_params_from(np.ones((3, 48, 48)))
     # centroids on the half-pixel grid: fractional parts near 0 and 0.5 only
     assert on_grid["generated_locked_share"] > 0.3 > 0.15 > fresh["generated_locked_share"]
     empty, checks = located_subpixel_fidelity(np.ones((4, 48, 48)), real)

@@ -219,18 +219,14 @@ def located_subpixel_fidelity(real: Any, gen: Any, *, dark: bool = True, params:
     :func:`~matdyn.dynamics.locate.estimate_locate_params` on the first of up to 8 observed
     frames with a visible particle, ``dark`` for dips). No particle located: the summary says
     so in ``note``, no check."""
-    from matdyn.dynamics.locate import estimate_locate_params
+    from matdyn.dynamics.locate import estimate_locate_params_from
     from matdyn.errors import AnalysisError
 
     real, gen = np.asarray(real), np.asarray(gen)
     if params is None:
-        for frame in real[:8]:
-            try:
-                params = estimate_locate_params(frame, dark=dark)
-                break
-            except AnalysisError:
-                continue
-        else:
+        try:
+            params, _ = estimate_locate_params_from(real, dark=dark)
+        except AnalysisError:
             return {"note": "no particle located in the first observed frames: not checked"}, []
     out, checks = subpixel_fidelity(located_centres(real, params), located_centres(gen, params),
                                     n_splits=n_splits, seed=seed)

@@ -25,8 +25,8 @@ import numpy as np
 
 from matdyn.errors import AnalysisError, ConfigError
 
-__all__ = ["POLARITY_MIN_SKEW", "LocateParams", "Located", "estimate_locate_params", "locate_stack",
-           "particle_polarity"]
+__all__ = ["POLARITY_MIN_SKEW", "LocateParams", "Located", "estimate_locate_params",
+           "estimate_locate_params_from", "locate_stack", "particle_polarity"]
 
 
 @dataclass(frozen=True)
@@ -233,6 +233,21 @@ def estimate_locate_params(reference: np.ndarray, *, dark: bool = True,
         hi = mass[mass > threshold_otsu(mass)] if np.ptp(mass) > 0 else mass
         minmass = 0.5 * float(np.median(hi if hi.size else mass))
     return LocateParams(diameter=int(diameter), minmass=float(minmass), dark=dark)
+
+
+def estimate_locate_params_from(frames: np.ndarray, *, dark: bool = True,
+                                diameter: int | None = None, minmass: float | None = None,
+                                max_frames: int = 8) -> tuple[LocateParams, int]:
+    """:func:`estimate_locate_params` on the first of up to ``max_frames`` frames
+    [T, H, W] or [T, 1, H, W] with a visible particle: ``(params, index of that frame)``.
+    Raises :class:`AnalysisError` when none of them shows one."""
+    for i, frame in enumerate(np.asarray(frames)[: max(0, int(max_frames))]):
+        try:
+            return estimate_locate_params(frame, dark=dark, diameter=diameter,
+                                          minmass=minmass), i
+        except AnalysisError:
+            continue
+    raise AnalysisError(f"no particle located in the first {max_frames} frames")
 
 
 #: |skewness| of the pixel values below this does not tell which side the particles are on

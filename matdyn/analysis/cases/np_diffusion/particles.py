@@ -22,7 +22,11 @@ import pandas as pd
 from matdyn.analysis.case import CaseContext, finite_or_none, stats
 from matdyn.analysis.cases.np_diffusion.config import Config
 from matdyn.analysis.clustering import HACResult, hac, trimmed_hac
-from matdyn.dynamics.locate import LocateParams, estimate_locate_params
+from matdyn.dynamics.locate import (
+    LocateParams,
+    estimate_locate_params,
+    estimate_locate_params_from,
+)
 from matdyn.errors import AnalysisError
 
 PREFIX = "particles"
@@ -42,11 +46,14 @@ def locate_params(ctx: CaseContext, cfg: Config,
         return estimate_locate_params(img, dark=cfg.dark_particles,
                                       diameter=cfg.locate_diameter, minmass=cfg.locate_minmass)
 
-    for i in range(0 if observed is None else min(len(observed), 8)):
+    if observed is not None:
         try:
-            return estimate(observed[i, 0]), f"observed frame {i}"
+            params, i = estimate_locate_params_from(
+                observed[:, 0], dark=cfg.dark_particles, diameter=cfg.locate_diameter,
+                minmass=cfg.locate_minmass)
+            return params, f"observed frame {i}"
         except AnalysisError:
-            continue
+            pass
     for i in range(min(cfg.n_refs, 8)):  # the first references, as the engine draws them
         z, _ = ctx.variation_latents(i, 1)
         try:
