@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from matdyn.models.layers import channels_last_format
+from matdyn.models.layers import canonical_memory_format, channels_last_format
 from matdyn.models.pggan import Discriminator, Generator, stage_resolution
 from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
 
@@ -159,12 +159,16 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
     """
     n = real.shape[0]
     z = torch.randn(n, G.latent_dim, device=device)
+    w = D.head[1].weight  # critic inputs in the critic's layout, as PGGANModule._fmt does
+    fmt = channels_last_format(real.dim() - 2) if w.is_contiguous(
+        memory_format=channels_last_format(w.dim() - 2)) and not w.is_contiguous() else None
+    real = canonical_memory_format(real, fmt)
     with _autocast(bf16, device):
         with torch.no_grad():
-            fake = G(z, stage, alpha)
-        real_s, fake_s = D(real, stage, alpha), D(fake.float(), stage, alpha)
+            fake = canonical_memory_format(G(z, stage, alpha).float(), fmt)
+        real_s, fake_s = D(real, stage, alpha), D(fake, stage, alpha)
         loss_d = critic_loss(real_s.float(), fake_s.float()) + drift_penalty(real_s.float())
-        gp = gradient_penalty(lambda x: D(x, stage, alpha).float(), real, fake.float().detach())
+        gp = gradient_penalty(lambda x: D(x, stage, alpha).float(), real, fake.detach())
     opt_d.zero_grad(set_to_none=True)
     (loss_d + gp).backward()
     opt_d.step()
@@ -172,7 +176,8 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
     # PGGANModule.training_step (no critic weight gradients are computed there)
     D.requires_grad_(False)
     with _autocast(bf16, device):
-        loss_g = generator_loss(D(G(z, stage, alpha), stage, alpha).float())
+        loss_g = generator_loss(D(canonical_memory_format(G(z, stage, alpha), fmt), stage,
+                                  alpha).float())
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     opt_g.step()

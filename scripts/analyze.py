@@ -18,6 +18,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from matdyn.allocator import reuse_freed_memory
 from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
 
@@ -45,6 +46,7 @@ def main(cfg: DictConfig) -> None:
                           "one directory that all shards and the merge share")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    reuse_freed_memory()  # large decoded batches without page faults (matdyn.allocator)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     out = project_path(cfg.out_dir) if cfg.out_dir else hydra_output_dir()
     summary = run_analysis(

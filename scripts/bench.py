@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from matdyn.allocator import reuse_freed_memory
 from matdyn.benchmarks import (
     ANCHOR_FILTERS,
     ANCHOR_GEN,
@@ -187,6 +188,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    malloc_tuned = reuse_freed_memory()  # as the entry points (MATDYN_SYSTEM_MALLOC=1: without)
     if a.rss_child:
         _rss_child(*a.rss_child)
         return
@@ -204,7 +206,8 @@ def main() -> None:
                   file=sys.stderr)
             raise SystemExit(2)
     out: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "loadavg": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                 "loadavg": os.getloadavg()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "reuse_freed_memory": malloc_tuned}
     if a.smoke:
         a.repeats = 1
     t_start = time.perf_counter()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from matdyn.allocator import reuse_freed_memory
 from matdyn.cli import entry_point, guarded, hydra_output_dir, project_path
 from matdyn.errors import ConfigError
 
@@ -43,6 +44,7 @@ def main(cfg: DictConfig) -> float:
         raise ConfigError("bundle is required: bundle=<run>/generator.pt (written by scripts/train.py)")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    reuse_freed_memory()  # large decoded batches without page faults (matdyn.allocator)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     sweep_root = project_path(hc.sweep.dir if multirun else hc.runtime.output_dir)

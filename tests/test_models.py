@@ -163,6 +163,15 @@ def test_fade_branch_is_skipped_at_alpha_one_without_changing_the_result(ndim):
         assert calls == []  # the previous stage's to-image layer did not run
         blended = g(z, 2, torch.tensor(1.0))  # a tensor alpha always blends (static graphs)
     assert calls == [1] and torch.equal(skipped, blended)
+    # the critic alike: its previous from-image layer runs only when blending
+    _, d = _nets(ndim, 1)
+    seen = []
+    d.from_image[1].register_forward_hook(lambda *_: seen.append(1))
+    x = torch.randn(4, 1, *(16,) * ndim)
+    skipped, blended = d(x, 2, 1.0), d(x, 2, torch.tensor(1.0))
+    assert seen == [1] and torch.equal(skipped, blended)
+    skipped.sum().backward()
+    assert d.from_image[1][0].weight.grad is None and d.from_image[2][0].weight.grad is not None
 
 
 def test_bf16_autocast_keeps_a_float32_output_layer():
@@ -277,3 +286,80 @@ def test_linear_upsampling_generator_keeps_shapes_fade_and_config(ndim):
         assert torch.equal(rebuilt(z, 2, 1.0), g(z, 2, 1.0))
     with pytest.raises(ValueError, match="upsample must be"):
         Generator(latent_dim=8, filters=FILTERS, upsample="bicubic")
+
+
+def _penalty_grads(d, x_real, x_fake, mix, stage, alpha, *, penalty_pass, bf16=False):
+    """Critic parameter gradients of the gradient penalty, with or without penalty_pass."""
+    import contextlib
+
+    import matdyn.training.losses as losses
+    from matdyn.models import layers
+
+    d.zero_grad(set_to_none=True)
+    saved = losses.penalty_pass
+    losses.penalty_pass = layers.penalty_pass if penalty_pass else contextlib.nullcontext
+    try:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            gp = losses.gradient_penalty(lambda x: d(x, stage, alpha).float(), x_real, x_fake,
+                                         gp_mix=mix)
+            gp.backward()
+    finally:
+        losses.penalty_pass = saved
+    return gp.detach(), {n: (torch.zeros_like(p) if p.grad is None else p.grad.clone())
+                         for n, p in d.named_parameters()}
+
+
+@pytest.mark.parametrize("ndim,channels_last,alpha", [(2, False, 0.5), (2, True, 1.0),
+                                                      (3, False, 0.3)])
+def test_penalty_pass_gives_the_penalty_and_its_gradients_of_plain_autograd(ndim, channels_last,
+                                                                            alpha):
+    """penalty_pass (input-gradient-only convs and LeakyReLUs in the penalty's critic pass)
+    changes the cost of the second-order backward, not its values: same penalty, same
+    gradient for every critic parameter (biases and the minibatch-stddev path included)."""
+    torch.manual_seed(1)
+    d = Discriminator(channels=2, ndim=ndim, filters=[16, 16, 8])
+    real, fake = torch.randn(2, 4, 2, *(16,) * ndim)
+    if channels_last:
+        d = d.to(memory_format=torch.channels_last)
+    mix = torch.rand(4)
+    gp_fast, fast = _penalty_grads(d, real, fake, mix, 2, alpha, penalty_pass=True)
+    gp_ref, ref = _penalty_grads(d, real, fake, mix, 2, alpha, penalty_pass=False)
+    assert torch.equal(gp_fast, gp_ref)
+    nonzero = [n for n in ref if ref[n].abs().max() > 0]
+    assert any(n.endswith("bias") for n in nonzero)  # the curved (mbstd) path reaches biases
+    for n in ref:
+        scale = ref[n].abs().max().clamp_min(1e-6)
+        assert (fast[n] - ref[n]).abs().max() / scale < 1e-4, n
+
+
+def test_penalty_pass_keeps_first_order_gradients_and_bf16_penalty_gradients():
+    """Outside create_graph, a critic pass recorded under penalty_pass back-propagates the full
+    first-order gradients (inputs, weights, biases). Under bf16 autocast its penalty gradients
+    stay within a few % of float32 for every conv weight (torch 2.13's own conv double backward
+    misses most of them on CPU: README, Performance)."""
+    from matdyn.models.layers import penalty_pass
+
+    torch.manual_seed(2)
+    d = Discriminator(channels=1, ndim=2, filters=[32, 32, 16]).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 16, 16, requires_grad=True)
+    d(x, 2, 0.5).square().sum().backward()
+    ref = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+    ref["x"] = x.grad.clone()
+    d.zero_grad(set_to_none=True)
+    x.grad = None
+    with penalty_pass():
+        d(x, 2, 0.5).square().sum().backward()
+    got = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
+    got["x"] = x.grad.clone()
+    assert got.keys() == ref.keys() and any(n.endswith("bias") for n in got)
+    for n in ref:
+        assert torch.allclose(got[n], ref[n], rtol=1e-4, atol=1e-6), n
+
+    real, fake = torch.randn(2, 8, 1, 16, 16)
+    mix = torch.rand(8)
+    _, f32 = _penalty_grads(d, real, fake, mix, 2, 0.5, penalty_pass=False)
+    _, b16 = _penalty_grads(d, real, fake, mix, 2, 0.5, penalty_pass=True, bf16=True)
+    convs = [n for n in f32 if n.endswith("weight") and f32[n].dim() == 4 and f32[n].norm() > 0]
+    assert len(convs) >= 5
+    for n in convs:
+        assert (b16[n] - f32[n]).norm() / f32[n].norm() < 0.1, n

@@ -17,7 +17,9 @@ allows it (fresh memory is a large part of the cost of an elementwise pass on CP
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +50,91 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
 
 
+def canonical_memory_format(x: torch.Tensor, fmt: torch.memory_format | None) -> torch.Tensor:
+    """x with channels-last strides when ``fmt`` is a channels-last format (else x as is).
+    With 1-3 channels a tensor can count as contiguous in both layouts (stride 1 on channels
+    is then not required), and a conv given such an input picks the NCHW layout for its
+    output, so the layer after it runs in the slower mixed layout; a copy fixes the strides."""
+    if fmt is None or x.stride(1) == 1:
+        return x
+    return torch.empty_like(x, memory_format=fmt).copy_(x)
+
+
 def assert_shape(x: torch.Tensor, shape: Sequence[int | None]) -> None:
     """Check ``x.shape`` against ``shape``; ``None`` entries match any size."""
     if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
         raise AssertionError(f"expected a tensor shaped {list(shape)}, got {list(x.shape)}")
+
+
+_PENALTY = threading.local()
+
+
+@contextmanager
+def penalty_pass() -> Iterator[None]:
+    """Within this context, :class:`EqualizedConv` and :func:`lrelu` modules record
+    input-gradient-only autograd functions (module docstring): use it for the critic pass
+    whose input gradient the gradient penalty takes (``autograd.grad(..., x, create_graph=True)``).
+    First-order gradients of that pass reach the input only (weights and biases get
+    none); second-order gradients reach the weights as usual."""
+    before = getattr(_PENALTY, "on", False)
+    _PENALTY.on = True
+    try:
+        yield
+    finally:
+        _PENALTY.on = before
+
+
+def in_penalty_pass() -> bool:
+    return getattr(_PENALTY, "on", False)
+
+
+class _InputGradConv(torch.autograd.Function):
+    """Stride-1 'same' conv for :func:`penalty_pass`. Its backward, when autograd builds a
+    graph of it (the penalty's ``create_graph=True`` pass), is ``conv_transpose(grad, w)``:
+    the input gradient only, differentiable in grad and w. Otherwise (the loss's ordinary
+    backward, which also runs through this node for terms that curve, e.g. the minibatch
+    stddev) it is the full first-order ``convolution_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, padding: int):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.has_bias = padding, b is not None
+        conv = F.conv2d if x.dim() == 4 else F.conv3d
+        return conv(x, w, b, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, w = ctx.saved_tensors
+        n = grad.dim() - 2
+        if _is_channels_last(grad):
+            w = w.contiguous(memory_format=channels_last_format(n))
+        if torch.is_grad_enabled():  # the penalty's pass: input gradient, differentiable
+            convt = F.conv_transpose2d if n == 2 else F.conv_transpose3d
+            return convt(grad, w.to(grad.dtype), padding=ctx.padding).to(x.dtype), None, None, None
+        need = ctx.needs_input_grad
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x.to(grad.dtype), w.to(grad.dtype), [w.shape[0]] if ctx.has_bias else None,
+            [1] * n, [ctx.padding] * n, [1] * n, False, [0] * n, 1,
+            [need[0], need[1], need[2] and ctx.has_bias])
+        return (None if gx is None else gx.to(x.dtype), None if gw is None else gw.to(w.dtype),
+                None if gb is None else gb.float(), None)
+
+
+class _InputGradLeakyReLU(torch.autograd.Function):
+    """LeakyReLU whose backward reads the output detached: its second-order backward has no
+    (all-zero) gradient for the activation to allocate and add."""
+
+    @staticmethod
+    def forward(ctx, x, slope: float):  # noqa: ANN001, ANN205
+        y = F.leaky_relu(x, slope)
+        ctx.save_for_backward(y)
+        ctx.slope = slope
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.leaky_relu_backward(grad, y.detach(), ctx.slope, True), None
 
 
 class EqualizedConv(nn.Module):
@@ -75,6 +158,8 @@ class EqualizedConv(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_penalty_pass() and torch.is_grad_enabled():
+            return _InputGradConv.apply(x, self.weight * self.scale, self.bias, self.padding)
         conv = F.conv2d if self.ndim == 2 else F.conv3d
         return conv(x, self.weight * self.scale, self.bias, padding=self.padding)
 
@@ -193,7 +278,16 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2) if x.dim() == 4 else F.avg_pool3d(x, 2)
 
 
-def lrelu(inplace: bool = False) -> nn.LeakyReLU:
+class LeakyReLU(nn.LeakyReLU):
+    """nn.LeakyReLU that records :class:`_InputGradLeakyReLU` inside :func:`penalty_pass`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if in_penalty_pass() and torch.is_grad_enabled() and x.requires_grad:
+            return _InputGradLeakyReLU.apply(x, self.negative_slope)
+        return super().forward(x)
+
+
+def lrelu(inplace: bool = False) -> LeakyReLU:
     """LeakyReLU with slope 0.2 (PGGAN §A.1); ``inplace`` only on intermediate tensors
     (autograd keeps the result, which is enough for its gradient at a positive slope)."""
-    return nn.LeakyReLU(LRELU_SLOPE, inplace=inplace)
+    return LeakyReLU(LRELU_SLOPE, inplace=inplace)

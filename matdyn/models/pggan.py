@@ -21,8 +21,9 @@ Configuration). The critic always downsamples by 2×2 averaging.
 Control flow in ``forward`` depends only on ``stage`` (a Python int), so each stage traces to
 one static graph (torch.compile, channels_last, bf16 autocast); ``fade_alpha`` may be a
 float or a 0-dim tensor (a tensor avoids recompiling as alpha changes). A float alpha of
-exactly 1 skips the generator's fade branch (the previous stage's to-image layer), which
-cannot change the result. Under autocast (bf16) the generator's 1×1 to-image layers run in
+exactly 1 skips the fade branches (the generator's previous to-image layer, the critic's
+previous from-image layer on the downsampled input), which cannot change the result; the
+skipped layer gets no gradient instead of a zero one. Under autocast (bf16) the generator's 1×1 to-image layers run in
 float32, so images are float32 with full resolution of grey levels.
 """
 
@@ -272,8 +273,10 @@ class Discriminator(nn.Module):
         h = self.from_image[stage](x)  # [N, filters[stage], R...]
         if stage > 0:
             h = self.blocks[stage - 1](h)  # [N, filters[stage-1], R/2...]
-            # fade-in: previous stage's from-image on the downsampled input
-            h = _blend(self.from_image[stage - 1](downsample(x)), h, fade_alpha)
+            if not _is_one(fade_alpha):
+                # fade-in: previous stage's from-image on the downsampled input (skipped at a
+                # Python alpha of exactly 1, where lerp returns h bit for bit)
+                h = _blend(self.from_image[stage - 1](downsample(x)), h, fade_alpha)
             # shrink: remaining blocks down to 4 px
             for k in range(stage - 1, 0, -1):
                 h = self.blocks[k - 1](h)

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from matdyn.allocator import reuse_freed_memory
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.io import write_json_atomic
 from matdyn.models.layers import UPSAMPLE_MODES
@@ -358,6 +359,7 @@ def run_training(
                           f"with ckpt_path={run_dir}, or train into another hydra.run.dir")
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
+    reuse_freed_memory()  # no page faults on every large activation (matdyn.allocator)
     if torch.cuda.is_available() and cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(str(cfg.matmul_precision))
     parts = build(cfg, run_dir, cuda, extra_callbacks)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from matdyn.models.layers import penalty_pass
+
 GP_WEIGHT = 10.0  # λ of WGAN-GP (Gulrajani et al.; PGGAN §A.1)
 DRIFT_WEIGHT = 1e-3  # ε_drift of PGGAN §A.1: keeps critic scores near zero
 
@@ -45,7 +47,8 @@ def gradient_penalty(
         gp_mix = torch.rand(n, device=real.device, dtype=real.dtype)
     mix = gp_mix.to(real.dtype).view(n, *(1,) * (real.dim() - 1))  # [N, 1, 1, ...]
     x_hat = torch.lerp(real.detach(), fake.detach().to(real.dtype), mix).requires_grad_(True)
-    scores = critic(x_hat)  # [N]
+    with penalty_pass():  # input-gradient-only layers: cheaper second-order backward
+        scores = critic(x_hat)  # [N]
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     norm = grad.float().flatten(1).norm(dim=1)  # [N]
     return weight * (norm - 1.0).square().mean()

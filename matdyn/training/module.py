@@ -41,7 +41,7 @@ from torch import nn
 
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.models import Discriminator, Generator, downsample, stage_resolution, upsample
-from matdyn.models.layers import channels_last_format
+from matdyn.models.layers import canonical_memory_format, channels_last_format
 from matdyn.training.losses import (
     DRIFT_WEIGHT,
     GP_WEIGHT,
@@ -198,9 +198,7 @@ class PGGANModule(pl.LightningModule):
     def _fmt(self, x: torch.Tensor) -> torch.Tensor:
         """Critic inputs in one layout (with 1-3 channels a conv output's strides can differ
         from a converted batch's; compiled graphs would be built for each)."""
-        if self._memory_format is None or x.stride(1) == 1:  # canonical channels_last: stride 1
-            return x
-        return torch.empty_like(x, memory_format=self._memory_format).copy_(x)
+        return canonical_memory_format(x, self._memory_format)
 
     def _critic_eager(self, x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
         return self.discriminator(x, self.stage, alpha).float()
