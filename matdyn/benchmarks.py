@@ -20,7 +20,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from matdyn.models.layers import canonical_memory_format, channels_last_format
+from matdyn.models.layers import (
+    canonical_memory_format,
+    channels_last_format,
+    is_channels_last,
+)
 from matdyn.models.pggan import Discriminator, Generator, stage_resolution
 from matdyn.training.losses import critic_loss, drift_penalty, generator_loss, gradient_penalty
 
@@ -159,9 +163,8 @@ def wgan_gp_step(G: Generator, D: Discriminator, opt_g, opt_d, real: torch.Tenso
     """
     n = real.shape[0]
     z = torch.randn(n, G.latent_dim, device=device)
-    w = D.head[1].weight  # critic inputs in the critic's layout, as PGGANModule._fmt does
-    fmt = channels_last_format(real.dim() - 2) if w.is_contiguous(
-        memory_format=channels_last_format(w.dim() - 2)) and not w.is_contiguous() else None
+    # critic inputs in the critic's layout, as PGGANModule._fmt does
+    fmt = channels_last_format(real.dim() - 2) if is_channels_last(D.head[1].weight) else None
     real = canonical_memory_format(real, fmt)
     with _autocast(bf16, device):
         with torch.no_grad():

@@ -12,6 +12,16 @@ transposed conv with a 4-tap kernel folded from the 3×3 one
 rounding, with 16/36 of the multiply-adds in 2D (64/216 in 3D) and no upsampled tensor in
 memory. Activations and pixel norm work in place on intermediate tensors where autograd
 allows it (fresh memory is a large part of the cost of an elementwise pass on CPU).
+
+Gradient penalty (issue 15): inside :func:`penalty_pass` the convs and LeakyReLUs record
+autograd functions whose backward, when autograd builds a graph of it (the penalty's
+``create_graph=True`` pass), gives the input gradient only, written as a transposed conv and a
+LeakyReLU backward on detached activations. The penalty's second-order backward then runs as
+ordinary convolution backward calls; torch's own double backward of a conv computes the
+weight gradient as a convolution with batch and channels swapped (a 64×64 "kernel" at 64 px,
+plus two transposed copies), allocates an all-zero gradient for every LeakyReLU input, and
+under CPU bf16 autocast (torch 2.13) gets the 3×3 conv weights' penalty gradients wrong
+(README, Performance). Same values as plain autograd up to float rounding (tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ def channels_last_format(ndim: int) -> torch.memory_format:
     return torch.channels_last if ndim == 2 else torch.channels_last_3d
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when x ([N, C, *S], 2D or 3D) is stored channels-last and is not also contiguous."""
     if x.dim() not in (4, 5):
         return False
     fmt = channels_last_format(x.dim() - 2)
@@ -74,8 +85,9 @@ def penalty_pass() -> Iterator[None]:
     """Within this context, :class:`EqualizedConv` and :func:`lrelu` modules record
     input-gradient-only autograd functions (module docstring): use it for the critic pass
     whose input gradient the gradient penalty takes (``autograd.grad(..., x, create_graph=True)``).
-    First-order gradients of that pass reach the input only (weights and biases get
-    none); second-order gradients reach the weights as usual."""
+    A backward that builds a graph (``create_graph=True``) gives that pass's input gradient
+    only (no weight or bias gradients); an ordinary backward gives all first-order gradients;
+    second-order gradients reach the weights as usual."""
     before = getattr(_PENALTY, "on", False)
     _PENALTY.on = True
     try:
@@ -99,6 +111,7 @@ class _InputGradConv(torch.autograd.Function):
     def forward(ctx, x, w, b, padding: int):  # noqa: ANN001, ANN205
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.has_bias = padding, b is not None
+        ctx.b_dtype = None if b is None else b.dtype
         conv = F.conv2d if x.dim() == 4 else F.conv3d
         return conv(x, w, b, padding=padding)
 
@@ -106,7 +119,7 @@ class _InputGradConv(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, w = ctx.saved_tensors
         n = grad.dim() - 2
-        if _is_channels_last(grad):
+        if is_channels_last(grad):
             w = w.contiguous(memory_format=channels_last_format(n))
         if torch.is_grad_enabled():  # the penalty's pass: input gradient, differentiable
             convt = F.conv_transpose2d if n == 2 else F.conv_transpose3d
@@ -117,7 +130,7 @@ class _InputGradConv(torch.autograd.Function):
             [1] * n, [ctx.padding] * n, [1] * n, False, [0] * n, 1,
             [need[0], need[1], need[2] and ctx.has_bias])
         return (None if gx is None else gx.to(x.dtype), None if gw is None else gw.to(w.dtype),
-                None if gb is None else gb.float(), None)
+                None if gb is None else gb.to(ctx.b_dtype), None)
 
 
 class _InputGradLeakyReLU(torch.autograd.Function):
@@ -181,7 +194,7 @@ class EqualizedConv(nn.Module):
             v = torch.einsum("ky,lx,oiyx->iokl", taps, taps, w)  # [in, out, 4, 4]
         else:
             v = torch.einsum("jz,ky,lx,oizyx->iojkl", taps, taps, taps, w)  # [in, out, 4, 4, 4]
-        if _is_channels_last(x):
+        if is_channels_last(x):
             v = v.contiguous(memory_format=channels_last_format(self.ndim))
         convt = F.conv_transpose2d if self.ndim == 2 else F.conv_transpose3d
         return convt(x, v, self.bias, stride=2, padding=1)
