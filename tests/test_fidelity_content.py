@@ -13,6 +13,7 @@ from matdyn.analysis.fidelity_content import (
     Check,
     centre_density,
     channel_fractions,
+    checks_table,
     clump_threshold,
     composition_fidelity,
     dark_particle_centres,
@@ -147,6 +148,13 @@ def test_check_floor_and_factor():
     assert not Check("d", 0.0, 0.0).flagged() and not Check("d", float("nan"), 1.0).flagged()
     with pytest.raises(ConfigError):
         flagged([], factor=0)
+
+
+def test_checks_table_shows_the_floor_its_ratio_uses():
+    t = checks_table([Check("w1", 0.003, 0.0004, 0.004), Check("swd", 0.06, 0.03)])
+    assert t["w1"]["ratio_to_baseline"] == pytest.approx(0.75)  # 0.003 / max(0.0004, 0.004)
+    assert t["w1"]["floor"] == 0.004 and t["w1"]["baseline"] == 0.0004
+    assert "floor" not in t["swd"] and t["swd"]["ratio_to_baseline"] == pytest.approx(2.0)
 
 
 def test_region_labels_at_working_resolution():

@@ -324,6 +324,10 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert set(table.source) == {"particle"}
     stems = {Path(f).stem for f in s["figures"]}
     assert {"particles_msd_dt", "particles_D", "time_calibration"} <= stems
+    mv = s["mc_vs_tracking"]  # the MSD-exponent classes and, when they differ, a note
+    assert {"mc_motion", "tracking_motion", "exponents_agree"} <= set(mv)
+    said = any("MC MSD(Δt) grows as" in n for n in s["notes"])
+    assert said == (mv["exponents_agree"] is False)
 
 
 def test_gamma_rule_status_says_when_the_rule_was_not_met(tmp_path):
@@ -353,8 +357,14 @@ def test_mc_vs_tracking_agreement_flags_a_generator_that_moves_too_little():
     assert a["agrees"] is False and a["D_over_tracking"] == pytest.approx(0.3)
     assert a["median_D_slope_over_tracking"] == pytest.approx(0.1)
     assert a["D_slope_over_tracking"] == pytest.approx(0.2) and a["mc_msd_exponent"] == 0.6
+    assert a["mc_motion"] == "sub-diffusive (confined)" and a["tracking_motion"] == "diffusive"
+    assert a["exponents_agree"] is False
     ens["D"] = 600.0
     assert particles.agreement(ens, sec, tr)["agrees"] is True
+    ens["msd_exponent"] = 0.9
+    assert particles.agreement(ens, sec, tr)["exponents_agree"] is True
+    ens["msd_exponent"] = None
+    assert "exponents_agree" not in particles.agreement(ens, sec, tr)
     none = particles.agreement(ens, sec, {"applicable": False, "reason": "not a time series"})
     assert none["agrees"] is None and "not a time series" in none["note"]
 

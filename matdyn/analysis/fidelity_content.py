@@ -113,12 +113,23 @@ def flagged(checks: Sequence[Check], factor: float = 2.0) -> list[str]:
 
 
 def checks_table(checks: Sequence[Check]) -> dict[str, dict[str, float | None]]:
-    """``{name: {value, baseline, ratio_to_baseline}}`` for a summary (None where undefined)."""
+    """``{name: {value, baseline, ratio_to_baseline}}`` for a summary (None where undefined).
+
+    A check with a floor also gets ``"floor"``, and its ratio is ``value / max(baseline,
+    floor)``, the quantity :meth:`Check.flagged` compares with the factor. Without that key a
+    reader saw e.g. ``value`` 7× ``baseline`` beside a ratio of 0.8 (intensity W1, whose
+    floor is one grey level).
+
+    >>> checks_table([Check("w1", 0.003, 0.0004, 0.004)])["w1"]
+    {'value': 0.003, 'baseline': 0.0004, 'ratio_to_baseline': 0.75, 'floor': 0.004}
+    """
     out: dict[str, dict[str, float | None]] = {}
     for c in checks:
         base = max(c.baseline, c.floor)
         out[c.name] = {"value": _num(c.value), "baseline": _num(c.baseline),
                        "ratio_to_baseline": _num(c.value / base) if base > 0 else None}
+        if c.floor > 0:
+            out[c.name]["floor"] = _num(c.floor)
     return out
 
 

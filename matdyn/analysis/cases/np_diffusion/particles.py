@@ -291,7 +291,14 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     per-particle medians from ``section`` (the ``particles`` section) are reported beside
     it, with the MC and tracked MSD exponents. ``agrees`` is True when the ensemble D is
     within ``factor`` of tracking (2×: the issue-12 criterion on real videos); None when
-    either side is missing (no time axis, no trackable frames)."""
+    either side is missing (no time axis, no trackable frames).
+
+    ``mc_motion`` / ``tracking_motion`` classify the two MSD exponents with
+    :func:`~matdyn.dynamics.calibration.classify_exponent` (α < 0.7 sub-diffusive, > 1.3
+    ballistic, Saxton & Jacobson 1997); ``exponents_agree`` is False when the classes differ.
+    A D can agree at the analysis Δt while the MC MSD(Δt) does not grow like the tracked one
+    (Princeton beads: α 0.27 against 1.06, session 15): then the MC D holds at that Δt only."""
+    from matdyn.dynamics.calibration import classify_exponent
     tr = (tracking.get("modes", {}) or {}).get("all") or {}
     d_tr, a_tr = tr.get("D"), tr.get("alpha")
     med = {k: (section.get(k) or {}).get("median") for k in ("D_slope", "D")}
@@ -309,4 +316,8 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     r = out["D_over_tracking"]
     if r is not None:
         out["agrees"] = bool(1 / factor <= r <= factor)
+    a_mc = out["mc_msd_exponent"]
+    if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
+        mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()
+        out.update(mc_motion=mc_cls, tracking_motion=tr_cls, exponents_agree=mc_cls == tr_cls)
     return out
