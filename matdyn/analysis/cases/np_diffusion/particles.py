@@ -22,6 +22,7 @@ import pandas as pd
 from matdyn.analysis.case import CaseContext, finite_or_none, stats
 from matdyn.analysis.cases.np_diffusion.config import Config
 from matdyn.analysis.clustering import HACResult, hac, trimmed_hac
+from matdyn.dynamics.calibration import classify_exponent
 from matdyn.dynamics.locate import (
     LocateParams,
     estimate_locate_params,
@@ -298,7 +299,6 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     ballistic, Saxton & Jacobson 1997); ``exponents_agree`` is False when the classes differ.
     A D can agree at the analysis Δt while the MC MSD(Δt) does not grow like the tracked one
     (Princeton beads: α 0.27 against 1.06, session 15): then the MC D holds at that Δt only."""
-    from matdyn.dynamics.calibration import classify_exponent
     tr = (tracking.get("modes", {}) or {}).get("all") or {}
     d_tr, a_tr = tr.get("D"), tr.get("alpha")
     med = {k: (section.get(k) or {}).get("median") for k in ("D_slope", "D")}
