@@ -58,7 +58,8 @@ def _train_and_evaluate(cfg: DictConfig, run_dir: Path, is_main: bool) -> None:
         write_json_atomic(run_dir / "summary.json", summary)
         pa = summary.get("particle_area_w1", {})
         if pa.get("real_vs_real") is not None:
-            print(f"particle-area Wasserstein (range-normalised): {pa['generated_vs_real']:.4f} "
+            g = "inf (no particle drawn)" if pa["generated_vs_real"] is None else f"{pa['generated_vs_real']:.4f}"
+            print(f"particle-area Wasserstein (range-normalised, half vs half): {g} "
                   f"(real vs real {pa['real_vs_real']:.4f})")
         for name, r in (summary.get("particles", {}).get("regions") or {}).items():
             ratio = "undefined" if r["ratio"] is None else f"{r['ratio']:.2f}"

@@ -24,7 +24,12 @@ generator learns still particles first"). The measures here look at content:
   anchor whose slits are known (paper §3.2, template-matched profiles).
 
 Baselines split the *real* frames at random into two halves and compute the same number
-between the halves (as :func:`matdyn.analysis.fidelity.split_half_baseline`). Each number
+between the halves; distances compare each half with a generated subset of the same size
+(:mod:`matdyn.analysis.baselines`: comparing all generated frames with all observed ones made
+a perfect generator score 0.5-0.7 of its baseline). Ratios (particles per frame, per region,
+frame diversity) stay all-frame point estimates: their halves' spread is about √2 wider than
+the noise of the all-frame ratio, and the :data:`RATIO_FLOOR` sets their flag level anyway
+(perfect-generator control: |1 - r| at 0-0.17 of the floor). Each number
 becomes a :class:`Check` (a distance-like value, 0 = perfect, with its baseline);
 :func:`flagged` names every check whose value exceeds ``factor`` (2) × its baseline. A ratio
 ``r`` enters as ``|1 - r|`` with a floor of :data:`RATIO_FLOOR` on its baseline, so a
@@ -39,6 +44,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from matdyn.analysis.baselines import (
+    BASELINE_SPLITS,
+    half_split,
+    halvings,
+    matched_distance,
+    matched_subsets,
+)
 from matdyn.analysis.fidelity import wasserstein_1d
 from matdyn.descriptors.composition import channel_mass
 from matdyn.descriptors.particles import Binarizer, binarize, label_batch
@@ -62,6 +74,9 @@ __all__ = [
     "half_split",
     "halvings",
     "mask_centres",
+    "matched_check",
+    "matched_distance",
+    "matched_subsets",
     "particle_fidelity",
     "registered_slit_widths",
 ]
@@ -101,6 +116,18 @@ def ratio_check(name: str, ratio: float, baseline_ratio: float | Sequence[float]
     return Check(name, abs(1.0 - float(ratio)), base, RATIO_FLOOR)
 
 
+def matched_check(name: str, d: Mapping[str, Any], floor: float = 0.0) -> Check:
+    """A :class:`Check` from a :func:`~matdyn.analysis.baselines.matched_distance` summary
+    (value inf when nothing was comparable: flagged).
+
+    >>> matched_check("w1", {"generated_vs_real": 0.2, "real_vs_real": 0.1})
+    Check(name='w1', value=0.2, baseline=0.1, floor=0.0)
+    """
+    v, b = d["generated_vs_real"], d["real_vs_real"]
+    return Check(name, float("inf") if v is None else float(v),
+                 float("inf") if b is None else float(b), floor)
+
+
 def flagged(checks: Sequence[Check], factor: float = 2.0) -> list[str]:
     """Names of the checks more than ``factor`` × their baseline.
 
@@ -135,30 +162,6 @@ def checks_table(checks: Sequence[Check]) -> dict[str, dict[str, float | None]]:
 
 def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
-
-
-#: random halvings averaged for the baselines of :func:`composition_fidelity` and of the
-#: training summary's particle-area W1 (one halving varied up to 2x either way, issue 11)
-BASELINE_SPLITS = 20
-
-
-def half_split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint random halves (sorted index arrays of ``n // 2`` each) of ``range(n)``."""
-    if n < 2:
-        raise AnalysisError("a real-vs-real baseline needs at least 2 real frames")
-    perm = np.random.default_rng(seed).permutation(n)
-    h = n // 2
-    return np.sort(perm[:h]), np.sort(perm[h : 2 * h])
-
-
-def halvings(n: int, n_splits: int = BASELINE_SPLITS, seed: int = 0
-             ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n_splits`` random halvings of ``range(n)``: split k is :func:`half_split` (n, seed + k),
-    so a baseline averaged over them starts with the one-split baseline of the same seed.
-    Raises :class:`ConfigError` for ``n_splits`` < 1."""
-    if int(n_splits) < 1:
-        raise ConfigError(f"n_splits must be >= 1, got {n_splits}")
-    return [half_split(n, seed + k) for k in range(int(n_splits))]
 
 
 # ------------------------------------------------------------------------------ diversity
@@ -358,8 +361,9 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     halvings of the observed frames (:func:`halvings`; one halving's centre-density EMD baseline ranged 0.0039-0.0053
     over three draws on the NP stand-in, issue 11, session 7).
 
-    Baselines: distances (EMD, χ²) are the mean over the halvings (``real_vs_real``, with
-    ``real_vs_real_sd``); a ratio's check baseline is the mean ``|1 - r|`` of the halves'
+    Distances (EMD, χ²) compare each half a with a generated subset as large as half b
+    (:func:`~matdyn.analysis.baselines.matched_distance`: ``generated_vs_real``, baseline
+    ``real_vs_real``, each with its ``_sd`` over the halvings); a ratio's check baseline is the mean ``|1 - r|`` of the halves'
     ratios r, shown as ``real_vs_real_ratio`` = 1 + that mean (how far apart two halves of
     the data typically are, ≥ 1). ``shape`` (H, W): the frame size in px. ``region_map``
     [H, W] int (-1 = no region) labels planted regions at that size, named by
@@ -367,7 +371,8 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     :class:`Check` list for :func:`flagged`. Raises :class:`AnalysisError` when the observed
     frames hold no particles.
     """
-    splits = [(real.subset(a), real.subset(b)) for a, b in halvings(real.n_frames, n_splits, seed)]
+    halves = halvings(real.n_frames, n_splits, seed)
+    splits = [(real.subset(a), real.subset(b)) for a, b in halves]
     ratio = _ratio(generated.per_frame, real.per_frame)
     check = ratio_check("particles_per_frame", ratio,
                         [_ratio(rb.per_frame, ra.per_frame) for ra, rb in splits])
@@ -375,25 +380,26 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
            "real_vs_real_ratio": _num(1.0 + check.baseline), "baseline_splits": len(splits)}
     out: dict[str, Any] = {"particles_per_frame": ppf}
     checks = [check]
-    d_real = centre_density(real.rc, shape, bins)
-    if len(generated):
-        d_gen = centre_density(generated.rc, shape, bins)
-        emd, chi2 = density_emd(d_real, d_gen), density_chi2(d_real, d_gen)
-    else:  # nothing drawn: as far from the observed density as it gets (None in the summary)
-        emd, chi2 = float("inf"), 1.0
-    pairs = [(centre_density(ra.rc, shape, bins), centre_density(rb.rc, shape, bins))
-             for ra, rb in splits]
-    emds = [density_emd(p, q) for p, q in pairs]
-    chi2s = [density_chi2(p, q) for p, q in pairs]
-    base_emd, base_chi2 = float(np.mean(emds)), float(np.mean(chi2s))
-    out["centre_density"] = {
-        "bins": bins, "emd_unit": "fraction of the frame side", "baseline_splits": len(splits),
-        "emd": {"generated_vs_real": _num(emd), "real_vs_real": base_emd,
-                "real_vs_real_sd": float(np.std(emds))},
-        "chi2": {"generated_vs_real": chi2, "real_vs_real": base_chi2,
-                 "real_vs_real_sd": float(np.std(chi2s))},
-    }
-    checks += [Check("centre_density_emd", emd, base_emd), Check("centre_density_chi2", chi2, base_chi2)]
+    centre_density(real.rc, shape, bins)  # raises when no observed centre lies in the frame
+    subsets = matched_subsets(max(generated.n_frames, 1), halves, seed)
+    triples = [(ra.rc, rb.rc, generated.subset(g).rc) for (ra, rb), g in zip(splits, subsets)]
+
+    def density_distance(dist: Any) -> Any:
+        def metric(p: np.ndarray, q: np.ndarray) -> float | None:
+            if len(p) == 0:
+                return None  # a half without particles: no baseline from it
+            return dist(centre_density(p, shape, bins), centre_density(q, shape, bins)) \
+                if len(q) else None  # nothing drawn: as far as it gets (inf)
+        return metric
+
+    emd = matched_distance(density_distance(density_emd), triples)
+    chi2 = matched_distance(density_distance(density_chi2), triples)
+    checks += [matched_check("centre_density_emd", emd), matched_check("centre_density_chi2", chi2)]
+    for d in (emd, chi2):  # JSON-ready: inf (nothing drawn) as None
+        d["generated_vs_real"] = _num(d["generated_vs_real"]) if d["generated_vs_real"] is not None else None
+    out["centre_density"] = {"bins": bins, "emd_unit": "fraction of the frame side",
+                             "comparison": "matched halves", "emd": emd, "chi2": chi2,
+                             "baseline_splits": emd["baseline_splits"]}
     from matdyn.analysis.fidelity_repeats import NEAR_REPEAT_SPLITS, near_repeat_fidelity
 
     out["near_repeat"], c = near_repeat_fidelity(real, generated, seed=seed,
@@ -494,8 +500,9 @@ def composition_fidelity(real: Any, generated: Any, channel_names: Sequence[str]
     nearest; the summary gives the share of frames per stage in either set and the largest
     share difference ("stage mix"), the composition analogue of per-region counts.
 
-    Baselines are the mean over ``n_splits`` random halvings of the real frames (``..._sd``
-    their spread). One halving is not enough: on the clump stand-in (1000 of 1200 volumes)
+    Each number compares half a of a random halving of the real frames with a generated
+    subset as large as half b, its baseline half a with half b, averaged over ``n_splits``
+    halvings (:func:`~matdyn.analysis.baselines.matched_distance`; ``..._sd`` the spreads). One halving is not enough: on the clump stand-in (1000 of 1200 volumes)
     the split-half W1 of one channel ranged 0.0024–0.0109 over 50 halvings (mean 0.0055,
     sd 0.0017), so a single split moved a generator's ratio to baseline by up to 2× either
     way (issue 11, session 7).
@@ -515,31 +522,27 @@ def composition_fidelity(real: Any, generated: Any, channel_names: Sequence[str]
     if len(fr) < 2 or len(fg) == 0:
         raise AnalysisError("too few frames with positive mass to compare channel fractions")
     splits = halvings(len(fr), n_splits, seed)
+    subsets = matched_subsets(len(fg), splits, seed)
     out["baseline_splits"] = len(splits)
+    out["comparison"] = "matched halves"
     checks = []
     for c, name in enumerate(channel_names):
-        w = wasserstein_1d(fr[:, c], fg[:, c])
-        bases = [wasserstein_1d(fr[a, c], fr[b, c]) for a, b in splits]
-        base = float(np.mean(bases))
+        w1 = matched_distance(wasserstein_1d, [(fr[a, c], fr[b, c], fg[g, c])
+                                               for (a, b), g in zip(splits, subsets)])
         out["mass_fraction"][name] = {"real_mean": float(fr[:, c].mean()),
-                                      "generated_mean": float(fg[:, c].mean()),
-                                      "w1": {"generated_vs_real": w, "real_vs_real": base,
-                                             "real_vs_real_sd": float(np.std(bases))}}
-        checks.append(Check(f"mass_fraction_w1.{name}", w, base))
+                                      "generated_mean": float(fg[:, c].mean()), "w1": w1}
+        checks.append(matched_check(f"mass_fraction_w1.{name}", w1))
     if stages is not None:
         st = np.asarray(stages)[np.isfinite(fr_all).all(1)]
         levels = np.unique(st)
         cent = np.stack([fr[st == s].mean(axis=0) for s in levels])
         sr, sg = _stage_share(fr, cent), _stage_share(fg, cent)
-        diff = float(np.abs(sg - sr).max())
-        bases = [float(np.abs(_stage_share(fr[b], cent) - _stage_share(fr[a], cent)).max())
-                 for a, b in splits]
-        base = float(np.mean(bases))
+        mix = matched_distance(
+            lambda x, y: float(np.abs(_stage_share(y, cent) - _stage_share(x, cent)).max()),
+            [(fr[a], fr[b], fg[g]) for (a, b), g in zip(splits, subsets)])
         out["stage_mix"] = {"stages": levels.tolist(), "real_share": sr.tolist(),
-                            "generated_share": sg.tolist(), "max_share_difference":
-                            {"generated_vs_real": diff, "real_vs_real": base,
-                             "real_vs_real_sd": float(np.std(bases))}}
-        checks.append(Check("stage_mix", diff, base, 0.05))
+                            "generated_share": sg.tolist(), "max_share_difference": mix}
+        checks.append(matched_check("stage_mix", mix, 0.05))
     return out, checks
 
 

@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from matdyn.analysis.fidelity_content import Centres, Check, _num, halvings, ratio_check
+from matdyn.analysis.fidelity_content import (
+    Centres,
+    Check,
+    _num,
+    halvings,
+    matched_check,
+    matched_distance,
+    matched_subsets,
+    ratio_check,
+)
 from matdyn.errors import ConfigError
 
 __all__ = ["NEAR_REPEAT_SPLITS", "circular_w1", "located_centres", "located_subpixel_fidelity",
@@ -92,8 +101,12 @@ NEAR_REPEAT_SPLITS = 5
 def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_REPEAT_SPLITS,
                          n_pairs: int = 1000, seed: int = 0, min_count: int = 20
                          ) -> tuple[dict[str, Any], list[Check]]:
-    """Median near-repeat distance, generated / observed, with the halves' ratios as the
-    baseline; ``r_max`` = the median radius of the observed particles (√(area/π)).
+    """Median near-repeat distance, generated / observed (``ratio``, all frames), with the
+    halves' ratios as the baseline. The check compares like with like: its value is the mean
+    ``|1 - r|`` of the ratios of a generated subset as large as a half (drawn with as many
+    frame pairs) to the other half (``matched_deviation``, :mod:`matdyn.analysis.baselines`;
+    the halves agree to 1-4 %, so the ratio floor sets the flag level in practice);
+    ``r_max`` = the median radius of the observed particles (√(area/π)).
     Particles that all move far give chance coincidences on both sides (median ≈
     r_max/√2). Fewer than ``min_count`` observed near repeats (or no observed particle):
     reported with a ``note``, not checked; fewer generated ones: ratio inf (flagged); halves
@@ -116,15 +129,21 @@ def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_RE
         out["note"] = f"{dr.size} observed near repeats (< {min_count}): not checked"
         return out, []
     ratio = float(np.median(dg) / np.median(dr)) if dg.size >= min_count else float("inf")
-    halves = []
-    for k, (a, b) in enumerate(splits):
+    gp, gt = _frame_points(gen)
+    halves, matched = [], []
+    for k, ((a, b), g) in enumerate(zip(splits, matched_subsets(gen.n_frames, splits, seed))):
         da = _near_repeats(rp, rt, a, r_max, n_pairs // 2, seed + 2 * k + 1)
         db = _near_repeats(rp, rt, b, r_max, n_pairs // 2, seed + 2 * k + 2)
         if da.size >= min_count and db.size >= min_count:
             halves.append(float(np.median(db) / np.median(da)))
+            dgk = _near_repeats(gp, gt, g, r_max, n_pairs // 2, seed + 2 * k + 2)
+            matched.append(float(np.median(dgk) / np.median(da)) if dgk.size >= min_count
+                           else float("inf"))
     check = ratio_check("near_repeat_median", ratio, halves)
+    if matched:  # the check compares half against half: mean |1 - r| over the halvings
+        check = check._replace(value=float(np.mean(np.abs(1.0 - np.asarray(matched)))))
     out.update(ratio=_num(ratio), real_vs_real_ratio=_num(1.0 + check.baseline),
-               baseline_splits=len(halves))
+               matched_deviation=_num(check.value), baseline_splits=len(halves))
     return out, [check]
 
 
@@ -169,8 +188,9 @@ def subpixel_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_REPEA
                       seed: int = 0, min_count: int = 50) -> tuple[dict[str, Any], list[Check]]:
     """Sub-pixel locking of generated centroids against the observed ones: the circular W1
     distance (px, :func:`circular_w1`) between the fractional parts of generated and observed
-    centroid coordinates (:func:`subpixel_fractions`), with the mean distance between two
-    random halves of the observed frames as its baseline (check ``subpixel_w1``), and the
+    centroid coordinates (:func:`subpixel_fractions`), each observed half against the other
+    and against a generated subset as large (:func:`~matdyn.analysis.baselines.
+    matched_distance`, check ``subpixel_w1``; ``w1_all_frames_px``: all against all), and the
     share of coordinates within :data:`LOCK_WINDOW` px of a pixel centre on each side
     (``locked_share``; 2 × LOCK_WINDOW for uniform positions). Fewer than ``min_count``
     observed or generated centroids: reported with a ``note``, not checked. Summary keys:
@@ -188,15 +208,18 @@ def subpixel_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_REPEA
     if len(real) < min_count or len(gen) < min_count:
         out["note"] = f"fewer than {min_count} observed or generated centroids: not checked"
         return out, []
-    halves = []
-    for a, b in halvings(real.n_frames, n_splits, seed):
-        ra, rb = real.subset(a), real.subset(b)
-        if len(ra) and len(rb):
-            halves.append(circular_w1(subpixel_fractions(ra), subpixel_fractions(rb)))
-    w1 = circular_w1(fr, fg)
-    base = float(np.mean(halves)) if halves else float("inf")
-    out.update(w1_px=w1, real_vs_real_px=_num(base), baseline_splits=len(halves))
-    return out, [Check("subpixel_w1", w1, base)]
+    splits = halvings(real.n_frames, n_splits, seed)
+    triples = [(real.subset(a), real.subset(b), gen.subset(g))
+               for (a, b), g in zip(splits, matched_subsets(gen.n_frames, splits, seed))]
+    w1 = matched_distance(lambda x, y: circular_w1(subpixel_fractions(x), subpixel_fractions(y))
+                          if len(x) and len(y) else None, triples)
+    out.update(w1_px=w1["generated_vs_real"], w1_sd_px=w1["generated_vs_real_sd"],
+               real_vs_real_px=w1["real_vs_real"], real_vs_real_sd_px=w1["real_vs_real_sd"],
+               w1_all_frames_px=circular_w1(fr, fg), comparison="matched halves",
+               baseline_splits=w1["baseline_splits"])
+    if out["w1_px"] is not None and not np.isfinite(out["w1_px"]):
+        out["w1_px"] = None
+    return out, [matched_check("subpixel_w1", w1)]
 
 
 def located_centres(images: Any, params: Any) -> Centres:

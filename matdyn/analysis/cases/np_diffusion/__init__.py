@@ -156,7 +156,8 @@ class NPDiffusionCase:
                      f"observed: {100 * sp['generated_locked_share']:.1f} % of coordinates within "
                      f"{sp['lock_window_px']} px of a pixel centre vs "
                      f"{100 * sp['real_locked_share']:.1f} % observed (circular W1 "
-                     f"{sp['w1_px']:.3f} px, real-vs-real {sp['real_vs_real_px']:.3f} px); "
+                     f"{sp['w1_px'] if sp['w1_px'] is not None else float('inf'):.3f} px, "
+                     f"real-vs-real {sp['real_vs_real_px']:.3f} px); "
                      "sub-pixel MC displacements are biased by the grid (see model.upsample)")
         return fid
 
