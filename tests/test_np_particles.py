@@ -328,6 +328,10 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert {"mc_motion", "tracking_motion", "exponents_agree"} <= set(mv)
     said = any("MC MSD(Δt) grows as" in n for n in s["notes"])
     assert said == (mv["exponents_agree"] is False)
+    lt = s["particles"]["ensemble"]["link_truncation"]  # how near the link radius's cap
+    assert lt["link_radius_px"] >= 1 and set(lt["by_gamma"]) == {"0.125", "0.25"}
+    capped = any("bounded by the link radius" in n for n in s["notes"])
+    assert capped == bool(lt["capped_gammas"])
 
 
 def test_gamma_rule_status_says_when_the_rule_was_not_met(tmp_path):
@@ -465,3 +469,26 @@ def test_sweep_metrics_follow_the_store_particle_polarity(tmp_path):
     area = {d: metrics_from_spec("auto", "np_diffusion", 2, dark=d)[1] for d in (None, False)}
     assert area[None].binarizer.dark is True and area[False].binarizer.dark is False
     assert repr(area[None]) != repr(area[False])  # the jobs' metric_specs tell them apart
+
+
+def test_link_truncation_recovers_a_gaussian_cloud_cut_at_the_radius():
+    """Linking within R keeps only |d| < R: the MSD of a Gaussian cloud (true MSD m) falls to
+    m · truncated_fraction(R²/m) and never passes R²/2; link_truncation measures how close the
+    MSD comes to that cap and inverts it."""
+    rng = np.random.default_rng(0)
+    radius, px = 2.0, 700.0  # px, nm per px
+    for m_px2 in (0.5, 1.5, 3.0, 6.0):
+        d = rng.normal(0.0, np.sqrt(m_px2 / 2), (200_000, 2))
+        r2 = (d ** 2).sum(1)
+        kept = r2[r2 < radius ** 2].mean()
+        assert kept == pytest.approx(m_px2 * particles.truncated_fraction(radius ** 2 / m_px2),
+                                     rel=0.01)
+        lt = particles.link_truncation({"1": kept * px ** 2}, radius, px)
+        g = lt["by_gamma"]["1"]
+        assert g["msd_over_cap"] == pytest.approx(kept / (radius ** 2 / 2)) and g["msd_over_cap"] < 1
+        assert kept * (1 + g["bias_if_gaussian"]) == pytest.approx(m_px2, rel=0.05)
+        assert (lt["capped_gammas"] == ["1"]) == (g["bias_if_gaussian"] > 0.10)
+    assert particles.link_truncation({"1": 0.5 * 4 * px ** 2}, radius, px)["capped_gammas"] == ["1"]
+    assert particles.link_truncation({"1": None}, radius, px)["by_gamma"]["1"]["msd_over_cap"] is None
+    with pytest.raises(AnalysisError):
+        particles.link_truncation({"1": 1.0}, 0.0, px)

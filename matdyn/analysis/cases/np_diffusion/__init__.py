@@ -177,9 +177,11 @@ class NPDiffusionCase:
             reducers.insert(0, FilteredMean(keep, include_reference=cfg.include_reference,
                                             name="mean"))
         if self._particles:
-            reducers.append(ParticleLinks(self._params, keep, search_radius=cfg.search_radius,
-                                          max_particles=cfg.max_particles, floor_samples=floor,
-                                          seed=ctx.seed, name=particles.PREFIX))
+            links = ParticleLinks(self._params, keep, search_radius=cfg.search_radius,
+                                  max_particles=cfg.max_particles, floor_samples=floor,
+                                  seed=ctx.seed, name=particles.PREFIX)
+            self._link_radius = links.radius
+            reducers.append(links)
         return VariationPlan(cfg.n_refs, n_samples, metrics, reducers, cfg.batch_size)
 
     def variations(self, ctx: CaseContext, observed: steps.Observed) -> VariationPlan:
@@ -264,7 +266,19 @@ class NPDiffusionCase:
         self._sections["particles"] = particles.summary(df, cal["dt_of_analysis_gamma"], units,
                                                         info)
         ens = self._ensemble(ctx, df)
+        ens["link_truncation"] = trunc = particles.link_truncation(
+            ens["msd_by_gamma"], self._link_radius, nm_px)
         self._sections["particles"]["ensemble"] = ens
+        if trunc["capped_gammas"]:
+            worst = trunc["by_gamma"][trunc["capped_gammas"][-1]]
+            bias = ("beyond what a Gaussian cloud can give" if worst["bias_if_gaussian"] is None
+                    else f"a Gaussian cloud would be {worst['bias_if_gaussian']:.0%} wider")
+            ctx.note(f"MC MSD at γ = {', '.join(trunc['capped_gammas'])} comes close to "
+                     f"R²/2, the most the link radius R = {trunc['link_radius_px']:g} px lets "
+                     f"through (analysis.search_radius; at the largest of these γ "
+                     f"{worst['msd_over_cap']:.0%} of it, {bias}): particles that move farther "
+                     "count as appearing, so the MC MSD(Δt) there is bounded by the link "
+                     "radius, not only by the motion")
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
         agree = particles.agreement(ens, self._sections["particles"], self._tracking)
