@@ -16,7 +16,7 @@ from matdyn.analysis.cases.np_diffusion import particles, timebase
 from matdyn.analysis.cases.np_diffusion.config import Config
 from matdyn.dynamics.locate import LocateParams
 from matdyn.dynamics.streaming import ParticleLinks, particle_rows
-from matdyn.errors import AnalysisError
+from matdyn.errors import AnalysisError, ConfigError
 from matdyn.sampling.reducers import ReferenceBlock, RunInfo, VariationBatch
 
 H = 40
@@ -328,10 +328,14 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert {"mc_motion", "tracking_motion", "exponents_agree"} <= set(mv)
     said = any("MC MSD(Δt) grows as" in n for n in s["notes"])
     assert said == (mv["exponents_agree"] is False)
-    lt = s["particles"]["ensemble"]["link_truncation"]  # how near the link radius's cap
-    assert lt["link_radius_px"] >= 1 and set(lt["by_gamma"]) == {"0.125", "0.25"}
-    capped = any("bounded by the link radius" in n for n in s["notes"])
-    assert capped == bool(lt["capped_gammas"])
+    ens = s["particles"]["ensemble"]  # the MSD's dependence on the link radius
+    lr = ens["link_radius"]
+    assert lr["wide_radius_px"] == 2 * lr["link_radius_px"] and set(lr["by_gamma"]) == {"0.125", "0.25"}
+    for k, v in lr["by_gamma"].items():  # a wider radius only adds links
+        assert v["wide_over_msd"] >= 0.99 and ens["msd_wide_by_gamma"][k] >= 0.99 * ens["msd_by_gamma"][k]
+    said = any("depends on the link radius" in n for n in s["notes"])
+    assert said == bool(lr["sensitive_gammas"])
+    assert mv["D_wide_over_tracking"] >= 0.99 * mv["D_over_tracking"]
 
 
 def test_gamma_rule_status_says_when_the_rule_was_not_met(tmp_path):
@@ -471,24 +475,38 @@ def test_sweep_metrics_follow_the_store_particle_polarity(tmp_path):
     assert repr(area[None]) != repr(area[False])  # the jobs' metric_specs tell them apart
 
 
-def test_link_truncation_recovers_a_gaussian_cloud_cut_at_the_radius():
-    """Linking within R keeps only |d| < R: the MSD of a Gaussian cloud (true MSD m) falls to
-    m · truncated_fraction(R²/m) and never passes R²/2; link_truncation measures how close the
-    MSD comes to that cap and inverts it."""
-    rng = np.random.default_rng(0)
-    radius, px = 2.0, 700.0  # px, nm per px
-    for m_px2 in (0.5, 1.5, 3.0, 6.0):
-        d = rng.normal(0.0, np.sqrt(m_px2 / 2), (200_000, 2))
-        r2 = (d ** 2).sum(1)
-        kept = r2[r2 < radius ** 2].mean()
-        assert kept == pytest.approx(m_px2 * particles.truncated_fraction(radius ** 2 / m_px2),
-                                     rel=0.01)
-        lt = particles.link_truncation({"1": kept * px ** 2}, radius, px)
-        g = lt["by_gamma"]["1"]
-        assert g["msd_over_cap"] == pytest.approx(kept / (radius ** 2 / 2)) and g["msd_over_cap"] < 1
-        assert kept * (1 + g["bias_if_gaussian"]) == pytest.approx(m_px2, rel=0.05)
-        assert (lt["capped_gammas"] == ["1"]) == (g["bias_if_gaussian"] > 0.10)
-    assert particles.link_truncation({"1": 0.5 * 4 * px ** 2}, radius, px)["capped_gammas"] == ["1"]
-    assert particles.link_truncation({"1": None}, radius, px)["by_gamma"]["1"]["msd_over_cap"] is None
+
+def test_a_wide_radius_links_the_jumps_the_search_radius_counts_as_appearing():
+    """Particle A jumps 3 px in half the samples: beyond a 2-px link radius it is missing and
+    a new particle appears; linked within 4 px (wide_factor 2) the jump counts, so msd_wide
+    sees the motion msd cannot (the Princeton generators moved some beads 2-4 px)."""
+    ref = dips([(12.0, 12.0), (27.0, 28.0)])
+    samples = [dips([(12.0 + s, 12.0), (27.0, 28.0)]) for s in (3.0, 0.5) * 4]
+    red = ParticleLinks(PARAMS, search_radius=2.0, wide_factor=2.0)
+    assert red.wide == 4.0
+    res = run_reducer(red, ref, samples)
+    assert res["particles/appearing"].sum() == 4  # the four 3-px jumps, at R = 2
+    df = particle_rows(res, "particles", 1.0, 1.0).sort_values("centroid_row")
+    a = df.iloc[0]
+    assert a.n_matched == 4 and a.msd == pytest.approx(0.25, abs=0.05)
+    assert a.msd_wide == pytest.approx((4 * 9.0 + 4 * 0.25) / 8, abs=0.15)
+    assert df.iloc[1].msd_wide == pytest.approx(df.iloc[1].msd, abs=1e-9)  # the still one
+    assert "msd_wide" not in particle_rows(run_reducer(ParticleLinks(PARAMS), ref, samples),
+                                           "particles", 1.0, 1.0)
+    with pytest.raises(ConfigError):
+        ParticleLinks(PARAMS, wide_factor=1.0)
+
+
+def test_link_radius_check_names_the_gammas_whose_msd_depends_on_the_radius():
+    px = 700.0  # nm per px
+    c = particles.link_radius_check({"0.5": 3.3e5, "1": 5.0e5, "2": None},
+                                    {"0.5": 6.8e5, "1": 5.5e5, "2": 1e6}, 2.0, 4.0, px)
+    assert c["msd_cap"] == pytest.approx(0.5 * 4 * px ** 2)
+    assert c["by_gamma"]["0.5"]["wide_over_msd"] == pytest.approx(6.8 / 3.3)
+    assert c["by_gamma"]["1"]["msd_over_cap"] == pytest.approx(5.0e5 / c["msd_cap"])
+    assert c["by_gamma"]["2"] == {"msd_over_cap": None, "wide_over_msd": None}
+    assert c["sensitive_gammas"] == ["0.5"]  # 1.1x at γ = 1 is under the 1.25x note level
+    none = particles.link_radius_check({"1": 5.0e5}, None, 2.0, None, px)
+    assert none["wide_radius_px"] is None and none["sensitive_gammas"] == []
     with pytest.raises(AnalysisError):
-        particles.link_truncation({"1": 1.0}, 0.0, px)
+        particles.link_radius_check({"1": 1.0}, None, 0.0, None, px)

@@ -98,6 +98,7 @@ class Config:
     locate_diameter: int | None = None  # trackpy diameter (px, odd); None: estimated (observed frames)
     locate_minmass: float | None = None  # None: Otsu split of the located masses
     search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
+    radius_check_factor: float | None = 2.0  # also link within this × the radius (MSD's radius sensitivity)
     # particles darker than the background (phase dips): True / False, or "auto" = from the
     # sign of the observed frames' pixel skewness (matdyn.dynamics.particle_polarity)
     dark_particles: bool | str = "auto"
@@ -225,6 +226,9 @@ class Config:
             if not ok:
                 raise ConfigError(f"analysis.calibration_sigma must be a number >= 0 (px) or "
                                   f"'auto', got {sig!r}")
+        if self.radius_check_factor is not None and not self.radius_check_factor > 1:
+            raise ConfigError(f"analysis.radius_check_factor must be > 1 or null, got "
+                              f"{self.radius_check_factor!r}")
         if self.search_radius is not None and not self.search_radius > 0:
             raise ConfigError(f"analysis.search_radius must be > 0 px or null, got "
                               f"{self.search_radius!r}")
