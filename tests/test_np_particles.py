@@ -333,6 +333,8 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert lr["wide_radius_px"] == 2 * lr["link_radius_px"] and set(lr["by_gamma"]) == {"0.125", "0.25"}
     for k, v in lr["by_gamma"].items():  # a wider radius only adds links
         assert v["wide_over_msd"] >= 0.99 and ens["msd_wide_by_gamma"][k] >= 0.99 * ens["msd_by_gamma"][k]
+    ob = lr["observed"]  # the same check on observed frame pairs at the analysis Δt
+    assert ob["lag_frames"] >= 1 and ob["n_pairs"] > 0 and ob["wide_over_msd"] >= 0.99
     said = any("depends on the link radius" in n for n in s["notes"])
     assert said == bool(lr["sensitive_gammas"])
     assert mv["D_wide_over_tracking"] >= 0.99 * mv["D_over_tracking"]
@@ -510,3 +512,24 @@ def test_link_radius_check_names_the_gammas_whose_msd_depends_on_the_radius():
     assert none["wide_radius_px"] is None and none["sensitive_gammas"] == []
     with pytest.raises(AnalysisError):
         particles.link_radius_check({"1": 1.0}, None, 0.0, None, px)
+
+
+def test_the_radius_check_of_observed_frames_sees_their_own_jumps():
+    """pair_radius_check: the MC's link estimator on observed frame pairs. Brownian particles
+    (σ 0.7 px per frame) hardly reach past a 3-px radius in one frame, so linking within 6 px
+    adds little; particles that jump 4 px between every other pair of frames add a lot."""
+    from matdyn.dynamics.tracking import pair_radius_check
+
+    params = LocateParams(diameter=7, minmass=0.5)
+    rng = np.random.default_rng(3)
+    pos = np.array([[16, 16], [16, 48], [48, 16], [48, 48]], float)  # 32 px apart, no crossing
+    walk = pos + np.cumsum(rng.normal(0, 0.7, (30, 4, 2)), axis=0)
+    calm = pair_radius_check(np.stack([dips(p, h=64)[0] for p in walk]), params, 1, 3.0, 6.0)
+    assert calm["n_pairs"] == 29 and calm["wide_over_msd"] < 1.1
+    assert calm["msd_px2"] == pytest.approx(2 * 0.7 ** 2, rel=0.3)
+    jumpy = np.stack([dips(pos + (4.0 * ((t // 2) % 2)) * np.array([1.0, 0.0])
+                           + rng.normal(0, 0.3, (4, 2)), h=64)[0] for t in range(20)])
+    j = pair_radius_check(jumpy, params, 1, 3.0, 6.0)
+    assert j["wide_over_msd"] > 5
+    with pytest.raises(ConfigError):
+        pair_radius_check(jumpy, params, 0, 3.0, 6.0)

@@ -209,19 +209,56 @@ def _truth_in_working_px(store: Any, frames_shape: tuple[int, ...], fit: str,
     return pos, truth["particle_mode"][indices]
 
 
+def pair_radius_check(frames: np.ndarray, params: LocateParams, lag: int, radius: float,
+                      wide: float) -> dict[str, Any]:
+    """The Monte Carlo's link estimator on observed frame pairs: particles of frame t + ``lag``
+    linked to those of frame t (one-to-one, nearest within ``radius`` px, as
+    :func:`~matdyn.dynamics.variation.link_to_reference` links samples to their reference)
+    and again within ``wide`` px. Returns ``lag_frames``, ``n_pairs``, ``msd_px2``,
+    ``msd_wide_px2`` and ``wide_over_msd``: how much linking farther adds for the data's own
+    motion over that lag, the baseline of the MC's ``link_radius`` check (None without links).
+
+    ``frames`` [T, H, W]; raises :class:`ConfigError` for lag < 1 or wide <= radius."""
+    from matdyn.dynamics.variation import link_to_reference
+
+    if int(lag) < 1 or not wide > radius > 0:
+        raise ConfigError(f"pair radius check needs lag >= 1 and wide > radius > 0, got "
+                          f"{lag!r}, {radius!r}, {wide!r}")
+    frames = np.asarray(frames, np.float64)
+    t0 = np.arange(0, len(frames) - int(lag))
+    if t0.size == 0:
+        return {"lag_frames": int(lag), "n_pairs": 0, "msd_px2": None, "msd_wide_px2": None,
+                "wide_over_msd": None}
+    loc = locate_stack(frames, params)
+    sums = {radius: [0.0, 0], wide: [0.0, 0]}
+    for t in t0:
+        ref, smp = loc.in_frame(int(t)), loc.in_frame(int(t) + int(lag))
+        for r in (radius, wide):
+            link = link_to_reference(ref, smp, np.zeros(len(smp), np.int64), 1, r)
+            d = link.displacement[link.ref_index >= 0]
+            sums[r][0] += float((d ** 2).sum())
+            sums[r][1] += len(d)
+    m, mw = (sums[r][0] / sums[r][1] if sums[r][1] else None for r in (radius, wide))
+    return {"lag_frames": int(lag), "n_pairs": int(t0.size), "msd_px2": m, "msd_wide_px2": mw,
+            "wide_over_msd": mw / m if m and mw is not None else None}
+
+
 def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None,
                       resolution: int | None = None, fit: str = "crop", channel: int = 0,
                       params: LocateParams | None = None, dark: bool = True,
                       search_range: float | None = None, memory: int = 3,
                       min_length: int = 10, max_lag: int = 10, n_fit: int = 4,
-                      subtract_drift: bool = False) -> TrackingResult:
+                      subtract_drift: bool = False,
+                      radius_check: tuple[int, float] | None = None) -> TrackingResult:
     """Track one ``channel`` of a store's observed 2D frames; return MSD(Δt) and D.
 
     Frames come from :class:`matdyn.data.frames.ObservedFrames` (``resolution`` default:
     native short side). Physical units from the store: ``pixel_size`` (of the prepared
     frames) and ``frame_interval``. Per planted mode when the store's truth has
     ``positions_px`` and ``particle_mode`` (mode names from truth attrs ``mode_names``).
-    Not applicable (result with reason) for stage/augmented stores. Raises
+    With ``radius_check`` = (lag in frames, factor): ``info["radius_check"]`` =
+    :func:`pair_radius_check` of the same frames at that lag, linked within the search range
+    and factor × it. Not applicable (result with reason) for stage/augmented stores. Raises
     :class:`AnalysisError` when the store has no ``frame_interval``.
     """
     import trackpy as tp
@@ -263,4 +300,8 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
                 "pixel_size": obs.pixel_size, "frame_interval": float(m.frame_interval),
                 "locate": {"diameter": params.diameter, "minmass": params.minmass},
                 "search_range_px": sr, "subtract_drift": bool(subtract_drift)}
+    if radius_check is not None:
+        lag, factor = radius_check
+        out.info["radius_check"] = pair_radius_check(frames, params, max(1, int(lag)), sr,
+                                                     float(factor) * sr)
     return out

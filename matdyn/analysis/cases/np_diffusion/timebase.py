@@ -95,18 +95,22 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
     return out
 
 
-def tracking(ctx: CaseContext, n_frames: int, params: Any) -> dict[str, Any]:
+def tracking(ctx: CaseContext, n_frames: int, params: Any,
+             radius_check: tuple[int, float] | None = None) -> dict[str, Any]:
     """The ``tracking_baseline`` section: D, drift speed v and MSD exponent α per planted
     mode ("all" = every trajectory) and ensemble MSD(Δt), lengths in nm when the unit is a
     length (else the store's unit); ``params``: the Monte Carlo's LocateParams (one locator
-    for both). ``applicable`` False with ``reason`` otherwise."""
+    for both). ``radius_check`` (lag in frames, factor): the link-radius check of the
+    observed frames (``info.radius_check``, :func:`matdyn.dynamics.tracking.pair_radius_check`).
+    ``applicable`` False with ``reason`` otherwise."""
     from matdyn.dynamics import tracking_baseline
 
     if n_frames <= 0:
         return {"applicable": False, "reason": "disabled (analysis.tracking_frames = 0)"}
     try:
         r = tracking_baseline(ctx.store, n_frames=int(n_frames), resolution=ctx.resolution,
-                              fit=ctx.fit, params=params, dark=params.dark)
+                              fit=ctx.fit, params=params, dark=params.dark,
+                              radius_check=radius_check)
     except AnalysisError as err:
         return {"applicable": False, "reason": str(err)}
     if not r.applicable:
