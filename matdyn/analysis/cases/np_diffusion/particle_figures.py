@@ -25,7 +25,8 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
     """MC ensemble MSD (mean over each group's particles, as the tracking's emsd averages
     over tracks) at each γ's Δt, the mean noise floor, tracking MSD(Δt) and the line
     4·D·Δt of the tracking D of all particles, drawn down to the shortest MC Δt (MC D is
-    compared with that D, ``mc_vs_tracking``)."""
+    compared with that D, ``mc_vs_tracking``), and the MC MSD of all particles' clouds
+    linked within the wide radius (open markers: how much the curve owes to the radius)."""
     fig = Figure(figsize=(4.8, 3.4))
     ax = fig.add_subplot()
     dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
@@ -39,6 +40,11 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
              else np.nan for g in gammas]
         ax.plot(x, y, "o-", color=f"C{i}",
                 label=f"MC {'all' if k is None else names.get(k, k)} (ensemble)")
+    wide = [f"msd_wide_g{gamma_key(g)}" for g in gammas]
+    if all(c in df for c in wide):  # the link-radius check, all particles
+        yw = [np.nanmean(df[c]) if df[c].notna().any() else np.nan for c in wide]
+        ax.plot(x, yw, "o:", color="0.35", mfc="none", lw=0.8,
+                label="MC all, linked within the wide radius")
     if "msd_floor" in df and df["msd_floor"].notna().any():
         ax.axhline(float(np.nanmean(df["msd_floor"])), color="0.5", ls=":", lw=1,
                    label="noise floor (still)")
