@@ -421,3 +421,12 @@ def test_matched_subsets_are_as_large_as_a_half_and_seeded():
     assert [len(x) for x in matched_subsets(20, splits)] == [20, 20, 20]  # fewer generated: all
     with pytest.raises(AnalysisError):
         matched_subsets(0, splits)
+
+
+def test_a_generator_with_no_frames_is_flagged_not_a_crash(np64):
+    frames, rm = np64
+    real = dark_particle_centres(frames[:200])
+    empty = Centres(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
+    s, checks = particle_fidelity(real, empty, (64, 64), n_splits=3)
+    assert s["centre_density"]["emd"]["generated_vs_real"] is None  # inf, JSON-ready
+    assert {"centre_density_emd", "centre_density_chi2"} <= set(flagged(checks))

@@ -533,3 +533,13 @@ def test_the_radius_check_of_observed_frames_sees_their_own_jumps():
     assert j["wide_over_msd"] > 5
     with pytest.raises(ConfigError):
         pair_radius_check(jumpy, params, 0, 3.0, 6.0)
+
+
+def test_radius_check_settings_are_validated_and_null_keeps_the_old_fingerprint():
+    for bad in ("none", 1.0, True, 0.5):
+        with pytest.raises(ConfigError, match="radius_check_factor"):
+            Config(radius_check_factor=bad).validate()
+    Config(radius_check_factor=None).validate()
+    # without the wide links the reducer's repr (the engine's resume fingerprint) is unchanged
+    assert "wide" not in repr(ParticleLinks(PARAMS))
+    assert "wide=6.0" in repr(ParticleLinks(PARAMS, wide_factor=2.0))

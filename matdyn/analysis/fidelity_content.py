@@ -381,7 +381,8 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     out: dict[str, Any] = {"particles_per_frame": ppf}
     checks = [check]
     centre_density(real.rc, shape, bins)  # raises when no observed centre lies in the frame
-    subsets = matched_subsets(max(generated.n_frames, 1), halves, seed)
+    subsets = (matched_subsets(generated.n_frames, halves, seed) if generated.n_frames
+               else [np.zeros(0, np.int64)] * len(halves))  # no frame: value inf (flagged)
     triples = [(ra.rc, rb.rc, generated.subset(g).rc) for (ra, rb), g in zip(splits, subsets)]
 
     def density_distance(dist: Any) -> Any:

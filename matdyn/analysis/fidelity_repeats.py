@@ -109,10 +109,11 @@ def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_RE
     ``r_max`` = the median radius of the observed particles (√(area/π)).
     Particles that all move far give chance coincidences on both sides (median ≈
     r_max/√2). Fewer than ``min_count`` observed near repeats (or no observed particle):
-    reported with a ``note``, not checked; fewer generated ones: ratio inf (flagged); halves
-    with too few: left out of the baseline (``baseline_splits`` counts the rest). Summary
-    keys: r_max_px, n_pairs, n_real, n_generated, real_median_px, generated_median_px,
-    ratio, real_vs_real_ratio, baseline_splits. Returns ``(summary, checks)`` as
+    reported with a ``note``, not checked; fewer generated ones over all frames: ratio inf
+    (flagged); a halving whose halves have too few is left out of the baseline
+    (``baseline_splits`` counts the rest), one whose generated subset has too few out of the
+    matched value. Summary keys: r_max_px, n_pairs, n_real, n_generated, real_median_px,
+    generated_median_px, ratio, real_vs_real_ratio, matched_deviation, baseline_splits. Returns ``(summary, checks)`` as
     :func:`matdyn.analysis.fidelity_content.particle_fidelity`."""
     if len(real) == 0:
         return {"n_real": 0, "note": "no observed particle: not checked"}, []
@@ -131,16 +132,18 @@ def near_repeat_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_RE
     ratio = float(np.median(dg) / np.median(dr)) if dg.size >= min_count else float("inf")
     gp, gt = _frame_points(gen)
     halves, matched = [], []
-    for k, ((a, b), g) in enumerate(zip(splits, matched_subsets(gen.n_frames, splits, seed))):
+    subsets = (matched_subsets(gen.n_frames, splits, seed) if gen.n_frames
+               else [np.zeros(0, np.int64)] * len(splits))
+    for k, ((a, b), g) in enumerate(zip(splits, subsets)):
         da = _near_repeats(rp, rt, a, r_max, n_pairs // 2, seed + 2 * k + 1)
         db = _near_repeats(rp, rt, b, r_max, n_pairs // 2, seed + 2 * k + 2)
         if da.size >= min_count and db.size >= min_count:
             halves.append(float(np.median(db) / np.median(da)))
             dgk = _near_repeats(gp, gt, g, r_max, n_pairs // 2, seed + 2 * k + 2)
-            matched.append(float(np.median(dgk) / np.median(da)) if dgk.size >= min_count
-                           else float("inf"))
+            if dgk.size >= min_count:  # a short generated subset is left out, as a short half
+                matched.append(float(np.median(dgk) / np.median(da)))
     check = ratio_check("near_repeat_median", ratio, halves)
-    if matched:  # the check compares half against half: mean |1 - r| over the halvings
+    if matched and np.isfinite(ratio):  # half against half: mean |1 - r| over the halvings
         check = check._replace(value=float(np.mean(np.abs(1.0 - np.asarray(matched)))))
     out.update(ratio=_num(ratio), real_vs_real_ratio=_num(1.0 + check.baseline),
                matched_deviation=_num(check.value), baseline_splits=len(halves))

@@ -150,8 +150,8 @@ class ParticleLinks(Reducer):
     def __repr__(self) -> str:
         return (f"ParticleLinks(params={self.params!r}, keep={self.keep!r}, "
                 f"radius={self.radius}, max_particles={self.max_particles}, "
-                f"floor_samples={self.floor_samples}, seed={self.seed}, name={self.name!r}, "
-                f"wide={self.wide})")
+                f"floor_samples={self.floor_samples}, seed={self.seed}, name={self.name!r}"
+                + (f", wide={self.wide})" if self.wide else ")"))  # unchanged fingerprint without
 
 
 def particle_rows(result: Any, prefix: str, pixel_size: float, dt: float | None, *,

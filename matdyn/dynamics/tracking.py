@@ -211,12 +211,15 @@ def _truth_in_working_px(store: Any, frames_shape: tuple[int, ...], fit: str,
 
 def pair_radius_check(frames: np.ndarray, params: LocateParams, lag: int, radius: float,
                       wide: float) -> dict[str, Any]:
-    """The Monte Carlo's link estimator on observed frame pairs: particles of frame t + ``lag``
+    """The Monte Carlo's link rule on observed frame pairs: particles of frame t + ``lag``
     linked to those of frame t (one-to-one, nearest within ``radius`` px, as
     :func:`~matdyn.dynamics.variation.link_to_reference` links samples to their reference)
     and again within ``wide`` px. Returns ``lag_frames``, ``n_pairs``, ``msd_px2``,
     ``msd_wide_px2`` and ``wide_over_msd``: how much linking farther adds for the data's own
     motion over that lag, the baseline of the MC's ``link_radius`` check (None without links).
+    An approximation of the MC estimator: displacements are pooled over all links (the MC
+    ensemble averages per-particle means), and a pair of frames stands for a reference and
+    one sample.
 
     ``frames`` [T, H, W]; raises :class:`ConfigError` for lag < 1 or wide <= radius."""
     from matdyn.dynamics.variation import link_to_reference
@@ -249,16 +252,16 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
                       search_range: float | None = None, memory: int = 3,
                       min_length: int = 10, max_lag: int = 10, n_fit: int = 4,
                       subtract_drift: bool = False,
-                      radius_check: tuple[int, float] | None = None) -> TrackingResult:
+                      radius_check: tuple[int, float, float] | None = None) -> TrackingResult:
     """Track one ``channel`` of a store's observed 2D frames; return MSD(Δt) and D.
 
     Frames come from :class:`matdyn.data.frames.ObservedFrames` (``resolution`` default:
     native short side). Physical units from the store: ``pixel_size`` (of the prepared
     frames) and ``frame_interval``. Per planted mode when the store's truth has
     ``positions_px`` and ``particle_mode`` (mode names from truth attrs ``mode_names``).
-    With ``radius_check`` = (lag in frames, factor): ``info["radius_check"]`` =
-    :func:`pair_radius_check` of the same frames at that lag, linked within the search range
-    and factor × it. Not applicable (result with reason) for stage/augmented stores. Raises
+    With ``radius_check`` = (lag in frames, radius px, wide radius px): ``info["radius_check"]``
+    = :func:`pair_radius_check` of the same frames at that lag (the radii of the Monte Carlo's
+    links, which may differ from the tracking's search range). Not applicable (result with reason) for stage/augmented stores. Raises
     :class:`AnalysisError` when the store has no ``frame_interval``.
     """
     import trackpy as tp
@@ -301,7 +304,7 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
                 "locate": {"diameter": params.diameter, "minmass": params.minmass},
                 "search_range_px": sr, "subtract_drift": bool(subtract_drift)}
     if radius_check is not None:
-        lag, factor = radius_check
-        out.info["radius_check"] = pair_radius_check(frames, params, max(1, int(lag)), sr,
-                                                     float(factor) * sr)
+        lag, r, wide = radius_check
+        out.info["radius_check"] = pair_radius_check(frames, params, max(1, int(lag)),
+                                                     float(r), float(wide))
     return out

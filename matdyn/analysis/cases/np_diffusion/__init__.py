@@ -249,14 +249,17 @@ class NPDiffusionCase:
                                 "images; check locate_diameter / dark_particles")
         self._gammas, self._dts, self._cal = sorted(runs), dts, cal
         dt0, fi = cal.get("dt_of_analysis_gamma"), ctx.store.meta.frame_interval
-        check = ((max(1, round(dt0 / fi)), cfg.radius_check_factor)
-                 if dt0 and fi and cfg.radius_check_factor else None)
+        check = ((max(1, round(dt0 / fi)), self._link_radius, self._wide_radius)
+                 if dt0 and fi and self._wide_radius else None)
         self._tracking = timebase.tracking(ctx, cfg.tracking_frames, self._params, check)
         lu, tu = steps.length_unit(ctx), cal.get("time_unit") or ctx.store.meta.time_unit or "s"
         units = {"centroid_row": "px", "centroid_col": "px", "msd": f"{lu}^2",
                  "msd_floor": f"{lu}^2", "D": f"{lu}^2/{tu}", "D_floor": f"{lu}^2/{tu}",
                  "D_slope": f"{lu}^2/{tu}", "mean_dy": lu, "mean_dx": lu, "rg": lu}
         units |= {f"msd_g{particles.gamma_key(g)}": f"{lu}^2" for g in runs}
+        if "msd_wide" in df:
+            units |= {"msd_wide": f"{lu}^2"} | {f"msd_wide_g{particles.gamma_key(g)}": f"{lu}^2"
+                                                for g in runs}
         r0 = result
         info = {"locate": {"diameter": self._params.diameter, "minmass": self._params.minmass,
                            "dark": self._params.dark, "polarity": self._polarity,
@@ -272,7 +275,7 @@ class NPDiffusionCase:
         ens = self._ensemble(ctx, df)
         ens["link_radius"] = lr = particles.link_radius_check(
             ens["msd_by_gamma"], ens["msd_wide_by_gamma"], self._link_radius,
-            self._wide_radius, nm_px)
+            self._wide_radius, nm_px, paired_by_gamma=ens["msd_paired_by_gamma"])
         lr["observed"] = (self._tracking.get("info") or {}).get("radius_check")
         self._sections["particles"]["ensemble"] = ens
         if lr["sensitive_gammas"]:
@@ -280,8 +283,8 @@ class NPDiffusionCase:
             ratios = ", ".join(f"{lr['by_gamma'][k]['wide_over_msd']:.2f}×" for k in ks)
             ob = lr["observed"] or {}
             if ob.get("wide_over_msd") is not None and np.isfinite(ob["wide_over_msd"]):
-                ratios += (f" (observed frames {ob['lag_frames']} apart, the analysis Δt: "
-                           f"{ob['wide_over_msd']:.2f}×)")
+                ratios += (f" (observed frames {ob['lag_frames']} apart, the lag nearest "
+                           f"the analysis Δt: {ob['wide_over_msd']:.2f}×)")
             ctx.note(f"MC MSD depends on the link radius at γ = {', '.join(ks)}: linking "
                      f"within {lr['wide_radius_px']:g} px instead of {lr['link_radius_px']:g} "
                      f"px (analysis.search_radius) gives {ratios} the MSD: the generator "

@@ -226,7 +226,9 @@ class Config:
             if not ok:
                 raise ConfigError(f"analysis.calibration_sigma must be a number >= 0 (px) or "
                                   f"'auto', got {sig!r}")
-        if self.radius_check_factor is not None and not self.radius_check_factor > 1:
+        f = self.radius_check_factor
+        if f is not None and not (isinstance(f, (int, float)) and not isinstance(f, bool)
+                                  and f > 1):
             raise ConfigError(f"analysis.radius_check_factor must be > 1 or null, got "
                               f"{self.radius_check_factor!r}")
         if self.search_radius is not None and not self.search_radius > 0:

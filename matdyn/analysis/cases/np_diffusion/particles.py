@@ -94,8 +94,6 @@ def table(ctx: CaseContext, runs: dict[float, Any], dts: dict[float, float | Non
         other = _merge_keys(rows[g])[cols]
         other = other.rename(columns={"msd": f"msd_g{gamma_key(g)}", "rg": "_rg", "anisotropy": "_an",
                                       "msd_wide": f"msd_wide_g{gamma_key(g)}"})
-        if f"msd_wide_g{gamma_key(g)}" in main:  # the run's own γ: its msd_wide column
-            main = main.drop(columns=[f"msd_wide_g{gamma_key(g)}"])
         main = main.merge(other, on=["ref_index", "_r", "_c"], how="left")
         main[f"log_anisotropy_ratio_g{gamma_key(g)}"] = _log_ratio(main, main.pop("_rg"),
                                                                    main.pop("_an"))
@@ -240,12 +238,16 @@ def ensemble(sub: pd.DataFrame, gammas: list[float], dts: dict[float, float | No
     for g in gammas:
         col = sub[f"msd_g{gamma_key(g)}"] if f"msd_g{gamma_key(g)}" in sub else sub["msd"]
         by_g[g] = float(np.nanmean(col)) if col.notna().any() else np.nan
-    wide = {gamma_key(g): finite_or_none(float(np.nanmean(sub[c])))
-            for g in gammas if (c := f"msd_wide_g{gamma_key(g)}") in sub and sub[c].notna().any()}
+    wide, paired = {}, {}  # over the particles with both MSDs (the same population)
+    for g in gammas:
+        c, m = f"msd_wide_g{gamma_key(g)}", f"msd_g{gamma_key(g)}"
+        if c in sub and m in sub and (both := sub[c].notna() & sub[m].notna()).any():
+            wide[gamma_key(g)] = finite_or_none(float(sub.loc[both, c].mean()))
+            paired[gamma_key(g)] = finite_or_none(float(sub.loc[both, m].mean()))
     out: dict[str, Any] = {"n": int(len(sub)), "floor": finite_or_none(floor),
                            "msd_by_gamma": {gamma_key(g): finite_or_none(v)
                                             for g, v in by_g.items()},
-                           "msd_wide_by_gamma": wide,
+                           "msd_wide_by_gamma": wide, "msd_paired_by_gamma": paired,
                            "D": None, "D_wide": None, "D_slope": None, "msd_exponent": None}
     dt = dts.get(gamma)
     if dt and np.isfinite(by_g.get(gamma, np.nan)):
@@ -342,7 +344,8 @@ RADIUS_NOTE_FACTOR = 1.25
 
 def link_radius_check(msd_by_gamma: dict[str, float | None],
                       wide_by_gamma: dict[str, float | None] | None, radius_px: float,
-                      wide_px: float | None, length_per_px: float) -> dict[str, Any]:
+                      wide_px: float | None, length_per_px: float, *,
+                      paired_by_gamma: dict[str, float | None] | None = None) -> dict[str, Any]:
     """How much the ensemble MC MSD at each γ depends on the link radius.
 
     A sample particle is linked to its reference particle only within ``radius_px``
@@ -350,7 +353,9 @@ def link_radius_check(msd_by_gamma: dict[str, float | None],
     the MC MSD cannot exceed R² and, for a cloud much wider than R, tends to R²/2 (uniform
     over the disc) however far particles move. Per γ: ``msd_over_cap`` = MSD / (R²/2) and,
     when the clouds were also linked within ``wide_px``, ``wide_over_msd`` = the MSD so
-    linked / the MSD (1: the radius does not matter). MSDs in length² (``length_per_px``
+    linked / the MSD (1: the radius does not matter), both over the same particles when
+    ``paired_by_gamma`` gives the MSD of the particles that have a wide MSD (a particle that
+    always jumps past R has a wide MSD only). MSDs in length² (``length_per_px``
     per px). ``sensitive_gammas``: the γ keys whose ratio exceeds :data:`RADIUS_NOTE_FACTOR`.
     A Gaussian-cloud model is not used: on the Princeton beads (session 16; R = 2 px at
     0.7 µm/px) it put the truncation bias at the analysis γ at 2 %, but linking within 4 px
@@ -369,8 +374,10 @@ def link_radius_check(msd_by_gamma: dict[str, float | None],
     for k, m in msd_by_gamma.items():
         ok = m is not None and np.isfinite(m) and m > 0
         w = wide_by_gamma.get(k)
+        mp = (paired_by_gamma or {}).get(k, m) if paired_by_gamma is not None else m
+        okp = mp is not None and np.isfinite(mp) and mp > 0
         per[k] = {"msd_over_cap": float(m / cap) if ok else None,
-                  "wide_over_msd": (float(w / m) if ok and w is not None and np.isfinite(w)
+                  "wide_over_msd": (float(w / mp) if okp and w is not None and np.isfinite(w)
                                     else None)}
     sensitive = [k for k, v in per.items()
                  if v["wide_over_msd"] is not None and v["wide_over_msd"] > RADIUS_NOTE_FACTOR]

@@ -96,11 +96,11 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
 
 
 def tracking(ctx: CaseContext, n_frames: int, params: Any,
-             radius_check: tuple[int, float] | None = None) -> dict[str, Any]:
+             radius_check: tuple[int, float, float] | None = None) -> dict[str, Any]:
     """The ``tracking_baseline`` section: D, drift speed v and MSD exponent α per planted
     mode ("all" = every trajectory) and ensemble MSD(Δt), lengths in nm when the unit is a
     length (else the store's unit); ``params``: the Monte Carlo's LocateParams (one locator
-    for both). ``radius_check`` (lag in frames, factor): the link-radius check of the
+    for both). ``radius_check`` (lag in frames, radius, wide radius in px): the link-radius check of the
     observed frames (``info.radius_check``, :func:`matdyn.dynamics.tracking.pair_radius_check`).
     ``applicable`` False with ``reason`` otherwise."""
     from matdyn.dynamics import tracking_baseline
