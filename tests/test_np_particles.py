@@ -375,6 +375,11 @@ def test_mc_vs_tracking_agreement_flags_a_generator_that_moves_too_little():
     assert particles.agreement(ens, sec, tr)["exponents_agree"] is True
     ens["msd_exponent"] = None
     assert "exponents_agree" not in particles.agreement(ens, sec, tr)
+    assert "agrees_wide" not in particles.agreement(ens, sec, tr)  # no wide links: no verdict
+    ens["D_wide"] = 2500.0  # linked within twice the radius: 2.5x tracking
+    w = particles.agreement(ens, sec, tr)
+    assert w["D_wide_over_tracking"] == pytest.approx(2.5) and w["agrees_wide"] is False
+    assert w["agrees"] is True
     none = particles.agreement(ens, sec, {"applicable": False, "reason": "not a time series"})
     assert none["agrees"] is None and "not a time series" in none["note"]
 

@@ -282,16 +282,17 @@ class NPDiffusionCase:
             ks = lr["sensitive_gammas"]
             ratios = ", ".join(f"{lr['by_gamma'][k]['wide_over_msd']:.2f}×" for k in ks)
             ob = lr["observed"] or {}
+            same = ""
             if ob.get("wide_over_msd") is not None and np.isfinite(ob["wide_over_msd"]):
-                ratios += (f" (observed frames {ob['lag_frames']} apart, the lag nearest "
-                           f"the analysis Δt: {ob['wide_over_msd']:.2f}×)")
-            ctx.note(f"MC MSD depends on the link radius at γ = {', '.join(ks)}: linking "
-                     f"within {lr['wide_radius_px']:g} px instead of {lr['link_radius_px']:g} "
-                     f"px (analysis.search_radius) gives {ratios} the MSD: the generator "
-                     "moves some particles farther than the radius (counted as appearing), "
-                     "while wider links may pair neighbours, so MC D there is set by the "
-                     "radius as much as by the motion (particles.ensemble.link_radius; "
-                     "mc_vs_tracking.D_wide_over_tracking)")
+                same = (f" The same check on observed frames {ob['lag_frames']} apart (the lag "
+                        f"nearest the analysis Δt) gives {ob['wide_over_msd']:.2f}×.")
+            ctx.note(f"MC MSD depends on the link radius at γ = {', '.join(ks)}: linked within "
+                     f"{lr['wide_radius_px']:g} px instead of {lr['link_radius_px']:g} px "
+                     f"(analysis.search_radius), the MSD is {ratios} as large.{same} The "
+                     "generator moves some particles farther than the radius (counted as "
+                     "appearing), while wider links may pair neighbours, so MC D there is set "
+                     "by the radius as much as by the motion (particles.ensemble.link_radius; "
+                     "mc_vs_tracking.D_wide_over_tracking, agrees_wide)")
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
         agree = particles.agreement(ens, self._sections["particles"], self._tracking)
@@ -448,7 +449,8 @@ class NPDiffusionCase:
             ok = df[group] >= 0
             names = particles.name_clusters(df.loc[ok, group].to_numpy(),
                                             df.loc[ok, "msd"].to_numpy(np.float64), self._preal)
-        pfigs.msd_dt_figure(ctx, df, self._gammas, self._cal, self._tracking, group, names, lu)
+        pfigs.msd_dt_figure(ctx, df, self._gammas, self._cal, self._tracking, group, names, lu,
+                            radii=(self._link_radius, self._wide_radius))
         d_modes = np.asarray(dict(ctx.store.truth).get("mode_diffusion_nm2_s", []),
                              np.float64).ravel()
         planted = float(d_modes[FREE]) if truth and d_modes.size > FREE else None

@@ -21,7 +21,8 @@ from matdyn.analysis.cases.np_diffusion.particles import gamma_key
 
 def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
                   cal: Mapping[str, Any], tracking: Mapping[str, Any], group: str | None,
-                  names: Mapping[int, str], unit: str) -> None:
+                  names: Mapping[int, str], unit: str,
+                  radii: tuple[float, float | None] | None = None) -> None:
     """MC ensemble MSD (mean over each group's particles, as the tracking's emsd averages
     over tracks) at each γ's Δt, the mean noise floor, tracking MSD(Δt) and the line
     4·D·Δt of the tracking D of all particles, drawn down to the shortest MC Δt (MC D is
@@ -38,13 +39,15 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
         sub = df if k is None else df[df[group] == k]
         y = [np.nanmean(sub[f"msd_g{gamma_key(g)}"]) if sub[f"msd_g{gamma_key(g)}"].notna().any()
              else np.nan for g in gammas]
+        within = f", linked within {radii[0]:g} px" if radii else ""
         ax.plot(x, y, "o-", color=f"C{i}",
-                label=f"MC {'all' if k is None else names.get(k, k)} (ensemble)")
+                label=f"MC {'all' if k is None else names.get(k, k)} (ensemble{within})")
     wide = [f"msd_wide_g{gamma_key(g)}" for g in gammas]
     if all(c in df for c in wide):  # the link-radius check, all particles
         yw = [np.nanmean(df[c]) if df[c].notna().any() else np.nan for c in wide]
         ax.plot(x, yw, "o:", color="0.35", mfc="none", lw=0.8,
-                label="MC all, linked within the wide radius")
+                label="MC all, linked within "
+                      + (f"{radii[1]:g} px" if radii and radii[1] else "the wide radius"))
     if "msd_floor" in df and df["msd_floor"].notna().any():
         ax.axhline(float(np.nanmean(df["msd_floor"])), color="0.5", ls=":", lw=1,
                    label="noise floor (still)")
@@ -84,7 +87,8 @@ def d_histogram(ctx: CaseContext, df: pd.DataFrame, tracking: Mapping[str, Any],
     t_all = (tracking.get("modes", {}).get("all") or {}).get("D") if tracking.get("applicable") \
         else None
     if t_all and t_all > 0:
-        lines.append((float(np.log10(t_all)), f"tracking (all) {t_all:.3g}", "k", "--"))
+        lines.append((float(np.log10(t_all)), f"tracking (all) {t_all:.3g} {unit}²/{tu}", "k",
+                      "--"))
     if planted:
         lines.append((float(np.log10(planted)), f"planted free {planted:.4g}", "C0", "-."))
     fig = hist_figure(np.log10(np.clip(d, 1e-12, None)), xlabel=f"log10 D ({unit}²/{tu})",

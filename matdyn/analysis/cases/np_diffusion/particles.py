@@ -304,7 +304,8 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     per-particle medians from ``section`` (the ``particles`` section) are reported beside
     it, with the MC and tracked MSD exponents. ``agrees`` is True when the ensemble D is
     within ``factor`` of tracking (2×: the issue-12 criterion on real videos); None when
-    either side is missing (no time axis, no trackable frames).
+    either side is missing (no time axis, no trackable frames). ``agrees_wide``: the same
+    with the MSD linked within the wide radius (absent without it).
 
     ``mc_motion`` / ``tracking_motion`` classify the two MSD exponents with
     :func:`~matdyn.dynamics.calibration.classify_exponent` (α < 0.7 sub-diffusive, > 1.3
@@ -326,9 +327,11 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     for k in ("mc_D", "mc_D_wide", "mc_D_slope", "mc_median_D", "mc_median_D_slope"):
         v = out[k]
         out[f"{k[3:]}_over_tracking"] = finite_or_none(v / d_tr) if v is not None else None
-    r = out["D_over_tracking"]
+    r, rw = out["D_over_tracking"], out.get("D_wide_over_tracking")
     if r is not None:
         out["agrees"] = bool(1 / factor <= r <= factor)
+    if rw is not None:  # the same criterion with the wide link radius (link_radius_check)
+        out["agrees_wide"] = bool(1 / factor <= rw <= factor)
     a_mc = out["mc_msd_exponent"]
     if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
         mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()
