@@ -277,6 +277,9 @@ class NPDiffusionCase:
             ens["msd_by_gamma"], ens["msd_wide_by_gamma"], self._link_radius,
             self._wide_radius, nm_px, paired_by_gamma=ens["msd_paired_by_gamma"])
         lr["observed"] = (self._tracking.get("info") or {}).get("radius_check")
+        lr["units"] = {"msd_cap": f"{lu}^2", "link_radius_px": "px", "wide_radius_px": "px",
+                       "observed.msd_px2": "px^2"}
+        ens["units"] = {"msd_by_gamma": f"{lu}^2", "floor": f"{lu}^2", "D": f"{lu}^2/{tu}"}
         self._sections["particles"]["ensemble"] = ens
         if lr["sensitive_gammas"]:
             ks = lr["sensitive_gammas"]
