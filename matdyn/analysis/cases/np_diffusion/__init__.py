@@ -112,6 +112,12 @@ from matdyn.sampling.reducers import FilteredMean, SampleMetrics
 __all__ = ["CASE", "PAPER", "Config", "NPDiffusionCase"]
 
 
+
+#: observed near repeats whose median reaches this fraction of r/√2 (the median of chance
+#: coincidences uniform over the disc of radius r) are taken as coincidences: nothing keeps
+#: its place (freely diffusing beads: 1.24 px observed against r/√2 = 1.41 px, Princeton)
+CHANCE_LEVEL = 0.8
+
 class NPDiffusionCase:
     """The NP-diffusion steps (see the module docstring); one instance per run."""
 
@@ -142,7 +148,15 @@ class NPDiffusionCase:
             ctx.note(f"generated frames are far from the observed ones (SWD {swd['value']:.3g} "
                      f"vs real-vs-real {swd['baseline']:.3g}); is the generator trained?")
         nr = fid["near_repeat"]
-        if nr.get("flagged"):
+        chance = (nr.get("real_median_px") is not None and nr.get("r_max_px") and
+                  nr["real_median_px"] >= CHANCE_LEVEL * nr["r_max_px"] / np.sqrt(2))
+        if nr.get("flagged") and chance:  # nothing keeps its place: coincidences on both sides
+            ctx.note(f"near-repeat distance {nr['generated_median_px']:.2f} px generated vs "
+                     f"{nr['real_median_px']:.2f} px observed (ratio {nr['ratio']:.2f}) is "
+                     f"flagged, but the observed near repeats are chance coincidences (median "
+                     f"near r/√2 = {nr['r_max_px'] / np.sqrt(2):.2f} px): no observed particle "
+                     "keeps its place, so the check says little about the motion here")
+        elif nr.get("flagged"):
             how = "still" if nr["ratio"] < 1 else "loose"
             ctx.note(f"particles that keep their place are drawn too {how}: near-repeat distance "
                      f"{nr['generated_median_px']:.2f} px generated vs {nr['real_median_px']:.2f} px "
