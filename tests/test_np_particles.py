@@ -333,6 +333,11 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     assert lr["wide_radius_px"] == 2 * lr["link_radius_px"] and set(lr["by_gamma"]) == {"0.125", "0.25"}
     for k, v in lr["by_gamma"].items():  # a wider radius only adds links
         assert v["wide_over_msd"] >= 0.99 and ens["msd_wide_by_gamma"][k] >= 0.99 * ens["msd_by_gamma"][k]
+    tc = s["time_calibration"]  # how well each γ's Δt is determined
+    assert len(tc["local_exponent"]) == len(tc["gammas"])
+    flat = any("poorly determined" in n for n in s["notes"])
+    assert flat == any(e is not None and e < timebase.SATURATION_EXPONENT and t is not None
+                       for e, t in zip(tc["local_exponent"], tc["dt"]))
     ob = lr["observed"]  # the same check on observed frame pairs at the analysis Δt
     assert ob["lag_frames"] >= 1 and ob["n_pairs"] > 0 and ob["wide_over_msd"] >= 0.99
     said = any("depends on the link radius" in n for n in s["notes"])
@@ -548,3 +553,17 @@ def test_radius_check_settings_are_validated_and_null_keeps_the_old_fingerprint(
     # without the wide links the reducer's repr (the engine's resume fingerprint) is unchanged
     assert "wide" not in repr(ParticleLinks(PARAMS))
     assert "wide=6.0" in repr(ParticleLinks(PARAMS, wide_factor=2.0))
+
+
+def test_local_exponent_of_the_calibration_curve_sees_saturation():
+    """Squared frame differences grow ∝ MSD while particles move less than their size and
+    saturate beyond: the log-log slope at each γ's Δt says how well that Δt is determined."""
+    t = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    linear = 3.0 * t
+    saturating = 1.0 - np.exp(-t / 1.5)
+    e = timebase.local_exponents(t, linear, [0.3, 0.7, 3.0, 20.0, None])
+    np.testing.assert_allclose(e[:4], 1.0)
+    assert np.isnan(e[4])
+    s = timebase.local_exponents(t, saturating, [0.7, 6.0])
+    assert 0.7 < s[0] < 1.0 and s[1] < timebase.SATURATION_EXPONENT
+    assert np.isnan(timebase.local_exponents(t, -linear, [1.5])[0])  # no positive difference

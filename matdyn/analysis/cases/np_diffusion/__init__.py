@@ -255,6 +255,16 @@ class NPDiffusionCase:
         cal = timebase.calibrate(ctx, observed.baseline, gamma_diff, self._cal_metric)
         if not cal["available"] or cal.get("note"):
             ctx.note(f"time calibration: {cal.get('note')}")
+        flat = [(g, t, e) for g, t, e in zip(cal.get("gammas", []), cal.get("dt", []),
+                                             cal.get("local_exponent", []))
+                if e is not None and t is not None and e < timebase.SATURATION_EXPONENT]
+        if flat:
+            ctx.note("time calibration: at γ = " + ", ".join(f"{g:.3g} (Δt {t:.3g} "
+                     f"{cal['time_unit']}, difference ∝ Δt^{e:.2f})" for g, t, e in flat)
+                     + " the observed frame difference grows slowly with Δt (it saturates "
+                     "once particles move farther than their size), so each of these Δt is "
+                     "poorly determined, and the MC MSD(Δt) exponent with them (figure "
+                     "time_calibration)")
         dts = dict(zip(cal["gammas"], cal["dt"])) if cal["available"] else {}
         nm_px = ctx.pixel_size * (ctx.nm or 1.0)
         df = particles.table(ctx, runs, dts, nm_px)

@@ -30,6 +30,34 @@ def _unavailable(note: str) -> dict[str, Any]:
     return {"available": False, "note": note, "dt_of_analysis_gamma": None}
 
 
+#: a γ whose Δt falls where the observed difference grows slower than Δt^this is named in a
+#: note: there a 10 % error in the matched difference moves its Δt by 10 % / exponent or more
+SATURATION_EXPONENT = 0.5
+
+
+def local_exponents(t: np.ndarray, motion: np.ndarray, dts: Any) -> np.ndarray:
+    """Log-log slope of the observed motion difference ``motion`` [L] (noise intercept
+    removed) against the lags ``t`` [L] in the lag interval holding each Δt of ``dts`` (the
+    first or last interval beyond the ends); NaN where a Δt is missing or a difference is
+    not positive. 1: the difference grows ∝ Δt (∝ MSD for diffusion); → 0: it saturates, and
+    the Δt read off it for a γ is poorly determined.
+
+    >>> np.round(local_exponents(np.array([1., 2., 4.]), np.array([1., 2., 2.5]), [1.5, 3.0]), 2).tolist()
+    [1.0, 0.32]
+    """
+    t, m = np.asarray(t, np.float64), np.asarray(motion, np.float64)
+    out = np.full(len(dts), np.nan)
+    if len(t) < 2:
+        return out
+    for j, x in enumerate(dts):
+        if x is None or not np.isfinite(x) or x <= 0:
+            continue
+        i = int(np.clip(np.searchsorted(t, x) - 1, 0, len(t) - 2))
+        if m[i] > 0 and m[i + 1] > 0:
+            out[j] = np.log(m[i + 1] / m[i]) / np.log(t[i + 1] / t[i])
+    return out
+
+
 def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, float],
               metric: Any = None, max_fraction: float = 0.25) -> dict[str, Any]:
     """The ``time_calibration`` section: γ → Δt (and Δt → γ) from ``frames`` [T, 1, R, R]
@@ -77,7 +105,8 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
         "time_unit": tu, "lag_intercept": d0,
         "lags": lag.assign(motion_median=d - d0).to_dict("records"),
         "gammas": g, "gamma_diff": gd.tolist(), "dt": [finite_or_none(v) for v in dts],
-        "in_range": inr.tolist(), "dt_of_analysis_gamma": None}
+        "in_range": inr.tolist(), "dt_of_analysis_gamma": None,
+        "local_exponent": [finite_or_none(v) for v in local_exponents(t, d - d0, dts)]}
     if ctx.gamma in g:
         out["dt_of_analysis_gamma"] = finite_or_none(dts[g.index(ctx.gamma)])
     if len(g) >= 2:
