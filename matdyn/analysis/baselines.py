@@ -88,7 +88,9 @@ def matched_distance(metric: Callable[[Any, Any], float | None],
 
     Returns ``{"generated_vs_real", "generated_vs_real_sd", "real_vs_real",
     "real_vs_real_sd", "baseline_splits"}`` (means and standard deviations over the kept
-    triples; None when no triple is kept).
+    triples; None when no triple is kept, and ``generated_vs_real`` None when it is infinite,
+    so the dict is JSON-ready; :func:`~matdyn.analysis.fidelity_content.matched_check` reads
+    that None as inf).
 
     >>> d = matched_distance(lambda x, y: abs(np.mean(x) - np.mean(y)),
     ...                      [([0.0], [1.0], [3.0]), ([0.0], [3.0], [1.0])])
@@ -108,7 +110,7 @@ def matched_distance(metric: Callable[[Any, Any], float | None],
                 "real_vs_real_sd": None, "baseline_splits": 0}
     v, b = np.asarray(vals), np.asarray(bases)
     finite = bool(np.isfinite(v).all())
-    return {"generated_vs_real": float(v.mean()),
+    return {"generated_vs_real": float(v.mean()) if finite else None,
             "generated_vs_real_sd": float(v.std()) if finite else None,
             "real_vs_real": float(b.mean()), "real_vs_real_sd": float(b.std()),
             "baseline_splits": len(bases)}

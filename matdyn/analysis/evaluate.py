@@ -141,8 +141,6 @@ def _areas(cr: Centres, cg: Centres, n_real: int, n_gen: int, pixel_size: float,
         "particles_per_frame_real": len(a_real) / n_real,
         "particles_per_frame_generated": len(a_gen) / n_gen,
     }
-    if out["generated_vs_real"] is not None and not np.isfinite(out["generated_vs_real"]):
-        out["generated_vs_real"] = None  # a generated subset without particles (JSON-ready)
     check = matched_check("particle_area_w1", w1)
     return out, ([check] if w1["baseline_splits"] else [])
 

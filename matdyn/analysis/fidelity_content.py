@@ -396,8 +396,6 @@ def particle_fidelity(real: Centres, generated: Centres, shape: tuple[int, int],
     emd = matched_distance(density_distance(density_emd), triples)
     chi2 = matched_distance(density_distance(density_chi2), triples)
     checks += [matched_check("centre_density_emd", emd), matched_check("centre_density_chi2", chi2)]
-    for d in (emd, chi2):  # JSON-ready: inf (nothing drawn) as None
-        d["generated_vs_real"] = _num(d["generated_vs_real"]) if d["generated_vs_real"] is not None else None
     out["centre_density"] = {"bins": bins, "emd_unit": "fraction of the frame side",
                              "comparison": "matched halves", "emd": emd, "chi2": chi2,
                              "baseline_splits": emd["baseline_splits"]}

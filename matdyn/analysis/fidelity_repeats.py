@@ -220,8 +220,6 @@ def subpixel_fidelity(real: Centres, gen: Centres, *, n_splits: int = NEAR_REPEA
                real_vs_real_px=w1["real_vs_real"], real_vs_real_sd_px=w1["real_vs_real_sd"],
                w1_all_frames_px=circular_w1(fr, fg), comparison="matched halves",
                baseline_splits=w1["baseline_splits"])
-    if out["w1_px"] is not None and not np.isfinite(out["w1_px"]):
-        out["w1_px"] = None
     return out, [matched_check("subpixel_w1", w1)]
 
 
