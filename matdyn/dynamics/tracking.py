@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from matdyn.dynamics.locate import LocateParams, estimate_locate_params, locate_stack
+from matdyn.dynamics.locate import Located, LocateParams, estimate_locate_params, locate_stack
 from matdyn.errors import AnalysisError, ConfigError
 
 __all__ = [
@@ -92,15 +92,17 @@ def fit_directed(lag_t: np.ndarray, msd: np.ndarray, ndim: int = 2) -> tuple[flo
 
 
 def track_frames(frames: np.ndarray, params: LocateParams, search_range: float, *,
-                 memory: int = 3, min_length: int = 10) -> pd.DataFrame:
+                 memory: int = 3, min_length: int = 10,
+                 located: Located | None = None) -> pd.DataFrame:
     """Trajectories of frames [T, H, W]: columns frame, y, x (px), mass, particle.
 
     Links with :func:`trackpy.link` (``search_range`` px, ``memory`` frames a particle may
     vanish) and keeps trajectories of at least ``min_length`` frames
-    (:func:`trackpy.filter_stubs`)."""
+    (:func:`trackpy.filter_stubs`). ``located``: the frames' features when already located
+    with ``params`` (:func:`~matdyn.dynamics.locate.locate_stack`), else located here."""
     import trackpy as tp
 
-    loc = locate_stack(frames, params)
+    loc = located if located is not None else locate_stack(frames, params)
     f = pd.DataFrame({"frame": loc.frame, "y": loc.coords[:, 0], "x": loc.coords[:, 1],
                       "mass": loc.mass})
     if f.empty:
@@ -210,7 +212,7 @@ def _truth_in_working_px(store: Any, frames_shape: tuple[int, ...], fit: str,
 
 
 def pair_radius_check(frames: np.ndarray, params: LocateParams, lag: int, radius: float,
-                      wide: float) -> dict[str, Any]:
+                      wide: float, *, located: Located | None = None) -> dict[str, Any]:
     """The Monte Carlo's link rule on observed frame pairs: particles of frame t + ``lag``
     linked to those of frame t (one-to-one, nearest within ``radius`` px, as
     :func:`~matdyn.dynamics.variation.link_to_reference` links samples to their reference)
@@ -221,21 +223,22 @@ def pair_radius_check(frames: np.ndarray, params: LocateParams, lag: int, radius
     ensemble averages per-particle means), and a pair of frames stands for a reference and
     one sample.
 
-    ``frames`` [T, H, W]; raises :class:`ConfigError` for lag < 1 or wide <= radius."""
+    ``frames`` [T, H, W] (``located``: their features, when already located with
+    ``params``); raises :class:`ConfigError` for lag < 1 or wide <= radius."""
     from matdyn.dynamics.variation import link_to_reference
 
     if int(lag) < 1 or not wide > radius > 0:
         raise ConfigError(f"pair radius check needs lag >= 1 and wide > radius > 0, got "
                           f"{lag!r}, {radius!r}, {wide!r}")
-    frames = np.asarray(frames, np.float64)
     t0 = np.arange(0, len(frames) - int(lag))
     if t0.size == 0:
         return {"lag_frames": int(lag), "n_pairs": 0, "msd_px2": None, "msd_wide_px2": None,
                 "wide_over_msd": None}
-    loc = locate_stack(frames, params)
+    loc = located if located is not None else locate_stack(frames, params)
+    pts = [loc.in_frame(i) for i in range(len(frames))]
     sums = {radius: [0.0, 0], wide: [0.0, 0]}
     for t in t0:
-        ref, smp = loc.in_frame(int(t)), loc.in_frame(int(t) + int(lag))
+        ref, smp = pts[t], pts[t + int(lag)]
         for r in (radius, wide):
             link = link_to_reference(ref, smp, np.zeros(len(smp), np.int64), 1, r)
             d = link.displacement[link.ref_index >= 0]
@@ -285,7 +288,8 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
     frames = obs.load()[:, channel]  # [T, R, R] one channel
     params = params or estimate_locate_params(frames[0], dark=dark)
     sr = float(search_range if search_range is not None else params.diameter // 2)
-    tracks = track_frames(frames, params, sr, memory=memory, min_length=min_length)
+    loc = locate_stack(frames, params)  # once, for the tracks and the radius check
+    tracks = track_frames(frames, params, sr, memory=memory, min_length=min_length, located=loc)
     if subtract_drift:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -306,5 +310,5 @@ def tracking_baseline(store: Any, *, start: int = 0, n_frames: int | None = None
     if radius_check is not None:
         lag, r, wide = radius_check
         out.info["radius_check"] = pair_radius_check(frames, params, max(1, int(lag)),
-                                                     float(r), float(wide))
+                                                     float(r), float(wide), located=loc)
     return out
