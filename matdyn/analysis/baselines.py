@@ -118,9 +118,11 @@ def matched_distance(metric: Callable[[Any, Any], float | None],
 
 def matched_split(real: Any, generated: Any, metric: Callable[[Any, Any], float | None], *,
                   n_repeats: int = 5, seed: int = 0) -> dict[str, Any]:
-    """:func:`matched_distance` over ``n_repeats`` random halvings (:func:`halvings`) of the
-    first axis of ``real`` (frames, or pooled values such as particle areas), each half a
-    against half b and against a random subset of ``generated`` (first axis) as large as b.
+    """:func:`matched_distance` over ``n_repeats`` random halvings of the first axis of
+    ``real`` (frames, or pooled values such as particle areas), each half a against half b
+    and against a random subset of ``generated`` (first axis) as large as b. The halvings
+    are those of :func:`~matdyn.analysis.fidelity.split_half_baseline` with the same
+    ``seed``, so ``real_vs_real`` is that function's mean baseline.
 
     >>> rng = np.random.default_rng(0)
     >>> d = matched_split(rng.random(400), rng.random(400) + 1.0,
@@ -128,8 +130,10 @@ def matched_split(real: Any, generated: Any, metric: Callable[[Any, Any], float 
     >>> round(d["generated_vs_real"]), d["real_vs_real"] < 0.05, d["baseline_splits"]
     (1, True, 3)
     """
+    from matdyn.analysis.fidelity import split_half_indices
+
     real, generated = np.asarray(real), np.asarray(generated)
-    splits = halvings(len(real), n_repeats, seed)
+    splits = split_half_indices(len(real), n_repeats, seed)
     subsets = matched_subsets(len(generated), splits, seed)
     return matched_distance(metric, [(real[a], real[b], generated[g])
                                      for (a, b), g in zip(splits, subsets)])

@@ -381,16 +381,23 @@ def split_half_baseline(
     (3, True)
     """
     arr = np.asarray(data)
-    if arr.shape[0] < 2:
+    return [metric(arr[a], arr[b]) for a, b in split_half_indices(arr.shape[0], n_repeats, seed)]
+
+
+def split_half_indices(n: int, n_repeats: int = 1, seed: int = 0
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The halvings of :func:`split_half_baseline`: ``n_repeats`` pairs of disjoint index
+    arrays of ``n // 2`` each, one random permutation of ``range(n)`` per repeat from one
+    stream seeded by ``seed``.
+
+    >>> [(len(a), len(b)) for a, b in split_half_indices(5, 2)]
+    [(2, 2), (2, 2)]
+    """
+    if n < 2:
         raise AnalysisError("a split-half baseline needs at least 2 real samples")
     rng = np.random.default_rng(seed)
-    out = []
-    # each repeat: a fresh random split into two halves
-    for _ in range(n_repeats):
-        perm = rng.permutation(arr.shape[0])
-        half = arr.shape[0] // 2
-        out.append(metric(arr[perm[:half]], arr[perm[half : 2 * half]]))
-    return out
+    half = n // 2
+    return [(p[:half], p[half : 2 * half]) for p in (rng.permutation(n) for _ in range(n_repeats))]
 
 
 def wasserstein_baseline(
