@@ -141,6 +141,11 @@ def test_empty_generator_is_flagged_not_crashing():
     assert s["particles_per_frame"]["ratio"] == 0.0
     assert s["centre_density"]["emd"]["generated_vs_real"] is None  # undefined: nothing drawn
     assert {"particles_per_frame", "centre_density_emd"} <= set(flagged(checks))
+    # no generated frame at all: flagged too, not a crash in the matched subsets
+    no_frames = Centres(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
+    s, checks = particle_fidelity(real, no_frames, (8, 8), bins=2, n_splits=3)
+    assert s["centre_density"]["emd"]["generated_vs_real"] is None  # inf, JSON-ready
+    assert {"centre_density_emd", "centre_density_chi2"} <= set(flagged(checks))
 
 
 def test_check_floor_and_factor():
@@ -290,6 +295,13 @@ def test_near_repeat_distance_sees_trap_jitter_that_counts_cannot():
     assert 1.0 < fresh["near_repeat"]["real_vs_real_ratio"] < 1.1
     assert still["near_repeat"]["ratio"] < 0.6
     assert "near_repeat_median" in flagged(checks)
+    # the check's value compares half against half: the mean |1 - r| over the halvings, at
+    # the halves' own level for a fresh draw, near |1 - ratio| for the still generator
+    assert fresh["near_repeat"]["matched_deviation"] < 2 * 0.075
+    assert still["near_repeat"]["matched_deviation"] == pytest.approx(
+        1 - still["near_repeat"]["ratio"], abs=0.1)
+    table = {c.name: c for c in checks}
+    assert table["near_repeat_median"].value == still["near_repeat"]["matched_deviation"]
     assert still["particles_per_frame"]["ratio"] == 1.0  # the count is blind to it
     # looser than observed is flagged too
     _, checks = particle_fidelity(real, _jittered(400, 1.0, seed=1), (64, 64))
@@ -422,11 +434,3 @@ def test_matched_subsets_are_as_large_as_a_half_and_seeded():
     with pytest.raises(AnalysisError):
         matched_subsets(0, splits)
 
-
-def test_a_generator_with_no_frames_is_flagged_not_a_crash(np64):
-    frames, rm = np64
-    real = dark_particle_centres(frames[:200])
-    empty = Centres(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64), 0)
-    s, checks = particle_fidelity(real, empty, (64, 64), n_splits=3)
-    assert s["centre_density"]["emd"]["generated_vs_real"] is None  # inf, JSON-ready
-    assert {"centre_density_emd", "centre_density_chi2"} <= set(flagged(checks))

@@ -111,12 +111,11 @@ from matdyn.sampling.reducers import FilteredMean, SampleMetrics
 
 __all__ = ["CASE", "PAPER", "Config", "NPDiffusionCase"]
 
-
-
 #: observed near repeats whose median reaches this fraction of r/√2 (the median of chance
 #: coincidences uniform over the disc of radius r) are taken as coincidences: nothing keeps
 #: its place (freely diffusing beads: 1.24 px observed against r/√2 = 1.41 px, Princeton)
 CHANCE_LEVEL = 0.8
+
 
 class NPDiffusionCase:
     """The NP-diffusion steps (see the module docstring); one instance per run."""

@@ -339,7 +339,6 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     return out
 
 
-
 #: a γ whose MC MSD grows by more than this factor when the link radius widens is named in
 #: the analysis's note (the MSD there depends on the radius, not only on the motion)
 RADIUS_NOTE_FACTOR = 1.25
@@ -377,7 +376,7 @@ def link_radius_check(msd_by_gamma: dict[str, float | None],
     for k, m in msd_by_gamma.items():
         ok = m is not None and np.isfinite(m) and m > 0
         w = wide_by_gamma.get(k)
-        mp = (paired_by_gamma or {}).get(k, m) if paired_by_gamma is not None else m
+        mp = m if paired_by_gamma is None else paired_by_gamma.get(k, m)
         okp = mp is not None and np.isfinite(mp) and mp > 0
         per[k] = {"msd_over_cap": float(m / cap) if ok else None,
                   "wide_over_msd": (float(w / mp) if okp and w is not None and np.isfinite(w)
