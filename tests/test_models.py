@@ -288,6 +288,36 @@ def test_linear_upsampling_generator_keeps_shapes_fade_and_config(ndim):
         Generator(latent_dim=8, filters=FILTERS, upsample="bicubic")
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_output_floor_bounds_the_image_and_keeps_it_above_the_kink(ndim):
+    torch.manual_seed(0)
+    lin = Generator(latent_dim=8, channels=3, ndim=ndim, filters=FILTERS)
+    flo = Generator(**{**lin.config, "output_floor": -1.0})
+    flo.load_state_dict(lin.state_dict())  # no new parameters: same weights, floored output
+    assert "output_floor" not in lin.config and flo.config["output_floor"] == -1.0
+    # scale the to-image layers up so the linear images reach far below the floor
+    with torch.no_grad():
+        for g in (lin, flo):
+            for layer in g.to_image:
+                layer.weight.mul_(20.0)
+        z = torch.randn(16, 8)
+        for alpha in (0.3, 1.0):
+            a, b = lin(z, 2, alpha), flo(z, 2, alpha)
+            assert a.min() < -3.0  # a linear output goes where densities cannot
+            assert b.min() >= -1.0  # the floor holds, fade-in blend included
+            # softplus(β (a + 1)) / β: a voxel half a unit above the floor is within 7e-4 of
+            # the linear value, half a unit below within 7e-4 of the floor
+            above, below = a > -0.5, a < -1.5
+            assert above.any() and below.any()
+            assert torch.allclose(b[above], a[above], atol=7e-4)
+            assert torch.all(b[below] - (-1.0) < 7e-4)
+        rebuilt = Generator(**flo.config)
+        rebuilt.load_state_dict(flo.state_dict())
+        assert torch.equal(rebuilt(z, 2, 1.0), flo(z, 2, 1.0))
+    with pytest.raises(ValueError, match="output_floor must lie"):
+        Generator(latent_dim=8, filters=FILTERS, output_floor=1.5)
+
+
 def _penalty_grads(d, x_real, x_fake, mix, stage, alpha, *, penalty_pass, bf16=False):
     """Critic parameter gradients of the gradient penalty, with or without penalty_pass."""
     import contextlib

@@ -293,6 +293,7 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     tc = s["time_calibration"]
     assert tc["available"] and tc["gammas"] == [0.125, 0.25]
     assert tc["metric"] == "sq_diff (median)" and tc["smoothing_sigma_px"] > 0
+    assert tc["difference_unit"] == f"({store.meta.channel_names[0]})²"
     assert tc["dt"][0] < tc["dt"][1] and tc["dt_of_analysis_gamma"] == tc["dt"][1]
     p = s["particles"]
     assert p["units"]["D"] == "nm^2/s" and p["dt"] == tc["dt"][1]

@@ -240,15 +240,23 @@ def test_train_2d_through_two_transitions_and_bundle(store2d, tmp_path):
 
 def test_train_3d_through_two_transitions(store3d, tmp_path):
     stages = "[[4,4,0,12],[8,4,12,12],[16,4,12,12]]"
-    cfg = _cfg(store3d, "model.filters=[8,8,4]", ndim=3, channels=3, stages=stages, logger="csv")
+    # densities: the floored output (issue 11) travels through training and both bundle paths
+    cfg = _cfg(store3d, "model.filters=[8,8,4]", "model.output_floor=-1.0", ndim=3, channels=3,
+               stages=stages, logger="csv")
     out = run_training(cfg, tmp_path, cuda=False)
     rows = _metrics(tmp_path)
     assert {float(r["train/stage"]) for r in rows if r.get("train/stage")} == {0.0, 1.0, 2.0}
     assert all(math.isfinite(float(r["train/loss_d"])) for r in rows if r.get("train/loss_d"))
     bundle = load_generator(out)
+    z = torch.randn(2, 32)
     with torch.no_grad():
-        x = bundle(torch.randn(2, 32))
+        x = bundle(z)
     assert x.shape == (2, 3, 16, 16, 16) and x.abs().max() <= 1.0
+    assert bundle.generator.output_floor == -1.0 and x.min() >= -1.0
+    again = load_generator(export_bundle(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "g2.pt"))
+    assert again.generator.output_floor == -1.0
+    with torch.no_grad():
+        assert torch.equal(again(z), x)
     assert len(list((tmp_path / "samples").glob("stage2_16px*.png"))) == 1
 
 
@@ -358,6 +366,7 @@ def test_bad_inputs_give_one_line_errors(store2d, store3d, tmp_path):
         (_cfg(store2d, "model.channels=2"), ConfigError, "channel"),
         (_cfg(store2d, "resolution=12"), ConfigError, "power of two"),
         (_cfg(store2d, "model.upsample=cubic"), ConfigError, "model.upsample must be one of"),
+        (_cfg(store2d, "model.output_floor=2.0"), ConfigError, "model.output_floor must lie"),
         # every dataset key that describes the data is checked against the store
         (_cfg(store2d, "dataset.pixel_size=40.58"), StoreError, "set dataset.pixel_size=2.0"),
         (_cfg(store2d, "dataset.unit=um"), StoreError, "store has unit=nm"),

@@ -52,6 +52,11 @@ from matdyn.models.layers import (
 
 Alpha = float | torch.Tensor
 
+#: sharpness β of the generator's optional floored output (``output_floor``):
+#: ``floor + softplus(β (x − floor)) / β``; at the kink the output sits ln 2 / β = 0.069 above
+#: the floor (3.5 % of the [-1, 1] range), half a unit below it within 7e-4
+SOFTPLUS_BETA = 10.0
+
 
 def stage_resolution(stage: int) -> int:
     """Resolution (pixels per side) of a stage: 4 · 2^stage."""
@@ -129,7 +134,14 @@ class _Downsample(nn.Module):
 
 class Generator(nn.Module):
     """z [N, latent_dim] -> images [N, channels, R, R(, R)] with R = 4 · 2^stage (linear output,
-    trained towards data scaled to [-1, 1])."""
+    trained towards data scaled to [-1, 1]).
+
+    ``output_floor`` (None: the paper's linear output) puts a smooth floor under every channel,
+    ``floor + softplus(β (x − floor)) / β`` (:data:`SOFTPLUS_BETA`), applied after the fade-in
+    blend: for densities, which cannot be negative, ``-1.0`` (the scaled zero of a channel
+    whose lower limit is 0) lets the generator draw empty voxels without the symmetric noise
+    that a linear output leaves around them and that clipping at 0 turns into mass (issue 11).
+    """
 
     def __init__(
         self,
@@ -139,11 +151,16 @@ class Generator(nn.Module):
         filters: Sequence[int] = (256, 256, 256, 256, 128, 64, 32, 16),
         normalize_latents: bool = True,
         upsample: str = "nearest",
+        output_floor: float | None = None,
     ) -> None:
         super().__init__()
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        if output_floor is not None and not -1.0 <= float(output_floor) < 1.0:
+            raise ValueError(f"output_floor must lie in [-1, 1) (data scaled to [-1, 1]) or be "
+                             f"null, got {output_floor!r}")
         self.upsample = upsample
+        self.output_floor = None if output_floor is None else float(output_floor)
         self.ndim = _check_ndim(ndim)
         self.latent_dim = int(latent_dim)
         self.channels = int(channels)
@@ -185,7 +202,7 @@ class Generator(nn.Module):
             "filters": list(self.filters),
             "normalize_latents": self.normalize_latents,
             "upsample": self.upsample,
-        }
+        } | ({} if self.output_floor is None else {"output_floor": self.output_floor})
 
     def forward(self, z: torch.Tensor, stage: int, fade_alpha: Alpha = 1.0) -> torch.Tensor:
         if not 0 <= stage < self.num_stages:
@@ -203,6 +220,9 @@ class Generator(nn.Module):
             # fade-in: previous stage's image, upsampled (skipped at a Python alpha of exactly
             # 1, where lerp returns the new image bit for bit; a tensor alpha always blends)
             img = _blend(upsample(self._to_image(stage - 1, prev), self.upsample), img, fade_alpha)
+        if self.output_floor is not None:
+            f = self.output_floor
+            img = f + nn.functional.softplus(img - f, beta=SOFTPLUS_BETA)
         return img
 
     def _to_image(self, k: int, x: torch.Tensor) -> torch.Tensor:

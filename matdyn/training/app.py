@@ -223,6 +223,11 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
     up = m.get("upsample", "nearest")
     if up not in UPSAMPLE_MODES:
         raise ConfigError(f"model.upsample must be one of {UPSAMPLE_MODES}, got {up!r}")
+    floor = m.get("output_floor")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int | float)
+                              or not -1.0 <= float(floor) < 1.0):
+        raise ConfigError(f"model.output_floor must lie in [-1, 1) (data scaled to [-1, 1]) or "
+                          f"be null, got {floor!r}")
     ema_decay = m.get("ema_decay")
     perf = cfg.get("perf") or {}
     on_cuda = _trains_on_cuda(cfg, cuda)
@@ -254,8 +259,8 @@ def _resume(cfg: DictConfig, module: Any) -> Path | None:
     ckpt_path, ckpt = load_checkpoint(str(cfg.ckpt_path))
     old = ckpt.get("hyper_parameters") or {}
     for key in ("latent_dim", "channels", "ndim", "filters", "normalize_latents", "mbstd_group",
-                "upsample"):
-        if key in old and old[key] != module.hparams[key]:
+                "upsample", "output_floor"):
+        if key in old and old[key] != module.hparams.get(key):
             raise CheckpointError(
                 f"{ckpt_path} was trained with {key}={old[key]} but this config gives "
                 f"{module.hparams[key]}; resume with the run's settings (see its plan.json)"

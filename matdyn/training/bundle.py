@@ -302,7 +302,8 @@ def export_bundle(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> 
                               "hyper_parameters, state_dict or matdyn state)")
     try:
         generator = Generator(hp["latent_dim"], hp["channels"], hp["ndim"], hp["filters"],
-                              hp.get("normalize_latents", True), hp.get("upsample", "nearest"))
+                              hp.get("normalize_latents", True), hp.get("upsample", "nearest"),
+                              hp.get("output_floor"))
         ema = {k[len("g_ema."):]: v for k, v in sd.items() if k.startswith("g_ema.")}
         generator.load_state_dict(ema, strict=True)
     except (KeyError, RuntimeError) as e:

@@ -90,6 +90,7 @@ class PGGANModule(pl.LightningModule):
         mbstd_group: int = 4,
         normalize_latents: bool = True,
         upsample: str = "nearest",
+        output_floor: float | None = None,
         optimizer: OptimizerFactory | None = None,
         n_critic: int = 1,
         gp_weight: float = GP_WEIGHT,
@@ -111,6 +112,7 @@ class PGGANModule(pl.LightningModule):
                 "latent_dim": int(latent_dim), "channels": int(channels), "ndim": int(ndim),
                 "filters": filters, "mbstd_group": int(mbstd_group),
                 "normalize_latents": bool(normalize_latents), "upsample": str(upsample),
+                "output_floor": None if output_floor is None else float(output_floor),
                 "n_critic": int(n_critic),
                 "gp_weight": float(gp_weight), "drift_weight": float(drift_weight),
                 "ema_decay": float(ema_decay), "sample_seed": int(sample_seed), "seed": int(seed),
@@ -119,7 +121,7 @@ class PGGANModule(pl.LightningModule):
         self.automatic_optimization = False
         try:
             self.generator = Generator(latent_dim, channels, ndim, filters, normalize_latents,
-                                       upsample)
+                                       upsample, output_floor)
         except ValueError as e:
             raise ConfigError(f"model.{e}") from None
         self.discriminator = Discriminator(channels, ndim, filters, mbstd_group)

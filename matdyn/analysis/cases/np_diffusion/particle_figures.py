@@ -116,7 +116,10 @@ def calibration_figure(ctx: CaseContext, cal: Mapping[str, Any]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"Δt ({tu})")
     metric = str(cal.get("metric", "difference")).split(" ")[0]
-    ax.set_ylabel({"sq_diff": f"median squared difference (σ {cal.get('smoothing_sigma_px')} px)",
-                   "density_diff": "median density difference"}.get(metric, f"median {metric}"))
+    unit = cal.get("difference_unit")
+    ax.set_ylabel({"sq_diff": f"median squared difference, {unit}\n(smoothed, σ = "
+                              f"{cal.get('smoothing_sigma_px')} px)",
+                   "density_diff": f"median density difference\n({unit})"}.get(
+                       metric, f"median {metric}"), fontsize=8)
     ax.legend(fontsize=7)
     ctx.save(titled(fig, "γ ↔ Δt calibration"), "time_calibration")

@@ -58,6 +58,25 @@ def local_exponents(t: np.ndarray, motion: np.ndarray, dts: Any) -> np.ndarray:
     return out
 
 
+def difference_unit(metric_name: str, channel_names: Any) -> str:
+    """Unit of a calibration difference: squared differences are in the squared units of the
+    store's intensities (summed over channels, which have no stored unit: named by channel),
+    the density difference is a fraction of the reference density.
+
+    >>> difference_unit("sq_diff", ["phase"])
+    '(phase)²'
+    >>> difference_unit("density_diff", ["phase"])
+    'fraction of reference density'
+    """
+    if metric_name == "density_diff":
+        return "fraction of reference density"
+    names = [str(c) for c in channel_names]
+    if metric_name == "sq_diff":
+        return f"({' + '.join(names)})²" if len(names) == 1 else \
+            "sum over channels of (" + ", ".join(names) + ")²"
+    return f"{metric_name} units"
+
+
 def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, float],
               metric: Any = None, max_fraction: float = 0.25) -> dict[str, Any]:
     """The ``time_calibration`` section: γ → Δt (and Δt → γ) from ``frames`` [T, 1, R, R]
@@ -101,6 +120,7 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
         return _unavailable(str(err))
     out: dict[str, Any] = {
         "available": True, "metric": f"{metric.name} (median)",
+        "difference_unit": difference_unit(metric.name, meta.channel_names),
         "smoothing_sigma_px": getattr(metric, "sigma", None), "frame_interval": float(fi),
         "time_unit": tu, "lag_intercept": d0,
         "lags": lag.assign(motion_median=d - d0).to_dict("records"),
