@@ -330,6 +330,21 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     said = any("MC MSD(Δt) grows as" in n for n in s["notes"])
     assert said == (mv["exponents_agree"] is False)
     ens = s["particles"]["ensemble"]  # the MSD's dependence on the link radius
+    # particles followed along the latent rays: the oracle moves them less than the link
+    # radius, so the ray MSD equals the one-jump MSD, and hardly any is lost
+    ray = ens["rays"]
+    assert {0.125, 0.25} <= set(ray["ladder"]) and ray["n_samples"] == 16
+    for k in ("0.125", "0.25"):
+        row = ray["by_gamma"][k]
+        assert row["lost_fraction"] < 0.05
+        assert row["msd"] == pytest.approx(ens["msd_by_gamma"][k], rel=0.1)
+        free = row["modes"]["free"]
+        assert free["msd"] == pytest.approx(rec["modes"]["free"]["ensemble"]["msd_by_gamma"][k],
+                                            rel=0.1)
+        assert row["modes"]["confined"]["msd"] < 0.05 * free["msd"]
+    assert ray["D"] == ray["by_gamma"]["0.25"]["D"] and ens["D_rays"] == ray["D"]
+    assert s["mc_vs_tracking"]["D_rays_over_tracking"] == pytest.approx(
+        ray["D"] / s["tracking_baseline"]["modes"]["all"]["D"])
     lr = ens["link_radius"]
     assert lr["wide_radius_px"] == 2 * lr["link_radius_px"] and set(lr["by_gamma"]) == {"0.125", "0.25"}
     for k, v in lr["by_gamma"].items():  # a wider radius only adds links

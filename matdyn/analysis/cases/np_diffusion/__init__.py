@@ -97,7 +97,7 @@ import pandas as pd
 from matdyn.analysis.case import CaseContext, Table, VariationPlan, register_case, stats
 from matdyn.analysis.cases.np_diffusion import figures as figs
 from matdyn.analysis.cases.np_diffusion import particle_figures as pfigs
-from matdyn.analysis.cases.np_diffusion import particles, steps, timebase
+from matdyn.analysis.cases.np_diffusion import particles, rays, steps, timebase
 from matdyn.analysis.cases.np_diffusion.config import CASE, FREE, PAPER, Config
 from matdyn.analysis.cases.np_diffusion.recovery import mode_names, recover, recover_particles
 from matdyn.descriptors.differences import (
@@ -115,6 +115,9 @@ __all__ = ["CASE", "PAPER", "Config", "NPDiffusionCase"]
 #: coincidences uniform over the disc of radius r) are taken as coincidences: nothing keeps
 #: its place (freely diffusing beads: 1.24 px observed against r/√2 = 1.41 px, Princeton)
 CHANCE_LEVEL = 0.8
+#: particles followed along the latent rays: a note when more than this share is lost by the
+#: analysis γ (their MSD does not count)
+RAY_LOST_NOTE = 0.2
 
 
 class NPDiffusionCase:
@@ -321,6 +324,9 @@ class NPDiffusionCase:
                      "mc_vs_tracking.D_wide_over_tracking, agrees_wide)")
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
+        if cfg.ray_samples:
+            self._result = result
+            self._ray_section(ctx, ens, nm_px, lu, tu)
         agree = particles.agreement(ens, self._sections["particles"], self._tracking)
         self._sections["mc_vs_tracking"] = agree
         if agree["agrees"] is False:
@@ -343,6 +349,32 @@ class NPDiffusionCase:
                  "time_calibration/dt": cal["dt_of_analysis_gamma"],
                  "tracking/D_all": (self._tracking.get("modes", {}).get("all") or {}).get("D")})
         return df, units
+
+    def _ray_section(self, ctx: CaseContext, ens: dict[str, Any], nm_px: float, lu: str,
+                     tu: str) -> None:
+        """``particles.ensemble.rays``: MC MSD and D with particles followed along the latent
+        rays (:mod:`.rays`), beside the one-jump estimate."""
+        cfg = self.cfg
+        planted = None
+        truth = dict(ctx.store.truth_attrs or {}) if hasattr(ctx.store, "truth_attrs") else {}
+        if isinstance(truth.get("diffusion_nm2_s"), dict) and ctx.nm:
+            planted = {k: float(v) for k, v in truth["diffusion_nm2_s"].items()}  # nm²/s
+        res = self._result
+        floors = ((res["particles/ref_yx"], res["particles/floor_msd_px2"])
+                  if "particles/floor_msd_px2" in res else None)
+        sec, _ = rays.section(ctx, self._params, self._link_radius, self._gammas, self._dts,
+                              nm_px, cfg.n_refs, cfg.ray_samples, cfg.max_particles,
+                              self._tracking, floors=floors, planted=planted)
+        sec["units"] = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}", "dt": tu}
+        ens["rays"] = sec
+        ens["D_rays"] = sec["D"]
+        row = sec["by_gamma"].get(rays.gamma_key(ctx.gamma)) or {}
+        lost = row.get("lost_fraction")
+        if lost is not None and lost > RAY_LOST_NOTE:
+            ctx.note(f"particles followed along the latent rays: {lost:.0%} of them are lost "
+                     f"by γ = {ctx.gamma:g} (erased by the generator, or moved more than "
+                     f"{self._link_radius:g} px in one step of t); their MSD does not count, "
+                     "so particles.ensemble.rays.D is low if the lost ones are the fast ones")
 
     def _ensemble(self, ctx: CaseContext, rows: pd.DataFrame) -> dict[str, Any]:
         """Ensemble MSD and D of some particle rows (:func:`particles.ensemble`)."""
@@ -476,7 +508,9 @@ class NPDiffusionCase:
             names = particles.name_clusters(df.loc[ok, group].to_numpy(),
                                             df.loc[ok, "msd"].to_numpy(np.float64), self._preal)
         pfigs.msd_dt_figure(ctx, df, self._gammas, self._cal, self._tracking, group, names, lu,
-                            radii=(self._link_radius, self._wide_radius))
+                            radii=(self._link_radius, self._wide_radius),
+                            rays=(self._sections.get("particles") or {}).get("ensemble", {})
+                            .get("rays"))
         d_modes = np.asarray(dict(ctx.store.truth).get("mode_diffusion_nm2_s", []),
                              np.float64).ravel()
         planted = float(d_modes[FREE]) if truth and d_modes.size > FREE else None

@@ -99,6 +99,9 @@ class Config:
     locate_minmass: float | None = None  # None: Otsu split of the located masses
     search_radius: float | None = None  # px to link a sample particle; None: diameter // 2 (as tracking)
     radius_check_factor: float | None = 2.0  # also link within this × the radius (MSD's radius sensitivity)
+    # samples per reference followed along their latent rays (particles.ensemble.rays: MC MSD
+    # without a link-radius cap, matdyn.dynamics.paths); 0: off
+    ray_samples: int = 16
     # particles darker than the background (phase dips): True / False, or "auto" = from the
     # sign of the observed frames' pixel skewness (matdyn.dynamics.particle_polarity)
     dark_particles: bool | str = "auto"
@@ -152,7 +155,7 @@ class Config:
                              "swd_directions", "swd_repeats", "baseline_repeats", "n_show"))
         at_least(self, {"n_fidelity": 4, "baseline_frames": 2, "min_kept": 0,
                         "msd_samples": 2, "max_particles": 1, "floor_samples": 0,
-                        "tracking_frames": 0})
+                        "tracking_frames": 0, "ray_samples": 0})
         if self.n_modes != "auto":
             at_least(self, {"n_modes": 1})
         one_of(self, "descriptors", ("particles", "traces", "both"))

@@ -22,12 +22,15 @@ from matdyn.analysis.cases.np_diffusion.particles import gamma_key
 def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
                   cal: Mapping[str, Any], tracking: Mapping[str, Any], group: str | None,
                   names: Mapping[int, str], unit: str,
-                  radii: tuple[float, float | None] | None = None) -> None:
+                  radii: tuple[float, float | None] | None = None,
+                  rays: Mapping[str, Any] | None = None) -> None:
     """MC ensemble MSD (mean over each group's particles, as the tracking's emsd averages
     over tracks) at each γ's Δt, the mean noise floor, tracking MSD(Δt) and the line
     4·D·Δt of the tracking D of all particles, drawn down to the shortest MC Δt (MC D is
     compared with that D, ``mc_vs_tracking``), and the MC MSD of all particles' clouds
-    linked within the wide radius (open markers: how much the curve owes to the radius)."""
+    linked within the wide radius (open markers: how much the curve owes to the radius), and
+    with ``rays`` (``particles.ensemble.rays``) the MSD of particles followed along the latent
+    rays (diamonds, per planted mode when the groups are planted modes, else all)."""
     fig = Figure(figsize=(4.8, 3.4))
     ax = fig.add_subplot()
     dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
@@ -42,6 +45,18 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
         within = f", linked within {radii[0]:g} px" if radii else ""
         ax.plot(x, y, "o-", color=f"C{i}",
                 label=f"MC {'all' if k is None else names.get(k, k)} (ensemble{within})")
+    if rays:  # followed along the latent rays: no link-radius cap
+        by = rays.get("by_gamma", {})
+        planted_groups = group == "planted_mode"
+        for i, k in enumerate(keys if planted_groups else [None]):
+            name = "all" if k is None else names.get(k, k)
+            y = [(by.get(gamma_key(g), {}) if name == "all" else
+                  by.get(gamma_key(g), {}).get("modes", {}).get(name, {})).get("msd")
+                 for g in gammas]
+            y = np.array([np.nan if v is None else v for v in y], np.float64)
+            if np.isfinite(y).any():
+                ax.plot(x, y, "D-.", color=f"C{i}" if planted_groups else "0.2", ms=3.5, lw=0.8,
+                        mfc="none", label=f"MC {name}, followed along latent rays")
     wide = [f"msd_wide_g{gamma_key(g)}" for g in gammas]
     if all(c in df for c in wide):  # the link-radius check, all particles
         yw = [np.nanmean(df[c]) if df[c].notna().any() else np.nan for c in wide]

@@ -317,6 +317,7 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     med = {k: (section.get(k) or {}).get("median") for k in ("D_slope", "D")}
     out: dict[str, Any] = {"tracking_D": d_tr, "tracking_alpha": a_tr,
                            "mc_D": ens.get("D"), "mc_D_wide": ens.get("D_wide"),
+                           "mc_D_rays": ens.get("D_rays"),
                            "mc_D_slope": ens.get("D_slope"),
                            "mc_msd_exponent": ens.get("msd_exponent"),
                            "mc_median_D": med["D"], "mc_median_D_slope": med["D_slope"],
@@ -324,7 +325,8 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     if not tracking.get("applicable") or not d_tr or d_tr <= 0:
         out["note"] = "no tracking baseline: " + str(tracking.get("reason", "not applicable"))
         return out
-    for k in ("mc_D", "mc_D_wide", "mc_D_slope", "mc_median_D", "mc_median_D_slope"):
+    for k in ("mc_D", "mc_D_wide", "mc_D_rays", "mc_D_slope", "mc_median_D",
+              "mc_median_D_slope"):
         v = out[k]
         out[f"{k[3:]}_over_tracking"] = finite_or_none(v / d_tr) if v is not None else None
     r, rw = out["D_over_tracking"], out.get("D_wide_over_tracking")
