@@ -367,7 +367,7 @@ class NPDiffusionCase:
                               self._tracking, floors=floors, planted=planted)
         sec["units"] = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}", "dt": tu}
         ens["rays"] = sec
-        ens["D_rays"] = sec["D"]
+        ens["D_rays"], ens["rays_msd_exponent"] = sec["D"], sec["msd_exponent"]
         row = sec["by_gamma"].get(rays.gamma_key(ctx.gamma)) or {}
         lost = row.get("lost_fraction")
         if lost is not None and lost > RAY_LOST_NOTE:

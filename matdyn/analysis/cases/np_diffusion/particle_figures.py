@@ -31,8 +31,8 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
     linked within the wide radius (open markers: how much the curve owes to the radius), and
     with ``rays`` (``particles.ensemble.rays``) the MSD of particles followed along the latent
     rays (diamonds, per planted mode when the groups are planted modes, else all)."""
-    fig = Figure(figsize=(4.8, 3.4))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(7.4, 3.6))
+    ax = fig.add_axes((0.1, 0.14, 0.5, 0.74))  # the legend goes right of the axes
     dts = dict(zip(cal.get("gammas", []), cal.get("dt", []))) if cal.get("available") else {}
     use_t = sum(dts.get(g) is not None for g in gammas) >= 1
     x = np.array([dts.get(g) if use_t and dts.get(g) is not None else (np.nan if use_t else g)
@@ -83,9 +83,9 @@ def msd_dt_figure(ctx: CaseContext, df: pd.DataFrame, gammas: list[float],
     ax.set_xlabel(f"Δt ({tu}, γ calibrated on observed frames)" if use_t
                   else "γ (no time calibration)")
     ax.set_ylabel(f"MSD ({unit}²)")
-    ax.legend(fontsize=6)
-    ctx.save(titled(fig, "MSD(Δt): latent Monte Carlo vs tracking of the observed frames"),
-             "particles_msd_dt")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.suptitle("MSD(Δt): latent Monte Carlo vs tracking of the observed frames", fontsize=9)
+    ctx.save(fig, "particles_msd_dt")  # fixed axes: tight_layout would squeeze in the legend
 
 
 def d_histogram(ctx: CaseContext, df: pd.DataFrame, tracking: Mapping[str, Any],

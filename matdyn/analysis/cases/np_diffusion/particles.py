@@ -334,6 +334,11 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
         out["agrees"] = bool(1 / factor <= r <= factor)
     if rw is not None:  # the same criterion with the wide link radius (link_radius_check)
         out["agrees_wide"] = bool(1 / factor <= rw <= factor)
+    a_rays = ens.get("rays_msd_exponent")
+    if a_rays is not None and a_tr is not None and np.isfinite(a_rays) and np.isfinite(a_tr):
+        r_cls, t_cls = classify_exponent(np.array([a_rays, a_tr])).tolist()
+        out.update(mc_rays_msd_exponent=a_rays, rays_motion=r_cls,
+                   rays_exponents_agree=r_cls == t_cls)
     a_mc = out["mc_msd_exponent"]
     if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
         mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()

@@ -61,6 +61,27 @@ def _group(paths: Any, g: float, sel: np.ndarray, floors: np.ndarray | None) -> 
     return out
 
 
+def _curve(gammas: list[float], dts: dict[float, float | None], by_gamma: dict[str, Any],
+           name: str, ndim: int) -> dict[str, Any]:
+    """D from the slope of one group's ray MSD(Δt) over the γ ladder and its exponent α
+    (:func:`~matdyn.dynamics.calibration.msd_curve`, floor removed); None without ≥ 2 Δt."""
+    from matdyn.dynamics import msd_curve
+
+    t, y, f = [], [], []
+    for g in gammas:
+        row = by_gamma.get(gamma_key(g), {})
+        v = row if name == "all" else (row.get("modes") or {}).get(name, {})
+        if dts.get(g) and v.get("msd") is not None:
+            t.append(dts[g])
+            y.append(v["msd"])
+            f.append(v.get("floor") or 0.0)
+    if len(set(t)) < 2:
+        return {"D_slope": None, "msd_exponent": None}
+    fit = msd_curve(np.array(t), np.array(y), floor=np.array(f), ndim=ndim)
+    return {"D_slope": finite_or_none(fit["D"][0]),
+            "msd_exponent": finite_or_none(fit["alpha"][0])}
+
+
 def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
             dts: dict[float, float | None], nm_px: float, n_refs: int, n_samples: int,
             max_particles: int, tracking: dict[str, Any], *,
@@ -112,13 +133,14 @@ def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
             t_d = (tr.get(name) or {}).get("D")
             if v["D"] is not None and t_d:
                 v["D_over_tracking"] = finite_or_none(v["D"] / t_d)
-            if v["D"] is not None and planted and planted.get(name):
-                v["D_over_planted"] = finite_or_none(v["D"] / planted[name])
+            if v["D"] is not None and planted and planted.get(name) and name == "free":
+                v["D_over_planted"] = finite_or_none(v["D"] / planted[name])  # D describes free only
             if name == "all":
                 row |= {k: v[k] for k in ("msd", "floor", "D")}
             else:
                 row.setdefault("modes", {})[name] = v
         by_gamma[gamma_key(g)] = row
+    curves = {name: _curve(gammas, dts, by_gamma, name, ndim) for name in groups}
     d0 = by_gamma.get(gamma_key(ctx.gamma), {}).get("D")
     t_all = (tr.get("all") or {}).get("D")
     out: dict[str, Any] = {
@@ -129,6 +151,7 @@ def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
                       "or moved more than the radius in one step",
         "ladder": [float(t) for t in ladder], "radius_px": float(radius),
         "n_refs": int(n_refs), "n_samples": int(n_samples), "by_gamma": by_gamma,
+        "msd_curve": curves, "msd_exponent": curves["all"]["msd_exponent"],
         "D": d0, "D_over_tracking": finite_or_none(d0 / t_all) if d0 is not None and t_all
         else None}
     return out, paths
