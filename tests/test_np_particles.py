@@ -343,6 +343,10 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
                                             rel=0.1)
         assert row["modes"]["confined"]["msd"] < 0.05 * free["msd"]
     assert ray["D"] == ray["by_gamma"]["0.25"]["D"] and ens["D_rays"] == ray["D"]
+    assert {"all", "directed", "free", "confined"} <= set(ray["msd_curve"])
+    assert ray["msd_exponent"] == ray["msd_curve"]["all"]["msd_exponent"] is not None
+    assert "D_over_planted" in ray["by_gamma"]["0.25"]["modes"]["free"]
+    assert "D_over_planted" not in ray["by_gamma"]["0.25"]["modes"]["directed"]  # drift, not D
     assert s["mc_vs_tracking"]["D_rays_over_tracking"] == pytest.approx(
         ray["D"] / s["tracking_baseline"]["modes"]["all"]["D"])
     lr = ens["link_radius"]
