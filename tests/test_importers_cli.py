@@ -84,3 +84,34 @@ def test_make_data_list_override(tmp_path, offsets, ok):
     else:  # these offsets put a lane inside the trap region: one line naming the setting
         assert r.returncode == 2
         assert r.stderr.strip().splitlines()[-1].startswith("error:") and "lane_offsets_px" in r.stderr
+
+
+def test_a_synthetic_dataset_never_replaces_a_store_it_did_not_make(tmp_path):
+    # dataset.path=<your store> with the dataset's default source=synthetic used to replace
+    # the user's imported store with the stand-in; now one error line, the store untouched
+    from matdyn.data.sources import ensure_store
+    from matdyn.data.store import StoreWriter, open_store
+    from matdyn.errors import ConfigError
+
+    spec = {"_target_": "matdyn.data.synthetic.np_diffusion.generate", "seed": 0,
+            "n_frames": 4, "size": 48}
+    mine = tmp_path / "mine.zarr"
+    frames = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    with StoreWriter(mine, spatial_shape=(32, 32), channel_names=["phase"], pixel_size=40.58,
+                     unit="nm", name="mine") as w:
+        w.append(frames)
+    for where in (mine, tmp_path / "folder"):
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        (tmp_path / "folder" / "notes.txt").write_text("keep me")
+        with pytest.raises(ConfigError, match="dataset.source=store"):
+            ensure_store({"name": "np_diffusion", "source": "synthetic", "path": str(where),
+                          "synthetic": spec}, progress=False)
+    np.testing.assert_array_equal(open_store(mine).load(0, 3), frames)
+    assert (tmp_path / "folder" / "notes.txt").read_text() == "keep me"
+    # a stand-in made with other settings is a cache: regenerated in place
+    made = tmp_path / "made.zarr"
+    ensure_store({"name": "np_diffusion", "source": "synthetic", "path": str(made),
+                  "synthetic": spec}, progress=False)
+    ensure_store({"name": "np_diffusion", "source": "synthetic", "path": str(made),
+                  "synthetic": {**spec, "seed": 1}}, progress=False)
+    assert open_store(made).truth_attrs["seed"] == 1

@@ -69,6 +69,25 @@ def _fresh(target: Path, fingerprint: str) -> bool:
         return False
 
 
+def _check_replaceable(target: Path) -> None:
+    """ConfigError unless the path is free or holds a stand-in made by matdyn (a store with a
+    synthetic fingerprint): an imported store or any other folder is never replaced by a
+    generated one (``dataset.path=<your store>`` with the dataset's default
+    ``source: synthetic`` used to overwrite it)."""
+    if not target.exists():
+        return
+    try:
+        made = "synthetic_fingerprint" in validate_store(target, check_values=False).extra
+    except StoreError:
+        made = False
+    if not made:
+        raise ConfigError(
+            f"dataset.path={target} holds data that matdyn did not generate (an imported store "
+            "or another folder), and dataset.source=synthetic would replace it with the "
+            "synthetic stand-in; set dataset.source=store to use it, or choose another "
+            "dataset.path for the stand-in")
+
+
 def _generate_into(spec: Mapping[str, Any], target: Path, fingerprint: str, progress: bool) -> None:
     """Generate the stand-in in a hidden sibling, stamp its fingerprint there, then swap it
     in with :func:`matdyn.io.replace_dir`: the path always holds a complete store (the old
@@ -117,10 +136,14 @@ def ensure_store(
             raise ConfigError(f"dataset '{ds.get('name')}' has source=synthetic but no synthetic._target_")
         fp = synthetic_fingerprint(spec)
         if force or not _fresh(target, fp):
+            _check_replaceable(target)
             # one generator per path; others wait for it, then find the store fresh
             with writer_lock(sibling_lock_path(target), f"store {target}", wait=_GENERATE_WAIT_S):
                 if force or not _fresh(target, fp):
-                    log.info("generating synthetic stand-in '%s' at %s (%s)", ds.get("name"), target,
+                    _check_replaceable(target)
+                    log.info("%s synthetic stand-in '%s' at %s (%s)",
+                             "replacing the store made with other settings by the" if
+                             target.exists() else "generating", ds.get("name"), target,
                              ", ".join(f"{k}={v}" for k, v in spec.items() if k != "_target_"))
                     _generate_into(spec, target, fp, progress)
     elif source != "store":
