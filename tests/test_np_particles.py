@@ -88,7 +88,8 @@ def test_appearing_and_disappearing_particles_are_counted_not_dropped():
 
 class _Store:
     def __init__(self, frame_interval: float | None, labels=None) -> None:
-        self.meta = SimpleNamespace(frame_interval=frame_interval, time_unit="s")
+        self.meta = SimpleNamespace(frame_interval=frame_interval, time_unit="s",
+                                    channel_names=("phase",))
         self.labels = labels or {}
 
 

@@ -136,7 +136,6 @@ def ensure_store(
             raise ConfigError(f"dataset '{ds.get('name')}' has source=synthetic but no synthetic._target_")
         fp = synthetic_fingerprint(spec)
         if force or not _fresh(target, fp):
-            _check_replaceable(target)
             # one generator per path; others wait for it, then find the store fresh
             with writer_lock(sibling_lock_path(target), f"store {target}", wait=_GENERATE_WAIT_S):
                 if force or not _fresh(target, fp):

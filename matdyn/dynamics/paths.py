@@ -90,11 +90,11 @@ def follow_particles(ref_xy: np.ndarray, steps: Sequence[tuple[np.ndarray, np.nd
         return out
     # one KD-tree for all rays: ray j is shifted far along x, so links stay within a ray
     span = 4.0 * (np.abs(ref).max() + float(radius) + 1.0)
+    shift = np.arange(n, dtype=np.float64)[:, None] * span
     for k, (xy, sample) in enumerate(steps):
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
         sample = np.asarray(sample, np.int64).reshape(-1)
         alive = np.isfinite(cur[..., 0])
-        shift = np.arange(n, dtype=np.float64)[:, None] * span
         ref_all = cur.copy()
         ref_all[..., 1] += shift
         ref_all[~alive] = -1e12  # lost particles take no feature

@@ -325,8 +325,7 @@ class NPDiffusionCase:
         self._sections["time_calibration"] = cal
         self._sections["tracking_baseline"] = self._tracking
         if cfg.ray_samples:
-            self._result = result
-            self._ray_section(ctx, ens, nm_px, lu, tu)
+            self._ray_section(ctx, result, ens, nm_px, lu, tu)
         agree = particles.agreement(ens, self._sections["particles"], self._tracking)
         self._sections["mc_vs_tracking"] = agree
         if agree["agrees"] is False:
@@ -350,25 +349,23 @@ class NPDiffusionCase:
                  "tracking/D_all": (self._tracking.get("modes", {}).get("all") or {}).get("D")})
         return df, units
 
-    def _ray_section(self, ctx: CaseContext, ens: dict[str, Any], nm_px: float, lu: str,
-                     tu: str) -> None:
+    def _ray_section(self, ctx: CaseContext, result: Any, ens: dict[str, Any], nm_px: float,
+                     lu: str, tu: str) -> None:
         """``particles.ensemble.rays``: MC MSD and D with particles followed along the latent
-        rays (:mod:`.rays`), beside the one-jump estimate."""
+        rays (:mod:`.rays`), beside the one-jump estimate of ``result`` (the run's γ)."""
         cfg = self.cfg
-        planted = None
-        truth = dict(ctx.store.truth_attrs or {}) if hasattr(ctx.store, "truth_attrs") else {}
-        if isinstance(truth.get("diffusion_nm2_s"), dict) and ctx.nm:
-            planted = {k: float(v) for k, v in truth["diffusion_nm2_s"].items()}  # nm²/s
-        res = self._result
-        floors = ((res["particles/ref_yx"], res["particles/floor_msd_px2"])
-                  if "particles/floor_msd_px2" in res else None)
+        d_modes = np.asarray(dict(ctx.store.truth).get("mode_diffusion_nm2_s", []),
+                             np.float64).ravel()
+        floors = ((result["particles/ref_yx"], result["particles/floor_msd_px2"])
+                  if "particles/floor_msd_px2" in result else None)
         sec, _ = rays.section(ctx, self._params, self._link_radius, self._gammas, self._dts,
                               nm_px, cfg.n_refs, cfg.ray_samples, cfg.max_particles,
-                              self._tracking, floors=floors, planted=planted)
+                              self._tracking, floors=floors,
+                              planted_free=float(d_modes[FREE]) if d_modes.size > FREE else None)
         sec["units"] = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}", "dt": tu}
         ens["rays"] = sec
         ens["D_rays"], ens["rays_msd_exponent"] = sec["D"], sec["msd_exponent"]
-        row = sec["by_gamma"].get(rays.gamma_key(ctx.gamma)) or {}
+        row = sec["by_gamma"].get(particles.gamma_key(ctx.gamma)) or {}
         lost = row.get("lost_fraction")
         if lost is not None and lost > RAY_LOST_NOTE:
             ctx.note(f"particles followed along the latent rays: {lost:.0%} of them are lost "

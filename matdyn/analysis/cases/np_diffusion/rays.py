@@ -19,10 +19,7 @@ import torch
 
 from matdyn.analysis.case import CaseContext, finite_or_none
 from matdyn.analysis.cases.np_diffusion.config import MODE_NAMES
-
-
-def gamma_key(g: float) -> str:
-    return f"{g:g}"
+from matdyn.analysis.cases.np_diffusion.particles import gamma_key
 
 
 def particle_floors(paths: Any, ref_yx: np.ndarray, floor_px2: np.ndarray,
@@ -86,13 +83,14 @@ def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
             dts: dict[float, float | None], nm_px: float, n_refs: int, n_samples: int,
             max_particles: int, tracking: dict[str, Any], *,
             floors: tuple[np.ndarray, np.ndarray] | None = None,
-            planted: dict[str, float] | None = None) -> tuple[dict[str, Any], Any]:
+            planted_free: float | None = None) -> tuple[dict[str, Any], Any]:
     """The ``particles.ensemble.rays`` section (module docstring) and the ``RayPaths``.
 
     ``radius`` px (the one-jump search radius), ``nm_px`` physical length per px,
     ``tracking`` the ``tracking_baseline`` section (D per mode), ``floors`` the one-jump
     run's (ref_yx [M, P, 2], floor_msd_px2 [M, P]) whose still-scene floors are subtracted
-    per group, ``planted`` {mode: D in physical units}."""
+    per group, ``planted_free`` the planted D of the free mode (stores with truth; the only
+    mode whose motion a D describes: lanes drift, traps saturate)."""
     from matdyn.analysis.cases.np_diffusion.recovery import planted_mode, region_map_at
     from matdyn.dynamics.paths import follow_rays, ray_ladder
 
@@ -133,8 +131,8 @@ def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
             t_d = (tr.get(name) or {}).get("D")
             if v["D"] is not None and t_d:
                 v["D_over_tracking"] = finite_or_none(v["D"] / t_d)
-            if v["D"] is not None and planted and planted.get(name) and name == "free":
-                v["D_over_planted"] = finite_or_none(v["D"] / planted[name])  # D describes free only
+            if v["D"] is not None and planted_free and name == "free":
+                v["D_over_planted"] = finite_or_none(v["D"] / planted_free)
             if name == "all":
                 row |= {k: v[k] for k in ("msd", "floor", "D")}
             else:

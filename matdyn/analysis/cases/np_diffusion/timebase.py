@@ -120,7 +120,7 @@ def calibrate(ctx: CaseContext, frames: np.ndarray, gamma_diff: dict[float, floa
         return _unavailable(str(err))
     out: dict[str, Any] = {
         "available": True, "metric": f"{metric.name} (median)",
-        "difference_unit": difference_unit(metric.name, getattr(meta, "channel_names", ("intensity",))),
+        "difference_unit": difference_unit(metric.name, meta.channel_names),
         "smoothing_sigma_px": getattr(metric, "sigma", None), "frame_interval": float(fi),
         "time_unit": tu, "lag_intercept": d0,
         "lags": lag.assign(motion_median=d - d0).to_dict("records"),
