@@ -312,3 +312,48 @@ def anchor_ratios(anchor: Mapping[str, Any], train: Mapping[int, Mapping[str, Ma
             out["gen"][int(res)] = {v: row["img_s"] / ref for v, row in rows.items()
                                     if isinstance(row, Mapping) and "img_s" in row}
     return out
+
+
+def bench_rays(size: int = 64, per_side: int = 4, n_refs: int = 4, n_rays: int = 16,
+               gammas: Sequence[float] = (0.125, 0.25, 0.5, 1.0, 2.0), repeats: int = 3,
+               seed: int = 0) -> dict[str, Any]:
+    """Seconds per reference of :func:`matdyn.dynamics.paths.follow_rays` (locate every
+    ray's image at every ladder step, link step to step), median over ``repeats``.
+
+    The "generator" is analytic so the number is the locate-and-link cost alone: ``size``² px
+    images of ``per_side``² dark Gaussian particles (σ 1.5 px, as the NP stand-in's at
+    64 px) on a jittered grid (≥ 10 px apart, beyond the locator's separation) whose
+    positions move linearly with the latent (1 px per unit per coordinate), plus 2 % noise. A trained generator adds its decode time for ladder × rays images
+    per reference (the ``generate`` section's img/s)."""
+    import numpy as np
+
+    from matdyn.dynamics.locate import LocateParams
+    from matdyn.dynamics.paths import follow_rays, ray_ladder
+
+    rng = np.random.default_rng(seed)
+    n_particles = per_side**2
+    d = 2 * n_particles
+    grid = np.linspace(9, size - 10, per_side)
+    base = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    base += rng.uniform(-1, 1, base.shape)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+
+    def images(lat: torch.Tensor) -> np.ndarray:
+        pos = base[None] + lat.numpy()[:, :d].reshape(-1, n_particles, 2)
+        r2 = (yy[None, None] - pos[..., 0, None, None]) ** 2 + (xx[None, None] - pos[..., 1, None, None]) ** 2
+        img = -np.exp(-r2 / (2 * 1.5 ** 2)).sum(1)
+        img += 0.02 * np.random.default_rng(0).standard_normal(img.shape)
+        return img[:, None].astype(np.float32)
+
+    ladder = ray_ladder(gammas)
+    z = torch.zeros(n_refs, d)
+    v = torch.as_tensor(rng.uniform(-1, 1, (n_refs, n_rays, d)), dtype=torch.float32)
+    params = LocateParams(diameter=7, minmass=1.0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        paths = follow_rays(images, z, v, ladder, params, radius=3.0)
+        times.append((time.perf_counter() - t0) / n_refs)
+    return {"size_px": size, "particles": n_particles, "rays": n_rays, "steps": int(ladder.size),
+            "s_per_reference": statistics.median(times),
+            "lost_fraction_at_max_gamma": paths.lost_fraction(float(max(gammas)))}

@@ -201,6 +201,13 @@ ROWS: dict[str, list[Row]] = {
         Row("MC MSD exponent α of all particles (ensemble) vs tracking α (1 = diffusive)", "—",
             lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.mc_msd_exponent'), '.2f')} vs "
                       f"{fmt(dig(c, 'analysis.mc_vs_tracking.tracking_alpha'), '.2f')}", None),
+        Row("particles followed along latent rays: MC D / tracking D; share lost by the analysis γ",
+            "—", lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.D_rays_over_tracking'), '.2f')}; "
+                           f"{fmt(dig(c, 'analysis.particles.ensemble.rays.lost_fraction'), '.0%')}", "=within 2×"),
+        Row("MSD exponent α along the rays vs tracking α (the kind of motion is read from here)",
+            "—", lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.mc_rays_msd_exponent'), '.2f')} "
+                           f"({dig(c, 'analysis.mc_vs_tracking.rays_motion') or '—'}) vs "
+                           f"{fmt(dig(c, 'analysis.mc_vs_tracking.tracking_alpha'), '.2f')}", None),
         Row("MC MSD noise floor, median (nm²; still particles)", "—",
             "analysis.particles.msd_floor.median", None),
         Row("confined D / free D from MC (goal < 0.3)", "—",

@@ -36,6 +36,7 @@ from matdyn.benchmarks import (
     anchor_ratios,
     bench_generator,
     bench_pipeline,
+    bench_rays,
     bench_training,
     make_generator_fn,
     matmul_ceiling,
@@ -126,6 +127,14 @@ def _section_pipeline(a: argparse.Namespace, out: dict, gv: list[str], tv: list[
         print(f"pipeline {v}: {out['pipeline'][v]}", file=sys.stderr)
 
 
+def _section_rays(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'rays' section: particles followed along latent rays, s per reference (the NP
+    analysis's ``ray_samples``; locate-and-link cost, analytic images)."""
+    out["rays"] = (bench_rays(size=32, per_side=2, n_refs=1, n_rays=4, repeats=1) if a.smoke
+                   else bench_rays(repeats=a.repeats))
+    print(f"rays: {out['rays']['s_per_reference']:.3f} s/reference", file=sys.stderr)
+
+
 def _section_rss(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
     """The 'rss' section of the benchmark (results into ``out``)."""
     ms = (200, 2000) if not a.smoke else (10, 40)
@@ -172,12 +181,12 @@ def _section_anchor(a: argparse.Namespace, out: dict, gv: list[str], tv: list[st
             print(f"anchor {kind} {res}: {json.dumps(_rounded(row))}", file=sys.stderr)
 
 
-SECTIONS = ("ceiling", "train", "generate", "pipeline", "rss", "anchor")
+SECTIONS = ("ceiling", "train", "generate", "pipeline", "rays", "rss", "anchor")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rss")
+    ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rays,rss")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--gen-variants", default=",".join(GEN_VARIANTS))
@@ -219,7 +228,7 @@ def main() -> None:
     if a.anchor:
         sections.add("anchor")
     for name, section in (("train", _section_train), ("generate", _section_generate),
-                          ("pipeline", _section_pipeline), ("rss", _section_rss),
+                          ("pipeline", _section_pipeline), ("rays", _section_rays), ("rss", _section_rss),
                           ("anchor", _section_anchor)):
         if name in sections:
             section(a, out, gv, tv)

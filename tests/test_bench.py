@@ -121,3 +121,12 @@ def test_bench_step_runs_the_critic_under_the_autocast_that_training_uses(tmp_pa
     calls.clear()
     wgan_gp_step(G, D, og, od, torch.randn(4, 1, 8, 8), 1, 1.0, bf16=False)
     assert calls == [False] * 4
+
+
+def test_ray_benchmark_follows_every_particle_of_its_grid():
+    from matdyn.benchmarks import bench_rays
+
+    r = bench_rays(size=32, per_side=2, n_refs=1, n_rays=4, repeats=1)
+    # 4 particles ≥ 10 px apart, moved ≤ 2√2 px by γ = 2 in 25 steps: none is lost
+    assert r["particles"] == 4 and r["steps"] == 25 and r["lost_fraction_at_max_gamma"] == 0.0
+    assert r["s_per_reference"] > 0

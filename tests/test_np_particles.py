@@ -327,9 +327,10 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     stems = {Path(f).stem for f in s["figures"]}
     assert {"particles_msd_dt", "particles_D", "time_calibration"} <= stems
     mv = s["mc_vs_tracking"]  # the MSD-exponent classes and, when they differ, a note
-    assert {"mc_motion", "tracking_motion", "exponents_agree"} <= set(mv)
-    said = any("MC MSD(Δt) grows as" in n for n in s["notes"])
-    assert said == (mv["exponents_agree"] is False)
+    assert {"mc_motion", "tracking_motion", "exponents_agree", "rays_motion"} <= set(mv)
+    assert mv["motion_from"] == "rays" and mv["motion_agrees"] == mv["rays_exponents_agree"]
+    said = any("MC MSD(Δt)" in n for n in s["notes"])
+    assert said == (mv["exponents_agree"] is False or mv["rays_exponents_agree"] is False)
     ens = s["particles"]["ensemble"]  # the MSD's dependence on the link radius
     # particles followed along the latent rays: the oracle moves them less than the link
     # radius, so the ray MSD equals the one-jump MSD, and hardly any is lost
@@ -344,6 +345,7 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
                                             rel=0.1)
         assert row["modes"]["confined"]["msd"] < 0.05 * free["msd"]
     assert ray["D"] == ray["by_gamma"]["0.25"]["D"] and ens["D_rays"] == ray["D"]
+    assert ray["lost_fraction"] == ray["by_gamma"]["0.25"]["lost_fraction"]
     assert {"all", "directed", "free", "confined"} <= set(ray["msd_curve"])
     assert ray["msd_exponent"] == ray["msd_curve"]["all"]["msd_exponent"] is not None
     assert "D_over_planted" in ray["by_gamma"]["0.25"]["modes"]["free"]
@@ -408,6 +410,29 @@ def test_mc_vs_tracking_agreement_flags_a_generator_that_moves_too_little():
     assert w["agrees"] is True
     none = particles.agreement(ens, sec, {"applicable": False, "reason": "not a time series"})
     assert none["agrees"] is None and "not a time series" in none["note"]
+
+
+def test_the_kind_of_motion_is_read_from_the_rays_when_they_were_followed():
+    tr = {"applicable": True, "modes": {"all": {"D": 1000.0, "alpha": 0.94}}}
+    sec = {"D_slope": {"median": 100.0}, "D": {"median": 450.0}}
+    # Princeton beads, session 17: one-jump α capped by the link radius, rays diffusive
+    ens = {"D": 1800.0, "D_slope": 180.0, "msd_exponent": 0.42, "rays_msd_exponent": 0.84}
+    a = particles.agreement(ens, sec, tr)
+    assert a["exponents_agree"] is False and a["rays_exponents_agree"] is True
+    assert a["motion_from"] == "rays" and a["motion_agrees"] is True
+    note = particles.motion_note(a, 0.083, "s")
+    assert "Δt^0.84 (diffusive)" in note and "caps it" in note and "holds at" not in note
+    ens["msd_exponent"] = 0.9  # both agree: nothing to say
+    assert particles.motion_note(particles.agreement(ens, sec, tr), 0.083, "s") is None
+    ens["rays_msd_exponent"] = 0.3  # the rays disagree: the MC D holds at that Δt only
+    a = particles.agreement(ens, sec, tr)
+    assert a["motion_agrees"] is False and a["exponents_agree"] is True
+    assert "holds at the analysis Δt (0.083 s) only" in particles.motion_note(a, 0.083, "s")
+    del ens["rays_msd_exponent"]  # no rays: the one-jump exponent decides
+    ens["msd_exponent"] = 0.42
+    a = particles.agreement(ens, sec, tr)
+    assert a["motion_from"] == "one-jump" and a["motion_agrees"] is False
+    assert particles.motion_note(a, 0.5, "s").startswith("MC MSD(Δt) grows as Δt^0.42")
 
 
 def test_ensemble_msd_is_the_mean_over_particles_minus_the_floor():

@@ -334,13 +334,9 @@ class NPDiffusionCase:
                      f"of the observed frames ({agree['tracking_D']:.3g}): the generator's "
                      "latent neighbourhood does not move particles like the data, so MC D is "
                      "not a measurement of D here")
-        if agree.get("exponents_agree") is False:
-            ctx.note(f"MC MSD(Δt) grows as Δt^{agree['mc_msd_exponent']:.2f} "
-                     f"({agree['mc_motion']}), the tracked MSD as "
-                     f"Δt^{agree['tracking_alpha']:.2f} ({agree['tracking_motion']}): the MC D "
-                     f"holds at the analysis Δt ({cal['dt_of_analysis_gamma']:.3g} "
-                     f"{cal.get('time_unit', '')}) only, and the MC MSD curve does not show "
-                     "the data's kind of motion (figure particles_msd_dt)")
+        note = particles.motion_note(agree, cal["dt_of_analysis_gamma"], tu)
+        if note:
+            ctx.note(note)
         self.counts["n_particles"] = int(len(df))
         ps = self._sections["particles"]
         ctx.log({"particles/msd_median": ps["msd"]["median"], "particles/D_median": ps["D"]["median"],

@@ -343,7 +343,41 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
         mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()
         out.update(mc_motion=mc_cls, tracking_motion=tr_cls, exponents_agree=mc_cls == tr_cls)
+    # the kind of motion to read: the rays' when followed (no link radius caps their MSD)
+    for src, key in (("rays", "rays_exponents_agree"), ("one-jump", "exponents_agree")):
+        if key in out:
+            out.update(motion_agrees=out[key], motion_from=src)
+            break
     return out
+
+
+def motion_note(agree: dict[str, Any], dt: float, time_unit: str) -> str | None:
+    """The analysis note on the kind of motion (``agreement``'s output), or None when the
+    MC and tracked MSD exponents fall in one class. The rays' exponent decides when the
+    rays were followed: the one-jump MSD is capped by the link radius at large γ and flattens
+    (Princeton beads, session 17: one-jump α 0.42, rays 0.84, tracking 0.94)."""
+    a_tr, t_cls = agree.get("tracking_alpha"), agree.get("tracking_motion")
+    at = f"at the analysis Δt ({dt:.3g} {time_unit}) only"
+    if agree.get("motion_from") == "rays":
+        a_r, r_cls = agree["mc_rays_msd_exponent"], agree["rays_motion"]
+        if agree["rays_exponents_agree"]:
+            if agree.get("exponents_agree") is False:
+                return (f"MC MSD(Δt) followed along the latent rays grows as Δt^{a_r:.2f} "
+                        f"({r_cls}), like the tracked Δt^{a_tr:.2f}; linked in one jump it "
+                        f"grows as Δt^{agree['mc_msd_exponent']:.2f} ({agree['mc_motion']}) "
+                        "because the link radius caps it at large γ: read the kind of motion "
+                        "from the rays (mc_vs_tracking.rays_motion)")
+            return None
+        return (f"MC MSD(Δt) followed along the latent rays grows as Δt^{a_r:.2f} ({r_cls}), "
+                f"the tracked MSD as Δt^{a_tr:.2f} ({t_cls}): the MC D holds {at}, and "
+                "the MC MSD curve does not show the data's kind of motion (figure "
+                "particles_msd_dt)")
+    if agree.get("exponents_agree") is False:
+        return (f"MC MSD(Δt) grows as Δt^{agree['mc_msd_exponent']:.2f} "
+                f"({agree['mc_motion']}), the tracked MSD as Δt^{a_tr:.2f} ({t_cls}): the MC "
+                f"D holds {at}, and the MC MSD curve does not show the data's kind of motion "
+                "(figure particles_msd_dt)")
+    return None
 
 
 #: a γ whose MC MSD grows by more than this factor when the link radius widens is named in

@@ -150,6 +150,7 @@ def section(ctx: CaseContext, params: Any, radius: float, gammas: list[float],
         "ladder": [float(t) for t in ladder], "radius_px": float(radius),
         "n_refs": int(n_refs), "n_samples": int(n_samples), "by_gamma": by_gamma,
         "msd_curve": curves, "msd_exponent": curves["all"]["msd_exponent"],
+        "lost_fraction": by_gamma.get(gamma_key(ctx.gamma), {}).get("lost_fraction"),
         "D": d0, "D_over_tracking": finite_or_none(d0 / t_all) if d0 is not None and t_all
         else None}
     return out, paths
