@@ -50,8 +50,8 @@ def test_import_cli_prints_one_summary_line_and_warning(tmp_path):
              "progress=false", f"hydra.run.dir={tmp_path}/run")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines() == [
-        "imported 5 frames, 1 channel(s) [phase], 2D 64x64 px, dtype uint16, values [477, 65535], "
-        "axes QYX (Q->frames)"]
+        "imported 5 frames, 1 channel(s) [phase] (default name; channel_names= names it), 2D 64x64 "
+        "px, source dtype uint16 (stored as float32), values [477, 65535], axes QYX (Q->frames)"]
     warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warn) == 1 and "1 pixel(s)" in warn[0]
 

@@ -213,7 +213,7 @@ def test_png_sequence_bit_depths(tmp_path, bits):
         iio.imwrite(tmp_path / f"p{i}.png", f)
     x, s = _imp(tmp_path, tmp_path)
     np.testing.assert_array_equal(x[:, 0], fr)
-    assert f"dtype {np.dtype(dt).name}," in s.line() and "4 frames" in s.line()
+    assert f"source dtype {np.dtype(dt).name} (stored as float32)," in s.line() and "4 frames" in s.line()
 
 
 def test_multipage_tiff_one_series(tmp_path):
@@ -286,9 +286,18 @@ def test_summary_line(tmp_path):
     fr = RNG.integers(100, 200, (3, 8, 9), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "m.tif", fr, photometric="minisblack")
     _, s = _imp(tmp_path / "m.tif", tmp_path)
-    assert s.line() == (f"imported 3 frames, 1 channel(s) [phase], 2D 8x9 px, dtype uint16, values "
+    assert s.line() == (f"imported 3 frames, 1 channel(s) [phase] (default name; channel_names= "
+                        f"names it), 2D 8x9 px, source dtype uint16 (stored as float32), values "
                         f"[{fr.min()}, {fr.max()}], axes QYX (Q->frames)")
     assert s.warning is None
+    # a folder of single-image files: the axes are per file and the files become the frames
+    (tmp_path / "dir").mkdir()
+    for i in range(2):
+        tifffile.imwrite(tmp_path / "dir" / f"f{i}.tif", fr[i], photometric="minisblack")
+    _, s = _imp(tmp_path / "dir", tmp_path, channel_names=["intensity"])
+    line = s.line()
+    assert line.startswith("imported 2 frames, 1 channel(s) [intensity], 2D 8x9 px")
+    assert line.endswith("axes YX per file (files in natural order -> frames)")
 
 
 def test_large_tiff_series_read_in_page_slices(tmp_path, monkeypatch):

@@ -149,6 +149,10 @@ class ImportSummary:
     notes: Notes = field(default_factory=Notes)
     warning: str | None = None
     report: bool = True
+    #: frames read from a folder of files (each file's axes are per file)
+    folder: bool = False
+    #: channel names not given: the default name(s) were used
+    default_names: bool = False
 
     def line(self) -> str:
         extra = []
@@ -161,11 +165,15 @@ class ImportSummary:
             extra.append("RGB -> grey (BT.601 luma)")
         if n.colour:
             extra.append("3 colour channels: pass grey=true for one grey channel")
+        if self.folder:
+            extra.append("files in natural order -> frames")
         sp = "x".join(str(s) for s in self.spatial)
+        named = " (default name; channel_names= names it)" if self.default_names else ""
         return (f"imported {self.frames} frames, {len(self.channels)} channel(s) "
-                f"[{', '.join(self.channels)}], {len(self.spatial)}D {sp} px, dtype "
-                f"{'/'.join(self.dtypes)}, values [{self.vmin:.6g}, {self.vmax:.6g}], axes "
-                f"{'; '.join(n.axes)}" + (f" ({'; '.join(extra)})" if extra else ""))
+                f"[{', '.join(self.channels)}]{named}, {len(self.spatial)}D {sp} px, source dtype "
+                f"{'/'.join(self.dtypes)} (stored as float32), values [{self.vmin:.6g}, "
+                f"{self.vmax:.6g}], axes {'; '.join(n.axes)}{' per file' if self.folder else ''}"
+                + (f" ({'; '.join(extra)})" if extra else ""))
 
 
 def import_frames(
@@ -253,6 +261,7 @@ def import_frames(
             "channel(s); give one value, or one per channel"
         )
     s.channels, s.spatial = names, tuple(first.shape[1:])
+    s.folder, s.default_names = src.is_dir(), not channel_names
     _write(out, first, origin, frames, s, extra, progress,
            dict(pixel_size=pixel_size, unit=unit, frame_interval=frame_interval,
                 time_unit=time_unit, source=str(src.resolve()), name=name or out.stem,
