@@ -125,6 +125,28 @@ def _either(first: str | Getter, second: str | Getter) -> Getter:
     return g
 
 
+def _rays_skipped(ctx: Mapping[str, Any]) -> str | None:
+    """Why the latent-ray rows are empty: the analysis did not follow particles along rays."""
+    if dig(ctx, "analysis.config.ray_samples") == 0:
+        return "particles not followed along latent rays (analysis.ray_samples: 0)"
+    return None
+
+
+def _rays_d(ctx: Mapping[str, Any]) -> Value:
+    r = dig(ctx, "analysis.mc_vs_tracking.D_rays_over_tracking")
+    if isinstance(r, Missing):
+        return r
+    return f"{fmt(r, '.2f')}; {fmt(dig(ctx, 'analysis.particles.ensemble.rays.lost_fraction'), '.0%')}"
+
+
+def _rays_alpha(ctx: Mapping[str, Any]) -> Value:
+    a = dig(ctx, "analysis.mc_vs_tracking.mc_rays_msd_exponent")
+    if isinstance(a, Missing):
+        return a
+    return (f"{fmt(a, '.2f')} ({fmt(dig(ctx, 'analysis.mc_vs_tracking.rays_motion'))}) vs "
+            f"{fmt(dig(ctx, 'analysis.mc_vs_tracking.tracking_alpha'), '.2f')}")
+
+
 def _traces_skipped(ctx: Mapping[str, Any]) -> str | None:
     """Why the paper's averaged-image trace rows are empty: the analysis ran without them."""
     d = dig(ctx, "analysis.config.descriptors")
@@ -202,12 +224,9 @@ ROWS: dict[str, list[Row]] = {
             lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.mc_msd_exponent'), '.2f')} vs "
                       f"{fmt(dig(c, 'analysis.mc_vs_tracking.tracking_alpha'), '.2f')}", None),
         Row("particles followed along latent rays: MC D / tracking D; share lost by the analysis γ",
-            "—", lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.D_rays_over_tracking'), '.2f')}; "
-                           f"{fmt(dig(c, 'analysis.particles.ensemble.rays.lost_fraction'), '.0%')}", "=within 2×"),
+            "—", _rays_d, "=within 2×", skipped=_rays_skipped),
         Row("MSD exponent α along the rays vs tracking α (the kind of motion is read from here)",
-            "—", lambda c: f"{fmt(dig(c, 'analysis.mc_vs_tracking.mc_rays_msd_exponent'), '.2f')} "
-                           f"({dig(c, 'analysis.mc_vs_tracking.rays_motion') or '—'}) vs "
-                           f"{fmt(dig(c, 'analysis.mc_vs_tracking.tracking_alpha'), '.2f')}", None),
+            "—", _rays_alpha, None, skipped=_rays_skipped),
         Row("MC MSD noise floor, median (nm²; still particles)", "—",
             "analysis.particles.msd_floor.median", None),
         Row("confined D / free D from MC (goal < 0.3)", "—",

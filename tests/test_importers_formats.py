@@ -297,7 +297,10 @@ def test_summary_line(tmp_path):
     _, s = _imp(tmp_path / "dir", tmp_path, channel_names=["intensity"])
     line = s.line()
     assert line.startswith("imported 2 frames, 1 channel(s) [intensity], 2D 8x9 px")
-    assert line.endswith("axes YX per file (files in natural order -> frames)")
+    assert line.endswith("axes YX per file (one frame per file, files in natural order)")
+    tifffile.imwrite(tmp_path / "dir" / "f2.tif", fr, photometric="minisblack")  # a 3-page stack
+    _, s = _imp(tmp_path / "dir", tmp_path)
+    assert s.frames == 5 and "the files' frames concatenated in natural order" in s.line()
 
 
 def test_large_tiff_series_read_in_page_slices(tmp_path, monkeypatch):

@@ -329,7 +329,7 @@ def test_np_case_end_to_end_writes_the_particle_sections(tmp_path):
     mv = s["mc_vs_tracking"]  # the MSD-exponent classes and, when they differ, a note
     assert {"mc_motion", "tracking_motion", "exponents_agree", "rays_motion"} <= set(mv)
     assert mv["motion_from"] == "rays" and mv["motion_agrees"] == mv["rays_exponents_agree"]
-    said = any("MC MSD(Δt)" in n for n in s["notes"])
+    said = any(n.startswith(("MC MSD(Δt) grows as", "MC MSD(Δt) followed along")) for n in s["notes"])
     assert said == (mv["exponents_agree"] is False or mv["rays_exponents_agree"] is False)
     ens = s["particles"]["ensemble"]  # the MSD's dependence on the link radius
     # particles followed along the latent rays: the oracle moves them less than the link
@@ -433,6 +433,15 @@ def test_the_kind_of_motion_is_read_from_the_rays_when_they_were_followed():
     a = particles.agreement(ens, sec, tr)
     assert a["motion_from"] == "one-jump" and a["motion_agrees"] is False
     assert particles.motion_note(a, 0.5, "s").startswith("MC MSD(Δt) grows as Δt^0.42")
+    assert "at the analysis γ only" in particles.motion_note(a, None, "s")  # no time axis
+    # rays measured, one-jump exponent not: the tracked class still named
+    ens.update(msd_exponent=None, rays_msd_exponent=0.3)
+    a = particles.agreement(ens, sec, tr)
+    assert "mc_motion" not in a and a["motion_from"] == "rays"
+    assert "Δt^0.94 (diffusive)" in particles.motion_note(a, None, "s")
+    # no tracking baseline (e.g. no frame interval): nothing decided, no note, no crash
+    a = particles.agreement(ens, sec, {"applicable": False, "reason": "no frame interval"})
+    assert "motion_from" not in a and particles.motion_note(a, None, "s") is None
 
 
 def test_ensemble_msd_is_the_mean_over_particles_minus_the_floor():

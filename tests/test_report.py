@@ -181,3 +181,18 @@ def test_a_finished_step_with_other_inputs_is_moved_aside_not_resumed(tmp_path):
     old = [p for p in tmp_path.iterdir() if p.name.startswith("train.old-")]
     assert len(old) == 1 and (old[0] / "result.txt").read_text() == "one"
     assert (old[0] / "last.ckpt").is_file() and not (out / "last.ckpt").exists()
+
+
+def test_ray_rows_say_why_they_are_empty_and_read_the_rays():
+    rows = [r for r in ROWS["np_diffusion"] if "rays" in r.label]
+    assert len(rows) == 2
+    off = {"analysis": {"config": {"ray_samples": 0}}}
+    assert all(r.cells(off)[2].startswith("not run: particles not followed") for r in rows)
+    ran = {"analysis": {"config": {"ray_samples": 16},
+                        "mc_vs_tracking": {"D_rays_over_tracking": 1.5, "mc_rays_msd_exponent": 0.84,
+                                           "rays_motion": "diffusive", "tracking_alpha": 0.94},
+                        "particles": {"ensemble": {"rays": {"lost_fraction": 0.06}}}}}
+    assert [r.cells(ran)[2] for r in rows] == ["1.50; 6%", "0.84 (diffusive) vs 0.94"]
+    missing = {"analysis": {"config": {"ray_samples": 16}, "mc_vs_tracking": {}}}
+    assert all(r.cells(missing)[2].startswith("not computed: `analysis.mc_vs_tracking")
+               for r in rows)

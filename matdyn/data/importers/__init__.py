@@ -153,6 +153,8 @@ class ImportSummary:
     folder: bool = False
     #: channel names not given: the default name(s) were used
     default_names: bool = False
+    #: blocks read (a file, or a TIFF series / HDF5 dataset within one)
+    blocks: int = 0
 
     def line(self) -> str:
         extra = []
@@ -166,9 +168,11 @@ class ImportSummary:
         if n.colour:
             extra.append("3 colour channels: pass grey=true for one grey channel")
         if self.folder:
-            extra.append("files in natural order -> frames")
+            extra.append("one frame per file, files in natural order" if self.frames == self.blocks
+                         else "the files' frames concatenated in natural order")
         sp = "x".join(str(s) for s in self.spatial)
-        named = " (default name; channel_names= names it)" if self.default_names else ""
+        named = ("" if not self.default_names else " (default name; channel_names= names it)"
+                 if len(self.channels) == 1 else " (default names; channel_names= names them)")
         return (f"imported {self.frames} frames, {len(self.channels)} channel(s) "
                 f"[{', '.join(self.channels)}]{named}, {len(self.spatial)}D {sp} px, source dtype "
                 f"{'/'.join(self.dtypes)} (stored as float32), values [{self.vmin:.6g}, "
@@ -274,6 +278,7 @@ def _frames(blocks: Iterator[Block], ndim: int, grey: bool, channels: list[int] 
             s: ImportSummary) -> Iterator[tuple[np.ndarray, str]]:
     """Single frames ``[C, *spatial]`` (float32) with their origin."""
     for b in blocks:
+        s.blocks += 1
         dt = str(np.asarray(b.array).dtype)
         if dt not in s.dtypes:
             s.dtypes.append(dt)

@@ -311,7 +311,11 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     :func:`~matdyn.dynamics.calibration.classify_exponent` (α < 0.7 sub-diffusive, > 1.3
     ballistic, Saxton & Jacobson 1997); ``exponents_agree`` is False when the classes differ.
     A D can agree at the analysis Δt while the MC MSD(Δt) does not grow like the tracked one
-    (Princeton beads: α 0.27 against 1.06, session 15): then the MC D holds at that Δt only."""
+    (Princeton beads: α 0.27 against 1.06, session 15): then the MC D holds at that Δt only.
+    ``rays_motion`` / ``rays_exponents_agree``: the same for the MSD followed along the
+    latent rays (``ens["rays_msd_exponent"]``). ``motion_from`` says which of the two decides
+    (``rays`` when they were followed: no link radius caps their MSD; else ``one-jump``) and
+    ``motion_agrees`` gives its verdict; :func:`motion_note` words it."""
     tr = (tracking.get("modes", {}) or {}).get("all") or {}
     d_tr, a_tr = tr.get("D"), tr.get("alpha")
     med = {k: (section.get(k) or {}).get("median") for k in ("D_slope", "D")}
@@ -338,7 +342,7 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     if a_rays is not None and a_tr is not None and np.isfinite(a_rays) and np.isfinite(a_tr):
         r_cls, t_cls = classify_exponent(np.array([a_rays, a_tr])).tolist()
         out.update(mc_rays_msd_exponent=a_rays, rays_motion=r_cls,
-                   rays_exponents_agree=r_cls == t_cls)
+                   rays_tracking_motion=t_cls, rays_exponents_agree=r_cls == t_cls)
     a_mc = out["mc_msd_exponent"]
     if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
         mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()
@@ -351,32 +355,38 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
     return out
 
 
-def motion_note(agree: dict[str, Any], dt: float, time_unit: str) -> str | None:
+def motion_note(agree: dict[str, Any], dt: float | None, time_unit: str) -> str | None:
     """The analysis note on the kind of motion (``agreement``'s output), or None when the
-    MC and tracked MSD exponents fall in one class. The rays' exponent decides when the
+    MC and tracked MSD exponents fall in one class (or were not both measured). ``dt``: the
+    Δt of the analysis γ (None without a time axis). The rays' exponent decides when the
     rays were followed: the one-jump MSD is capped by the link radius at large γ and flattens
     (Princeton beads, session 17: one-jump α 0.42, rays 0.84, tracking 0.94)."""
-    a_tr, t_cls = agree.get("tracking_alpha"), agree.get("tracking_motion")
-    at = f"at the analysis Δt ({dt:.3g} {time_unit}) only"
+    a_tr = agree.get("tracking_alpha")
+    at = (f"at the analysis Δt ({dt:.3g} {time_unit}) only" if dt is not None
+          else "at the analysis γ only")
     if agree.get("motion_from") == "rays":
         a_r, r_cls = agree["mc_rays_msd_exponent"], agree["rays_motion"]
+        t_cls = agree["rays_tracking_motion"]
+        one = (f"Δt^{agree['mc_msd_exponent']:.2f} ({agree['mc_motion']})"
+               if "mc_motion" in agree else None)
         if agree["rays_exponents_agree"]:
             if agree.get("exponents_agree") is False:
                 return (f"MC MSD(Δt) followed along the latent rays grows as Δt^{a_r:.2f} "
                         f"({r_cls}), like the tracked Δt^{a_tr:.2f}; linked in one jump it "
-                        f"grows as Δt^{agree['mc_msd_exponent']:.2f} ({agree['mc_motion']}) "
-                        "because the link radius caps it at large γ: read the kind of motion "
-                        "from the rays (mc_vs_tracking.rays_motion)")
+                        f"grows as {one} because the link radius caps it at large γ: read the "
+                        "kind of motion from the rays (mc_vs_tracking.rays_motion)")
             return None
+        also = (f"; linked in one jump it grows as {one}, like the tracked MSD"
+                if agree.get("exponents_agree") else "")
         return (f"MC MSD(Δt) followed along the latent rays grows as Δt^{a_r:.2f} ({r_cls}), "
-                f"the tracked MSD as Δt^{a_tr:.2f} ({t_cls}): the MC D holds {at}, and "
-                "the MC MSD curve does not show the data's kind of motion (figure "
-                "particles_msd_dt)")
+                f"the tracked MSD as Δt^{a_tr:.2f} ({t_cls}){also}: the MC D holds {at}, and "
+                "the ray MSD curve (diamonds in figure particles_msd_dt) does not show the "
+                "data's kind of motion")
     if agree.get("exponents_agree") is False:
         return (f"MC MSD(Δt) grows as Δt^{agree['mc_msd_exponent']:.2f} "
-                f"({agree['mc_motion']}), the tracked MSD as Δt^{a_tr:.2f} ({t_cls}): the MC "
-                f"D holds {at}, and the MC MSD curve does not show the data's kind of motion "
-                "(figure particles_msd_dt)")
+                f"({agree['mc_motion']}), the tracked MSD as Δt^{a_tr:.2f} "
+                f"({agree['tracking_motion']}): the MC D holds {at}, and the MC MSD curve "
+                "does not show the data's kind of motion (figure particles_msd_dt)")
     return None
 
 
