@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from matdyn.pipeline import case_steps, merge_overrides
-from matdyn.report import ROWS, Row, build_report, dig
+from matdyn.report import ROWS, Row, _traces_skipped, build_report, dig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_row_and_override_helpers():
 def test_trace_rows_say_the_protocol_was_off_not_absent():
     """With the particle descriptors (the NP default), the paper's trace rows explain that
     the trace protocol did not run instead of naming an absent key."""
-    rows = [r for r in ROWS["np_diffusion"] if r.skipped is not None]
+    rows = [r for r in ROWS["np_diffusion"] if r.skipped is _traces_skipped]
     assert len(rows) == 3
     off = {"analysis": {"config": {"descriptors": "particles"}, "recovery": {}}}
     for r in rows:
