@@ -100,6 +100,25 @@ def test_one_mode_gives_one_cluster(method):
     assert c.k == 3 and len(np.unique(c.labels)) == 3
 
 
+def test_gap_counts_the_modes_of_a_layout_where_average_linkage_dispersion_said_one():
+    """Held-out NP layout g (session 18): the MC descriptors of 801 particles (log MSD and
+    log anisotropy ratio at γ = 1; lanes, band, traps planted). With W_k from average linkage
+    the gap rule said 1 mode (Gap 0.61, −0.11, 0.49 for k = 1..3); with W_k from Ward it
+    says 3, and the returned labels are still average linkage's."""
+    from pathlib import Path
+
+    import pandas as pd
+    from sklearn.cluster import AgglomerativeClustering
+
+    t = pd.read_csv(Path(__file__).parent / "data" / "np_layout_g_features.csv")
+    x = t[["log_msd_g1", "log_anisotropy_ratio_g1"]].to_numpy()
+    c = choose_n_clusters(x, method="gap", linkage="average")
+    assert c.k == 3
+    z = (x - x.mean(0)) / x.std(0)
+    avg = AgglomerativeClustering(n_clusters=3, linkage="average").fit_predict(z)
+    np.testing.assert_array_equal(c.labels, avg)
+
+
 def test_estimated_diameter_grows_when_no_feature_is_found_at_the_log_scale(monkeypatch):
     """Ring-like bright-field particles can defeat the LoG diameter (trackpy's bulk_water at
     64 px: 0 features at 5 px, 14 at 7 px); the estimate then tries larger odd diameters,
