@@ -320,12 +320,13 @@ def bench_rays(size: int = 64, per_side: int = 4, n_refs: int = 4, n_rays: int =
     """Seconds per reference of :func:`matdyn.dynamics.paths.follow_rays` (locate every
     ray's image at every ladder step, link step to step), median over ``repeats``.
 
-    The "generator" is analytic (numpy rendering, included in the time) so the number is the
-    locate-and-link cost without a network's decode: ``size``² px
-    images of ``per_side``² dark Gaussian particles (σ 1.5 px, as the NP stand-in's at
-    64 px) on a jittered grid (≥ 10 px apart, beyond the locator's separation) whose
-    positions move linearly with the latent (1 px per unit per coordinate), plus 2 % noise. A trained generator adds its decode time for ladder × rays images
-    per reference (the ``generate`` section's img/s)."""
+    The "generator" is analytic (numpy rendering, included in the time), so the number is
+    the locate-and-link cost without a network's decode: ``size``² px images of
+    ``per_side``² dark Gaussian particles (σ 1.5 px, as the NP stand-in's at 64 px) on a
+    jittered grid (≥ 10 px apart, beyond the locator's separation) whose positions move
+    linearly with the latent (1 px per unit per coordinate), plus 2 % noise. A trained
+    generator adds its decode time for ladder × rays images per reference (the ``generate``
+    section's img/s)."""
     import numpy as np
 
     from matdyn.dynamics.locate import LocateParams
@@ -341,7 +342,8 @@ def bench_rays(size: int = 64, per_side: int = 4, n_refs: int = 4, n_rays: int =
 
     def images(lat: torch.Tensor) -> np.ndarray:
         pos = base[None] + lat.numpy()[:, :d].reshape(-1, n_particles, 2)
-        r2 = (yy[None, None] - pos[..., 0, None, None]) ** 2 + (xx[None, None] - pos[..., 1, None, None]) ** 2
+        r2 = ((yy[None, None] - pos[..., 0, None, None]) ** 2
+              + (xx[None, None] - pos[..., 1, None, None]) ** 2)
         img = -np.exp(-r2 / (2 * 1.5 ** 2)).sum(1)
         img += 0.02 * np.random.default_rng(0).standard_normal(img.shape)
         return img[:, None].astype(np.float32)

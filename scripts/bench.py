@@ -228,8 +228,8 @@ def main() -> None:
     if a.anchor:
         sections.add("anchor")
     for name, section in (("train", _section_train), ("generate", _section_generate),
-                          ("pipeline", _section_pipeline), ("rays", _section_rays), ("rss", _section_rss),
-                          ("anchor", _section_anchor)):
+                          ("pipeline", _section_pipeline), ("rays", _section_rays),
+                          ("rss", _section_rss), ("anchor", _section_anchor)):
         if name in sections:
             section(a, out, gv, tv)
 

@@ -70,7 +70,7 @@ def _dispersion(x: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _gap(x: np.ndarray, k_max: int, linkage: str, n_refs: int, seed: int) -> tuple[int, dict]:
-    linkage = "kmeans" if linkage == "kmeans" else "ward"  # W_k-minimising (module doc)
+    """Gap rule of the module doc; W_k from ``linkage`` as given (a W_k-minimising one)."""
     rng = np.random.default_rng(seed)
     xc = x - x.mean(axis=0)
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
@@ -99,8 +99,8 @@ def choose_n_clusters(features: np.ndarray, *, k_max: int = 6, method: str = "si
     raw values: on one raw lognormal mode the silhouette of average linkage splitting off
     the tail reached 0.78 (k = 2; gap said 1), on log values it says 1. On the MC log MSD
     of the demo NP generator (3 planted modes, 161 particles, γ = 1) silhouette found 3
-    (ARI 0.69) while gap with average linkage said 1 (before W_k came from Ward). ``linkage``: "average", "ward",
-    "complete", "single" (agglomerative) or "kmeans". Raises :class:`ConfigError` for
+    (ARI 0.69) while gap with average linkage said 1 (before W_k came from Ward).
+    ``linkage``: "average", "ward", "complete", "single" (agglomerative) or "kmeans". Raises :class:`ConfigError` for
     unknown choices and :class:`AnalysisError` for fewer than 3 finite rows.
 
     >>> rng = np.random.default_rng(0)
@@ -122,8 +122,9 @@ def choose_n_clusters(features: np.ndarray, *, k_max: int = 6, method: str = "si
                             f"{x.shape} with {int((~np.isfinite(x)).sum())} non-finite values")
     x = _standardise(x)
     k_max = int(max(1, min(k_max, len(x) - 1)))
-    if method == "gap":
-        k, scores = _gap(x, k_max, linkage, int(n_refs), seed)
+    if method == "gap":  # W_k from a clustering that minimises it (module doc)
+        k, scores = _gap(x, k_max, "kmeans" if linkage == "kmeans" else "ward", int(n_refs),
+                         seed)
         return ClusterChoice(k, _cluster(x, k, linkage, seed), scores, method)
     from sklearn.metrics import silhouette_score
 

@@ -361,8 +361,7 @@ class NPDiffusionCase:
         sec["units"] = {"msd": f"{lu}^2", "D": f"{lu}^2/{tu}", "dt": tu}
         ens["rays"] = sec
         ens["D_rays"], ens["rays_msd_exponent"] = sec["D"], sec["msd_exponent"]
-        row = sec["by_gamma"].get(particles.gamma_key(ctx.gamma)) or {}
-        lost = row.get("lost_fraction")
+        lost = sec["lost_fraction"]
         if lost is not None and lost > RAY_LOST_NOTE:
             ctx.note(f"particles followed along the latent rays: {lost:.0%} of them are lost "
                      f"by γ = {ctx.gamma:g} (erased by the generator, or moved more than "

@@ -338,14 +338,15 @@ def agreement(ens: dict[str, Any], section: dict[str, Any], tracking: dict[str, 
         out["agrees"] = bool(1 / factor <= r <= factor)
     if rw is not None:  # the same criterion with the wide link radius (link_radius_check)
         out["agrees_wide"] = bool(1 / factor <= rw <= factor)
-    a_rays = ens.get("rays_msd_exponent")
-    if a_rays is not None and a_tr is not None and np.isfinite(a_rays) and np.isfinite(a_tr):
-        r_cls, t_cls = classify_exponent(np.array([a_rays, a_tr])).tolist()
-        out.update(mc_rays_msd_exponent=a_rays, rays_motion=r_cls,
-                   rays_tracking_motion=t_cls, rays_exponents_agree=r_cls == t_cls)
-    a_mc = out["mc_msd_exponent"]
-    if a_mc is not None and a_tr is not None and np.isfinite(a_mc) and np.isfinite(a_tr):
-        mc_cls, tr_cls = classify_exponent(np.array([a_mc, a_tr])).tolist()
+    # one classification of the tracked, ray and one-jump exponents (NaN: "undetermined")
+    a = np.array([np.nan if v is None else v for v in
+                  (a_tr, ens.get("rays_msd_exponent"), out["mc_msd_exponent"])], np.float64)
+    tr_cls, r_cls, mc_cls = classify_exponent(a).tolist()
+    ok = np.isfinite(a)
+    if ok[0] and ok[1]:
+        out.update(mc_rays_msd_exponent=a[1].item(), rays_motion=r_cls, tracking_motion=tr_cls,
+                   rays_exponents_agree=r_cls == tr_cls)
+    if ok[0] and ok[2]:
         out.update(mc_motion=mc_cls, tracking_motion=tr_cls, exponents_agree=mc_cls == tr_cls)
     # the kind of motion to read: the rays' when followed (no link radius caps their MSD)
     for src, key in (("rays", "rays_exponents_agree"), ("one-jump", "exponents_agree")):
@@ -361,12 +362,11 @@ def motion_note(agree: dict[str, Any], dt: float | None, time_unit: str) -> str 
     Δt of the analysis γ (None without a time axis). The rays' exponent decides when the
     rays were followed: the one-jump MSD is capped by the link radius at large γ and flattens
     (Princeton beads, session 17: one-jump α 0.42, rays 0.84, tracking 0.94)."""
-    a_tr = agree.get("tracking_alpha")
+    a_tr, t_cls = agree.get("tracking_alpha"), agree.get("tracking_motion")
     at = (f"at the analysis Δt ({dt:.3g} {time_unit}) only" if dt is not None
           else "at the analysis γ only")
     if agree.get("motion_from") == "rays":
         a_r, r_cls = agree["mc_rays_msd_exponent"], agree["rays_motion"]
-        t_cls = agree["rays_tracking_motion"]
         one = (f"Δt^{agree['mc_msd_exponent']:.2f} ({agree['mc_motion']})"
                if "mc_motion" in agree else None)
         if agree["rays_exponents_agree"]:
@@ -385,7 +385,7 @@ def motion_note(agree: dict[str, Any], dt: float | None, time_unit: str) -> str 
     if agree.get("exponents_agree") is False:
         return (f"MC MSD(Δt) grows as Δt^{agree['mc_msd_exponent']:.2f} "
                 f"({agree['mc_motion']}), the tracked MSD as Δt^{a_tr:.2f} "
-                f"({agree['tracking_motion']}): the MC D holds {at}, and the MC MSD curve "
+                f"({t_cls}): the MC D holds {at}, and the MC MSD curve "
                 "does not show the data's kind of motion (figure particles_msd_dt)")
     return None
 
