@@ -58,12 +58,16 @@ def test_identical_sets_sit_at_zero_and_fresh_draws_at_baseline_level(np64):
     assert s["particles_per_frame"]["ratio"] == 1.0
     assert {k: v["ratio"] for k, v in s["regions"].items()} == dict.fromkeys(MODE_NAMES, 1.0)
     assert s["near_repeat"]["ratio"] == 1.0 and s["near_repeat"]["n_real"] > 100
+    names = {c.name for c in checks}  # "nothing flagged" means something: the checks ran
+    assert {f"region_ratio.{m}" for m in MODE_NAMES} | {"centre_density_emd",
+                                                        "near_repeat_median"} <= names
     assert flagged(checks) == []
     # a disjoint random draw of the same data: distances at the split-half baseline level
     perm = np.random.default_rng(2).permutation(800)
     s, checks = _fid(frames[perm[:300]], frames[perm[300:600]], rm)
     emd = s["centre_density"]["emd"]
     assert 0.6 < emd["generated_vs_real"] / emd["real_vs_real"] < 1.5  # matched sizes: about 1
+    assert set(s["regions"]) == set(MODE_NAMES)
     for r in s["regions"].values():
         assert 0.9 < r["ratio"] < 1.1
     assert 0.9 < s["near_repeat"]["ratio"] < 1.1  # the store's own trap jitter, both sides
@@ -95,6 +99,7 @@ def test_particle_baselines_are_the_mean_over_many_halvings(np64):
     assert ppf["real_vs_real_ratio"] == pytest.approx(1 + dev) and dev > 0
     table = {c.name: c for c in checks}
     assert table["particles_per_frame"].baseline == pytest.approx(dev)
+    assert set(s["regions"]) == set(MODE_NAMES)
     assert all(r["real_vs_real_ratio"] >= 1.0 for r in s["regions"].values())
 
 
@@ -185,6 +190,7 @@ def test_composition_fidelity_sees_a_shifted_channel_mix():
     real = share[:, :, None, None, None] * (1 + 0.05 * rng.random((300, 2, 4, 4, 4)))
     s, checks = composition_fidelity(real, real, ["Cu", "CuS"], stages=stages)
     w1 = s["mass_fraction"]["Cu"]["w1"]  # identical sets: subsets overlap half a, below baseline
+    assert {"mass_fraction_w1.Cu", "mass_fraction_w1.CuS", "stage_mix"} <= {c.name for c in checks}
     assert flagged(checks) == [] and w1["generated_vs_real"] < w1["real_vs_real"]
     young = real[stages == 0]  # a generator that only draws the first stage
     s, checks = composition_fidelity(real, young, ["Cu", "CuS"], stages=stages)
@@ -238,6 +244,7 @@ def test_composition_counts_mass_inside_the_clump_not_the_noise_floor():
     _, box = composition_fidelity(real, noisier, ["Cu", "CuS"], stages=stages, mask_level=None)
     s, inside = composition_fidelity(real, noisier, ["Cu", "CuS"], stages=stages)
     assert "mass_fraction_w1.CuS" in flagged(box) and flagged(inside) == []
+    assert "mass_fraction_w1.CuS" in {c.name for c in inside}  # checked, and not flagged
     assert s["mask"]["level"] == MASK_LEVEL and 0 < s["mask"]["real_volume_fraction"] < 0.3
     ghost = _clumps(rng, 300, share + 0.05, 0.01)  # 5 % CuS drawn into every clump
     s, checks = composition_fidelity(real, ghost, ["Cu", "CuS"], stages=stages)
@@ -259,11 +266,13 @@ def test_a_collapsed_generator_keeps_its_counts_but_fails_diversity(np64):
     rng = np.random.default_rng(3)
     collapsed = frames[400:401] + 0.01 * rng.standard_normal((400, *frames.shape[1:]))
     s, _ = _fid(real, collapsed, rm)
+    assert set(s["regions"]) == set(MODE_NAMES)
     assert all(0.85 <= r["ratio"] <= 1.3 for r in s["regions"].values())  # counts look right
     d, checks = diversity_fidelity(real, collapsed, [half_split(400)])
     assert d["ratio"] < 0.3 and flagged(checks) == ["frame_diversity"]
     d, checks = diversity_fidelity(real, frames[400:800], [half_split(400)])
     assert 0.9 < d["ratio"] < 1.1 and 0.9 < d["real_vs_real_ratio"] < 1.1 and flagged(checks) == []
+    assert [c.name for c in checks] == ["frame_diversity"]
     assert frame_diversity(real[:1].repeat(5, 0)) == 0.0
     with pytest.raises(AnalysisError, match="at least 2"):
         frame_diversity(real[:1])
@@ -337,6 +346,7 @@ def test_subpixel_locking_sees_centroids_piled_on_the_pixel_grid():
     locked = Centres(fresh.frame, np.where(snap, np.round(fresh.rc), fresh.rc), fresh.area,
                      fresh.n_frames)
     sub, checks = subpixel_fidelity(real, fresh)
+    assert [c.name for c in checks] == ["subpixel_w1"]
     assert flagged(checks) == [] and sub["w1_px"] < 2 * sub["real_vs_real_px"]
     assert 0.08 < sub["real_locked_share"] < 0.12 and 0.08 < sub["generated_locked_share"] < 0.12
     sub, checks = subpixel_fidelity(real, locked)
@@ -378,6 +388,7 @@ def test_located_subpixel_locking_uses_trackpy_centroids():
     on_grid, checks = located_subpixel_fidelity(real, _blob_frames(150, 1, True)[:, None])
     assert fresh["locator"] == "trackpy" and fresh["n_real"] > 450
     assert fresh["w1_px"] < 2 * fresh["real_vs_real_px"] and flagged(fresh_checks) == []
+    assert [c.name for c in fresh_checks] == ["subpixel_w1"]
     assert flagged(checks) == ["subpixel_w1"] and on_grid["w1_px"] > 3 * fresh["w1_px"]
     # both sides located with the settings estimated on the first observed frame with a
     # particle (blank frames are skipped)
