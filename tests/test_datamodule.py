@@ -109,6 +109,44 @@ def test_bundle_inverts_percentile_normalization(tmp_path):
     torch.testing.assert_close(b.to_physical(x), dm.to_physical(x))
 
 
+def test_sqrt_transform_round_trips_densities_and_squares_a_faint_haze(tmp_path):
+    from matdyn.models.pggan import Generator
+    from matdyn.training.bundle import load_generator, save_bundle
+
+    rng = np.random.default_rng(3)
+    x = np.clip(rng.normal(0.0, 0.01, size=(6, 2, 8, 8, 8)), 0, None).astype(np.float32)
+    x[:, :, 2:6, 2:6, 2:6] += 0.8  # a dense particle in a near-empty box
+    path = tmp_path / "d.zarr"
+    with StoreWriter(path, spatial_shape=(8, 8, 8), channel_names=["Cu", "CuS"], pixel_size=1.0) as w:
+        w.append(x)
+    dm = MicroscopyDataModule(path, resolution=8, transform="sqrt")
+    xn = dm.images_at(8)
+    assert dm.normalization["transform"] == "sqrt"
+    assert xn.min() == pytest.approx(-1, abs=1e-5) and xn.max() == pytest.approx(1, abs=1e-5)
+    torch.testing.assert_close(dm.to_physical(xn), torch.from_numpy(x), atol=1e-5, rtol=1e-4)
+    g = Generator(latent_dim=4, channels=2, ndim=3, filters=(8, 8))
+    b = load_generator(save_bundle(tmp_path / "g.pt", g, 0, normalization=dm.normalization))
+    assert b.transform == "sqrt"
+    torch.testing.assert_close(b.to_physical(xn), torch.from_numpy(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b.from_physical(torch.from_numpy(x)), xn, atol=1e-5, rtol=1e-4)
+    # an error e in [-1, 1] at the empty end is (e * scale)² of density after the square
+    # root instead of e * scale: a faint generated haze shrinks quadratically
+    lo = torch.full((1, 2, 1, 1, 1), -1.0)
+    haze = (b.to_physical(lo + 0.02) - b.to_physical(lo)).flatten()
+    linear = MicroscopyDataModule(path, resolution=8)
+    haze_lin = (linear.to_physical(lo + 0.02) - linear.to_physical(lo)).flatten()
+    assert (haze < 0.05 * haze_lin).all()
+
+
+def test_sqrt_transform_refuses_negative_values_with_one_line(tmp_path):
+    path = _store(tmp_path / "neg.zarr", c=2)  # Gaussian around 3 with sd 2: negatives
+    with pytest.raises(ConfigError, match=r"transform=sqrt needs values >= 0; negative in channel c0 "
+                                          r"\(minimum -[0-9.]+\), c1"):
+        MicroscopyDataModule(path, resolution=16, transform="sqrt").setup()
+    with pytest.raises(ConfigError, match="transform must be none or sqrt"):
+        MicroscopyDataModule(path, resolution=16, transform="log")
+
+
 def test_norm_term_convention(tmp_path):
     dm = MicroscopyDataModule(_store(tmp_path / "n.zarr", norm_term=2.0), resolution=16)
     dm.setup()

@@ -20,11 +20,28 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 PERCENTILES = (0.01, 99.99)  # % ; 1 pixel in 10 000 per tail may be an outlier
 OUTLIER_TAIL = 0.5  # a tail beyond its percentile longer than this x the percentile range
+
+#: value transform applied before the scaling (``MicroscopyDataModule(transform=...)``)
+Transform = Literal["none", "sqrt"]
+
+
+def apply_transform(x: Any, transform: str) -> Any:
+    """Physical values -> the values that were scaled: ``sqrt(max(x, 0))`` for ``sqrt``
+    (negative values, which the training data cannot hold, count as 0), ``x`` for ``none``.
+    Works on torch tensors."""
+    return x.clamp(min=0).sqrt() if transform == "sqrt" else x
+
+
+def untransform(x: Any, transform: str) -> Any:
+    """Inverse of :func:`apply_transform`: ``max(y, 0)²`` for ``sqrt`` (a generated value
+    below the transformed zero is zero), ``y`` for ``none``. Works on torch tensors."""
+    return x.clamp(min=0).square() if transform == "sqrt" else x
 
 
 @dataclass

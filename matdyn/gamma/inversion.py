@@ -47,7 +47,7 @@ def inversion_calibration(
 
     d = int(bundle.latent_dim)
     x = torch.as_tensor(np.asarray(frames, dtype=np.float32), device=device)
-    x = (x - bundle.offset.to(x)) / bundle.scale.to(x)  # physical -> [-1, 1]
+    x = bundle.from_physical(x)  # physical -> [-1, 1]
     gen = bundle.generator
 
     def g_fn(z: torch.Tensor) -> torch.Tensor:  # unclamped, so gradients reach every pixel

@@ -196,6 +196,7 @@ def _data(cfg: DictConfig, top: int) -> Any:
         Path(str(ds.path)).expanduser().absolute(), resolution=top, batch_size=1,
         seed=int(cfg.seed), fit=ds.get("fit", "crop"),
         normalization=ds.get("normalization", "auto"), max_frames=ds.get("max_frames"),
+        transform=str(ds.get("transform") or "none"),
     )
     dm.setup("fit")
     return dm

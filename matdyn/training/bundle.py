@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from matdyn.data.scaling import apply_transform, untransform
 from matdyn.errors import CheckpointError, ConfigError
 from matdyn.io import atomic_writer
 from matdyn.models import Generator, stage_resolution
@@ -250,8 +251,19 @@ class GeneratorBundle(nn.Module):
             return self._compiled(z)[:n]
         return self._compiled(z)
 
+    @property
+    def transform(self) -> str:
+        """The value transform the training data went through (``none`` or ``sqrt``;
+        :class:`matdyn.data.datamodule.MicroscopyDataModule`)."""
+        return str(self.normalization.get("transform") or "none")
+
     def to_physical(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale.to(x.dtype) + self.offset.to(x.dtype)
+        """[-1, 1] generator output -> physical units (scaling, then the inverse transform)."""
+        return untransform(x * self.scale.to(x.dtype) + self.offset.to(x.dtype), self.transform)
+
+    def from_physical(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical units -> the generator's [-1, 1] range (inverse of :meth:`to_physical`)."""
+        return (apply_transform(x, self.transform) - self.offset.to(x)) / self.scale.to(x)
 
     def sample(self, z: torch.Tensor) -> torch.Tensor:
         return self.to_physical(self(z))
