@@ -140,6 +140,7 @@ def test_a_check_past_its_time_limit_fails_and_keeps_the_run_going(tmp_path):
     assert stopped["status"] == "not_run" and "budget was spent" in stopped["reason"]
 
 
+@pytest.mark.slow  # a subprocess run of the script, ~13 s; the checks themselves are tested above
 @no_cuda
 def test_script_on_a_cpu_reports_cuda_checks_not_run(tmp_path):
     out = tmp_path / "gpu.jsonl"

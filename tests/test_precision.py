@@ -138,6 +138,7 @@ def test_load_generator_fast_path_keeps_weights_and_gradients(tmp_path):
         GeneratorBundle(g, stage, memory_format="nhwc")
 
 
+@pytest.mark.slow  # torch.compile of the generator: ~17 s on 2 cores
 def test_compiled_bundle_matches_eager_and_pads_small_batches():
     from torch._dynamo.utils import counters
 

@@ -157,6 +157,9 @@ class _Bundle:
     offset = torch.zeros(1, 1, 1, 1)
     scale = torch.ones(1, 1, 1, 1)
 
+    def from_physical(self, x):  # GeneratorBundle's way into [-1, 1] (no transform here)
+        return (x - self.offset) / self.scale
+
     def generator(self, z, stage, alpha):  # pragma: no cover - invert is replaced below
         raise AssertionError
 
