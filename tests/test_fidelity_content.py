@@ -391,7 +391,7 @@ def test_located_subpixel_locking_uses_trackpy_centroids():
     assert [c.name for c in fresh_checks] == ["subpixel_w1"]
     assert flagged(checks) == ["subpixel_w1"] and on_grid["w1_px"] > 3 * fresh["w1_px"]
     # both sides located with the settings estimated on the first observed frame with a
-    # particle (blank frames are skipped)
+    # particle (frames without one are passed over)
     blank_first = np.concatenate([np.ones((2, 48, 48)), real])
     params, i = estimate_locate_params_from(blank_first)
     assert i == 2 and params == estimate_locate_params(real[0])
