@@ -121,6 +121,10 @@ def test_engine_shards_report_what_is_left(tmp_path):
 
 
 # ----------------------------------------------------------------------------- analyze.py
+# The two CLI tests below share a fixture of three analyze.py runs (~30 s with them): slow set.
+# The fast set keeps the library-level guarantee (test_engine_shards_report_what_is_left: shards
+# merged equal the single run, missing shards named) and the option checks above.
+@pytest.mark.slow
 def test_two_shards_and_merge_equal_the_single_process_analysis(analysis):
     tmp, _, args, shards = analysis
     assert "shard 0/2: references 0-1" in shards.stdout and "left: shard 1/2" in shards.stdout
@@ -136,6 +140,7 @@ def test_two_shards_and_merge_equal_the_single_process_analysis(analysis):
         "shard_0_of_2.json", "shard_1_of_2.json"]
 
 
+@pytest.mark.slow
 def test_merge_refuses_missing_shards_and_bad_specs(analysis):
     from forkrun import run_entry  # a forked child: the exit status and stderr of a real run
 
