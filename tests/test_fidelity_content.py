@@ -118,6 +118,42 @@ def test_a_generator_that_drops_the_lanes_has_lane_ratio_zero(np64):
     assert "centre_density_emd" in names
 
 
+def test_half_formed_particles_in_one_region_are_atypical_there_only(np64):
+    """Faint (half-formed) particles in the free band: counts may hold, the band's atypical
+    share flags, the lanes' and traps' do not (issue 11: what counts did not see)."""
+    frames, rm = np64
+    real, gen = frames[:400], frames[400:].copy()
+    band = rm == 1
+    for img in gen[:, 0]:
+        bg = np.median(img)
+        img[band] = bg + 0.4 * (img[band] - bg)  # every band particle at 40 % of its depth
+    s, checks = _fid(real, gen, rm)
+    assert s["regions"]["free"]["ratio"] > 0.9  # still found and counted: counts cannot tell
+    assert "region_ratio.free" not in flagged(checks)
+    at = s["atypical"]
+    assert at["baseline_splits"] == BASELINE_SPLITS
+    assert at["regions"]["free"]["generated"] > 0.9  # the faint band particles are all atypical
+    assert at["regions"]["free"]["real_vs_real"] < 0.05
+    assert at["regions"]["confined"]["generated"] == at["regions"]["confined"]["real_vs_real"] == 0.0
+    names = flagged(checks)
+    assert "region_atypical.free" in names
+    assert "region_atypical.confined" not in names and "region_atypical.directed" not in names
+    # the same frames untouched: nothing atypical beyond the data's own share
+    s, checks = _fid(real, frames[400:], rm)
+    assert s["atypical"]["generated"] < 2 * max(s["atypical"]["real_vs_real"], 0.02)
+    assert not [n for n in flagged(checks) if "atypical" in n]
+
+
+def test_particle_depth_is_the_peak_contrast():
+    x = np.zeros((2, 1, 32, 32))  # Otsu runs per frame: one particle in each
+    x[0, 0, 4:8, 4:8] = -1.0
+    x[1, 0, 20:24, 20:24] = -0.25
+    c = dark_particle_centres(x)
+    assert c.depth is not None and len(c.depth) == 2
+    assert c.depth[1] / c.depth[0] == pytest.approx(0.25, rel=1e-4)  # float32 filtering
+    assert c.subset(np.array([1])).depth.tolist() == c.depth[1:].tolist()
+
+
 def test_a_shifted_set_is_far_in_density(np64):
     frames, rm = np64
     s, checks = _fid(frames[:400], np.roll(frames[400:], 8, axis=2), rm)

@@ -32,6 +32,7 @@ __all__ = [
     "particle_areas_batch",
     "particle_totals",
     "segment_particles",
+    "tophat_response",
 ]
 
 
@@ -109,6 +110,22 @@ def _tophat(x: np.ndarray, radius: int, dark: bool) -> np.ndarray:
     return x - _ball_filter(_ball_filter(x, radius, False), radius, True)
 
 
+def tophat_response(images: np.ndarray, *, sigma: float | None = None, radius: int | None = None,
+                    dark: bool = False) -> np.ndarray:
+    """The filtered batch that :func:`binarize` thresholds: Gaussian smoothing (``sigma``
+    px) then a black (``dark``) or white top-hat with a disk/ball of ``radius`` px, each
+    optional; [B, *spatial] -> same shape, float. Particles are bright in the result when a
+    top-hat was applied (their value is the contrast against the local background)."""
+    x = _check_batch(images, "images")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    if sigma is not None and sigma > 0:
+        x = ndimage.gaussian_filter(x, sigma=(0.0,) + (float(sigma),) * (x.ndim - 1))
+    if radius is not None and radius > 0:
+        x = _tophat(x, int(radius), dark)
+    return x
+
+
 def otsu_thresholds(images: np.ndarray, nbins: int = 256) -> np.ndarray:
     """Otsu threshold of every image of a batch [B, ...]; returns [B] float64.
 
@@ -173,16 +190,9 @@ def binarize(
     >>> binarize(-img, "otsu", dark=True).sum()
     np.int64(4)
     """
-    x = _check_batch(images, "images")
+    x = tophat_response(images, sigma=sigma, radius=tophat_radius, dark=dark)
     nd = x.ndim - 1
-    if not np.issubdtype(x.dtype, np.floating):
-        x = x.astype(np.float32)
-    if sigma is not None and sigma > 0:
-        x = ndimage.gaussian_filter(x, sigma=(0.0,) + (float(sigma),) * nd)
-    bright = not dark
-    if tophat_radius is not None and tophat_radius > 0:
-        x = _tophat(x, int(tophat_radius), dark)
-        bright = True
+    bright = not dark or (tophat_radius is not None and tophat_radius > 0)
     if isinstance(threshold, str):
         if threshold != "otsu":
             raise ConfigError(f"threshold must be 'otsu' or a number, got {threshold!r}")
