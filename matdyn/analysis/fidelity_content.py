@@ -380,7 +380,8 @@ ATYPICAL_PERCENTILES = (1.0, 99.0)
 #: ... and at least this far from the observed median: area below ½ or above 2 × the median,
 #: depth below ½ × the median. Without it, particles that are all alike (the stand-in's: depth
 #: 1st percentile within 3 % of the median) make a generated particle 5 % fainter "atypical"
-#: (quick-profile NP generators read 10-47 % atypical in crisp-looking regions); with it the
+#: (three quick-profile NP generators read 10-47 % in lanes and band, 0.5-10 % in the crisp
+#: traps, and a perfect generator's own halves sit near 0); with it the
 #: limits are what a person would call half-formed, faint or merged (ours, session 20)
 ATYPICAL_FACTOR = 2.0
 
@@ -408,7 +409,7 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
     """Share of *atypical* particles (area or depth outside the observed
     :data:`ATYPICAL_PERCENTILES`, :func:`_atypical`), generated vs observed, overall and per
     planted region: the half-formed, faint or merged particles that counts and centre
-    densities miss (on three quick-profile NP generators, the free band held 1.7-2.1× as many
+    densities miss (on three quick-profile NP generators, the free band held 2.1-3.4× as many
     as observed while its particles per frame were 0.98-1.02; issue 11, session 20).
 
     For each halving (half a, half b) with its generated subset: the percentiles come from
