@@ -381,7 +381,7 @@ ATYPICAL_PERCENTILES = (1.0, 99.0)
 #: depth below ½ × the median. Without it, particles that are all alike (the stand-in's: depth
 #: 1st percentile within 3 % of the median) make a generated particle 5 % fainter "atypical"
 #: (three quick-profile NP generators read 10-47 % in lanes and band, 0.5-10 % in the crisp
-#: traps, and a perfect generator's own halves sit near 0); with it the
+#: traps); with it the
 #: limits are what a person would call half-formed, faint or merged (ours, session 20)
 ATYPICAL_FACTOR = 2.0
 
