@@ -34,6 +34,7 @@ from matdyn.analysis.fidelity_repeats import (
     subpixel_fidelity,
 )
 from matdyn.data.synthetic.np_diffusion import MODE_NAMES, region_labels, simulate
+from matdyn.descriptors.particles import tophat_response
 from matdyn.dynamics.locate import estimate_locate_params, estimate_locate_params_from
 from matdyn.errors import AnalysisError, ConfigError
 
@@ -151,6 +152,15 @@ def test_particle_depth_is_the_peak_contrast():
     c = dark_particle_centres(x)
     assert c.depth is not None and len(c.depth) == 2
     assert c.depth[1] / c.depth[0] == pytest.approx(0.25, rel=1e-4)  # float32 filtering
+    # an uneven particle: the depth is its peak response, not its mean
+    y = np.zeros((1, 1, 32, 32))
+    y[0, 0, 10:16, 10:16] = -0.2
+    y[0, 0, 12:14, 12:14] = -1.0
+    u = dark_particle_centres(y)
+    resp = tophat_response(y[:, 0], sigma=1.0, radius=6, dark=True)
+    inside = resp[0][resp[0] > 0.5 * resp.max()]
+    assert len(u.depth) == 1 and u.depth[0] == pytest.approx(resp.max(), rel=1e-6)
+    assert u.depth[0] > 1.2 * inside.mean()
     assert c.subset(np.array([1])).depth.tolist() == c.depth[1:].tolist()
 
 
