@@ -292,6 +292,11 @@ ROWS["np_diffusion"] += [
     *(Row(f"particles per frame in the planted {m} region, generated / observed", "—",
           f"train.particles.regions.{m}.ratio", f"train.particles.regions.{m}.real_vs_real_ratio", ".2f")
       for m in ("directed", "free", "confined")),
+    *(Row(f"atypical (faint, half-formed, split) particles in the planted {m} region, share "
+          "generated (truth column: observed)", "—",
+          f"train.particles.atypical.regions.{m}.generated",
+          f"train.particles.atypical.regions.{m}.real_vs_real", ".3f")
+      for m in ("directed", "free", "confined")),
     Row("particle-centre density EMD, generated vs observed (frame sides; truth: real vs real)", "—",
         "train.particles.centre_density.emd.generated_vs_real",
         "train.particles.centre_density.emd.real_vs_real"),
