@@ -259,14 +259,22 @@ def test_end_to_end_outputs(analysis):
     assert sp["locator"] == "trackpy" and sp["locate_diameter_px"] >= 3 and "flagged" in sp
     assert sp["n_real"] >= 50 and sp["baseline_splits"] == cfg.baseline_repeats
     assert sp["flagged"] == (sp["w1_px"] > 2 * sp["real_vs_real_px"])
+    at = fid["atypical"]  # the training summary's measure, per planted region
+    assert set(at["regions"]) == {"directed", "free", "confined"} and at["baseline_splits"] == 20
+    assert ("atypical_share" in at["flagged"]) == (
+        at["generated"] > 2 * max(at["real_vs_real"], 0.02))
     # one versioned schema, the same fixed keys for every case
     assert summary["schema_version"] == 1
     # the notes name what is off, nothing else: the still traps and (the oracle's analytic
     # dips against the store's rendered discs, 111 observed centroids: 2.3x) sub-pixel placement
     heads = [n.split(":")[0] for n in summary["notes"]]
     assert heads[0] == "particles that keep their place are drawn too still"
-    assert heads[1:] == (["generated particle centroids sit on the pixel grid less often than "
-                          "observed"] if fid["subpixel"]["flagged"] else [])
+    # the oracle's Gaussian dips are shallower and wider than the store's rendered discs: the
+    # atypical share (training summary's measure) sees them when flagged
+    assert heads[1:] == (["the generator draws too many faint, half-formed, split or merged "
+                          "particles"] if fid["atypical"]["flagged"] else []) + (
+        ["generated particle centroids sit on the pixel grid less often than observed"]
+        if fid["subpixel"]["flagged"] else [])
     assert summary["config"]["n_refs"] == cfg.n_refs and summary["fit"] == "crop"
     # logged scalars: one key scheme, analysis/<case>/<key>
     keys = set().union(*logged)

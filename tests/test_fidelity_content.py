@@ -491,3 +491,31 @@ def test_matched_subsets_are_as_large_as_a_half_and_seeded():
     with pytest.raises(AnalysisError):
         matched_subsets(0, splits)
 
+
+
+def test_np_analysis_reports_the_training_summarys_atypical_share(np64):
+    """The NP analysis's fidelity section carries the same atypical share as train.py's
+    summary (same segmentation, halvings and region map), flags the faded band, and its
+    region map is the store's at the working geometry."""
+    from types import SimpleNamespace
+
+    from matdyn.analysis.cases.np_diffusion.steps import atypical
+
+    frames, rm = np64
+    real, gen = frames[:400], frames[400:].copy()
+    band = rm == 1
+    for img in gen[:, 0]:
+        bg = np.median(img)
+        img[band] = bg + 0.4 * (img[band] - bg)
+    ctx = SimpleNamespace(store=SimpleNamespace(truth={"region_map": rm}), resolution=64,
+                          fit="crop")
+    at = atypical(ctx, real, gen, seed=0)
+    s, checks = _fid(real, gen, rm)
+    assert at["generated"] == s["atypical"]["generated"]
+    assert at["regions"] == s["atypical"]["regions"]
+    assert "region_atypical.free" in at["flagged"] and "region_atypical.confined" not in at["flagged"]
+    # no planted truth: overall share only, no regions
+    ctx.store.truth = {}
+    plain = atypical(ctx, real, frames[400:], seed=0)
+    assert "regions" not in plain and plain["flagged"] == []
+    assert plain["real_vs_real"] == s["atypical"]["real_vs_real"]

@@ -165,6 +165,19 @@ class NPDiffusionCase:
                      f"observed (ratio {nr['ratio']:.2f}, real-vs-real {nr['real_vs_real_ratio']:.2f}); "
                      "their MC displacements are biased the same way, and the image-wide γ "
                      "calibration hands their share of motion to the other particles")
+        at = fid["atypical"]
+        if at.get("flagged"):
+            def pct(v: float | None) -> str:
+                return "n/a" if v is None else f"{100 * v:.1f} %"
+
+            worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
+                     for k, v in (at.get("regions") or {}).items()
+                     if f"region_atypical.{k}" in at["flagged"]]
+            ctx.note(f"the generator draws too many faint, half-formed, split or merged particles: "
+                     f"{pct(at['generated'])} of generated particles vs "
+                     f"{pct(at['real_vs_real'])} observed"
+                     + (f" (by planted region: {'; '.join(worst)})" if worst else "")
+                     + "; their Monte Carlo displacements and links are the least reliable")
         sp = fid["subpixel"]
         if sp.get("flagged"):
             how = "more" if sp["generated_locked_share"] > sp["real_locked_share"] else "less"

@@ -200,6 +200,7 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
         "lag1_autocorrelation": {"observed": r1_real, "generated": r1_gen},
         "near_repeat": _near_repeat(cfg, p, seed),
         "subpixel": subpixel,
+        "atypical": atypical(ctx, real, gen, seed),
         "_areas": (a_real, a_gen),  # for Fig. 5b; removed before the summary
     }
 
@@ -207,6 +208,39 @@ def fidelity(ctx: CaseContext, cfg: Config, real: np.ndarray, gen: np.ndarray) -
 def _flag(out: dict[str, Any], checks: list, name: str) -> dict[str, Any]:
     out["flagged"] = bool(checks and checks[0].flagged())
     out["check"] = checks_table(checks).get(name)
+    return out
+
+
+def atypical(ctx: CaseContext, real: np.ndarray, gen: np.ndarray, seed: int) -> dict[str, Any]:
+    """Share of faint, half-formed, split or merged particles, generated vs observed, overall
+    and per planted region when the store has a ``truth/region_map``: the measure of the
+    training summary (:func:`matdyn.analysis.fidelity_content.atypical_fidelity`, same
+    segmentation :func:`~matdyn.analysis.fidelity_content.dark_particle_centres` and
+    :data:`~matdyn.analysis.baselines.BASELINE_SPLITS` halvings), so the two agree on the
+    same frames. ``real`` / ``gen`` [N, C, H, W] with dark particles in channel 0. ``flagged``
+    lists the checks above 2× max(observed share, 2 %) (``atypical_share``,
+    ``region_atypical.<mode>``); ``{"note": ...}`` when no observed particle is found."""
+    from matdyn.analysis.baselines import BASELINE_SPLITS, halvings, matched_subsets
+    from matdyn.analysis.cases.np_diffusion.config import MODE_NAMES
+    from matdyn.analysis.cases.np_diffusion.recovery import region_map_at
+    from matdyn.analysis.fidelity_content import atypical_fidelity, dark_particle_centres, flagged
+
+    cr, cg = dark_particle_centres(real), dark_particle_centres(gen)
+    if len(cr) == 0:
+        return {"note": "no observed particle found by the top-hat + Otsu segmentation"}
+    halves = halvings(cr.n_frames, BASELINE_SPLITS, seed)
+    subsets = matched_subsets(cg.n_frames, halves, seed)
+    truth = ctx.store.truth or {}
+    rmap = names = None
+    if "region_map" in truth:
+        rmap = region_map_at(np.asarray(truth["region_map"]), ctx.resolution, ctx.fit)
+        names = list(truth.get("mode_names") or MODE_NAMES)
+    out, checks = atypical_fidelity([(cr.subset(a), cr.subset(b)) for a, b in halves],
+                                    [cg.subset(g) for g in subsets],
+                                    region_map=rmap, region_names=names)
+    if not out:
+        return {"note": "too few observed particles in a half for a baseline"}
+    out["flagged"] = flagged(checks)
     return out
 
 
