@@ -476,3 +476,35 @@ def test_profile_picks_the_auto_profile_and_auto_keys_apply_to_it():
     assert prof["ema_decay"] == 0.999
     with pytest.raises(ConfigError, match="schedule=quick but profile=paper"):
         resolve_profile(named.schedule, cuda=False, profile=named.profile)
+
+
+def test_ema_from_top_stable_follows_the_generator_until_then():
+    """ema_start_stage (schedule ``ema_from: top_stable``): before the stable phase of that
+    stage g_ema is the generator itself; from then on it lags by the decay."""
+    from matdyn.training.module import PGGANModule
+
+    m = PGGANModule(8, 1, 2, [8, 8], ema_decay=0.9, ema_start_stage=1)
+    m.generator_steps = 1000  # past the warm-up
+
+    def step() -> float:
+        with torch.no_grad():
+            for p in m.generator.parameters():
+                p.add_(1.0)
+        m.update_ema()
+        p, q = next(m.generator.parameters()), next(m.g_ema.parameters())
+        return float((p - q).detach().abs().max())
+
+    for stage, alpha in ((0, 1.0), (1, 0.5)):  # stage 0, then the fade-in of stage 1
+        m.stage, m.fade_alpha = stage, alpha
+        assert step() == 0.0
+    m.stage, m.fade_alpha = 1, 1.0  # stable phase of the top stage: averaging starts
+    assert step() == pytest.approx(0.9, rel=1e-5)  # g_ema moved by (1 - 0.9) of the step
+    with pytest.raises(ConfigError):
+        PGGANModule(8, 1, 2, [8, 8], ema_start_stage=-1)
+    plain = PGGANModule(8, 1, 2, [8, 8], ema_decay=0.9)  # default: from the start (PGGAN)
+    plain.generator_steps = 1000
+    for p in plain.generator.parameters():
+        p.data.add_(1.0)
+    plain.update_ema()
+    p, q = next(plain.generator.parameters()), next(plain.g_ema.parameters())
+    assert float((p - q).detach().abs().max()) == pytest.approx(0.9, rel=1e-5)

@@ -230,6 +230,9 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
         raise ConfigError(f"model.output_floor must lie in [-1, 1) (data scaled to [-1, 1]) or "
                           f"be null, got {floor!r}")
     ema_decay = m.get("ema_decay")
+    ema_from = extras.get("ema_from") or "start"
+    if ema_from not in EMA_FROM:
+        raise ConfigError(f"schedule.ema_from must be one of {EMA_FROM}, got {ema_from!r}")
     perf = cfg.get("perf") or {}
     on_cuda = _trains_on_cuda(cfg, cuda)
     precision = str(cfg.trainer.get("precision", "32-true"))
@@ -239,6 +242,7 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
     return {
         "ndim": dm.ndim, "channels": channels, "filters": filters[:n_stages],
         "ema_decay": float(extras.get("ema_decay", 0.999) if ema_decay is None else ema_decay),
+        "ema_start_stage": n_stages - 1 if ema_from == "top_stable" else 0,
         "seed": int(cfg.seed), "compile": compile_nets,
         "channels_last": resolve_channels_last(perf.get("channels_last", False), on_cuda,
                                                dm.ndim, precision),
@@ -270,6 +274,9 @@ def _resume(cfg: DictConfig, module: Any) -> Path | None:
 
 
 #: run-dir defaults of the callbacks in conf/callbacks/ whose path is left null there
+#: when the generator EMA starts (schedule key ``ema_from``): ``start`` (PGGAN: every step) or
+#: ``top_stable`` (the top stage's stable phase; before it g_ema is the generator itself)
+EMA_FROM = ("start", "top_stable")
 _CALLBACK_DIRS = {"checkpoint": ("dirpath", "checkpoints"), "samples": ("out_dir", "samples")}
 
 
@@ -336,6 +343,7 @@ def build(
         "profile": profile_name, "dataset": str(cfg.dataset.name), "resolution": top,
         "ndim": dm.ndim, "channels": dm.channels, "frames": dm.n_frames,
         "filters": model_kw["filters"], "ema_decay": model_kw["ema_decay"],
+        "ema_start_stage": model_kw["ema_start_stage"],
         "stages": [s.__dict__ for s in stages], "total_images": total_images(stages),
         "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
         "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),

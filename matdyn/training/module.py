@@ -96,6 +96,7 @@ class PGGANModule(pl.LightningModule):
         gp_weight: float = GP_WEIGHT,
         drift_weight: float = DRIFT_WEIGHT,
         ema_decay: float = 0.999,
+        ema_start_stage: int = 0,
         sample_seed: int = 0,
         seed: int = 0,
         channels_last: bool = False,
@@ -107,6 +108,8 @@ class PGGANModule(pl.LightningModule):
             raise ConfigError(f"n_critic must be >= 1, got {n_critic}")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if int(ema_start_stage) < 0:
+            raise ConfigError(f"ema_start_stage must be >= 0, got {ema_start_stage}")
         self.save_hyperparameters(
             {
                 "latent_dim": int(latent_dim), "channels": int(channels), "ndim": int(ndim),
@@ -115,7 +118,8 @@ class PGGANModule(pl.LightningModule):
                 "output_floor": None if output_floor is None else float(output_floor),
                 "n_critic": int(n_critic),
                 "gp_weight": float(gp_weight), "drift_weight": float(drift_weight),
-                "ema_decay": float(ema_decay), "sample_seed": int(sample_seed), "seed": int(seed),
+                "ema_decay": float(ema_decay), "ema_start_stage": int(ema_start_stage),
+                "sample_seed": int(sample_seed), "seed": int(seed),
             }
         )
         self.automatic_optimization = False
@@ -256,9 +260,13 @@ class PGGANModule(pl.LightningModule):
     @torch.no_grad()
     def update_ema(self) -> None:
         """g_ema ← decay · g_ema + (1 - decay) · generator, with a short warm-up
-        (decay ≤ (1 + n) / (10 + n) after n generator steps) so early samples are usable."""
+        (decay ≤ (1 + n) / (10 + n) after n generator steps) so early samples are usable.
+        Before the stable phase of stage ``ema_start_stage`` the decay is 0: g_ema follows the
+        generator exactly (``schedule`` key ``ema_from: top_stable``; issue 11, session 21)."""
         n = self.generator_steps
-        decay = min(self.hparams.ema_decay, (1.0 + n) / (10.0 + n))
+        s0 = self.hparams.get("ema_start_stage", 0)
+        started = self.stage > s0 or (self.stage == s0 and self.fade_alpha >= 1.0)
+        decay = min(self.hparams.ema_decay, (1.0 + n) / (10.0 + n)) if started else 0.0
         for p_ema, p in zip(self.g_ema.parameters(), self.generator.parameters()):
             p_ema.lerp_(p, 1.0 - decay)
         for b_ema, b in zip(self.g_ema.buffers(), self.generator.buffers()):
