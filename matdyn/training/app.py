@@ -273,10 +273,10 @@ def _resume(cfg: DictConfig, module: Any) -> Path | None:
     return ckpt_path
 
 
-#: run-dir defaults of the callbacks in conf/callbacks/ whose path is left null there
 #: when the generator EMA starts (schedule key ``ema_from``): ``start`` (PGGAN: every step) or
 #: ``top_stable`` (the top stage's stable phase; before it g_ema is the generator itself)
 EMA_FROM = ("start", "top_stable")
+#: run-dir defaults of the callbacks in conf/callbacks/ whose path is left null there
 _CALLBACK_DIRS = {"checkpoint": ("dirpath", "checkpoints"), "samples": ("out_dir", "samples")}
 
 
