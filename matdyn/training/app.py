@@ -232,7 +232,8 @@ def _model_kwargs(cfg: DictConfig, dm: Any, n_stages: int, prof_filters: list[in
     ema_decay = m.get("ema_decay")
     ema_from = extras.get("ema_from") or "start"
     if ema_from not in EMA_FROM:
-        raise ConfigError(f"schedule.ema_from must be one of {EMA_FROM}, got {ema_from!r}")
+        raise ConfigError(f"schedule.ema_from (or schedule.datasets.<name>.ema_from) must be one "
+                          f"of {EMA_FROM}, got {ema_from!r}")
     perf = cfg.get("perf") or {}
     on_cuda = _trains_on_cuda(cfg, cuda)
     precision = str(cfg.trainer.get("precision", "32-true"))
