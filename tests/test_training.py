@@ -511,3 +511,50 @@ def test_ema_from_top_stable_follows_the_generator_until_then():
     plain.update_ema()
     p, q = next(plain.generator.parameters()), next(plain.g_ema.parameters())
     assert float((p - q).detach().abs().max()) == pytest.approx(0.9, rel=1e-5)
+
+
+def test_lr_decay_lowers_both_rates_in_the_last_images_and_resumes_exactly(store2d, tmp_path):
+    """Schedule keys lr_decay_images / lr_final_scale: both Adam rates stay at their configured
+    value until the last lr_decay_images images, then fall linearly to lr_final_scale of it; a
+    run resumed inside the decay uses the same rates as an unbroken one (and ends identical)."""
+    decay = ["+schedule.datasets.tiny.lr_decay_images=32", "+schedule.datasets.tiny.lr_final_scale=0.25"]
+
+    class Rates(pl.Callback):
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, float, float]] = []
+
+        def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx) -> None:
+            g, d = (o.param_groups[0]["lr"] for o in trainer.optimizers)
+            self.rows.append((m.images_seen - 8, g, d))  # the rates this batch trained with
+
+    whole = Rates()
+    parts = build(_cfg(store2d, *decay), tmp_path / "whole", cuda=False, extra_callbacks=[whole])
+    assert parts["plan"]["lr_decay_images"] == 32 and parts["plan"]["lr_final_scale"] == 0.25
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"])
+    total = parts["module"].images_seen  # 192 images
+    by_seen = {n: (g, d) for n, g, d in whole.rows}
+    assert all(by_seen[n] == (1e-3, 1e-3) for n in range(0, total - 32 + 1, 8))
+    assert by_seen[total - 16] == pytest.approx((1e-3 * 0.625, 1e-3 * 0.625))  # half-way: 1 - 0.75 / 2
+    assert by_seen[total - 8][0] == pytest.approx(1e-3 * (1 - 0.75 * 24 / 32))
+    assert [g for _, g, _ in whole.rows] == sorted((g for _, g, _ in whole.rows), reverse=True)
+    final = {k: v.clone() for k, v in parts["module"].state_dict().items()}
+
+    # killed after 168 images (inside the decay), then resumed from its checkpoint
+    cfg = _cfg(store2d, *decay, "trainer.max_steps=42", "callbacks.checkpoint.every_n_train_steps=42")
+    parts = build(cfg, tmp_path / "part", cuda=False)
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"])
+    assert parts["module"].images_seen == 168
+    resumed = Rates()
+    parts = build(_cfg(store2d, *decay, f"ckpt_path={tmp_path / 'part'}"), tmp_path / "rest",
+                  cuda=False, extra_callbacks=[resumed])
+    parts["trainer"].fit(parts["module"], datamodule=parts["dm"], ckpt_path=parts["ckpt_path"],
+                         weights_only=True)
+    assert resumed.rows == [r for r in whole.rows if r[0] >= 168] and len(resumed.rows) == 3
+    assert all(torch.equal(v, final[k]) for k, v in parts["module"].state_dict().items())
+
+    with pytest.raises(ConfigError, match="lr_decay_images"):
+        build(_cfg(store2d, "+schedule.datasets.tiny.lr_decay_images=100000"), tmp_path / "bad",
+              cuda=False)
+    with pytest.raises(ConfigError, match="lr_final_scale"):
+        build(_cfg(store2d, *decay[:1], "+schedule.datasets.tiny.lr_final_scale=0"),
+              tmp_path / "bad2", cuda=False)

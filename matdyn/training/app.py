@@ -274,6 +274,18 @@ def _resume(cfg: DictConfig, module: Any) -> Path | None:
     return ckpt_path
 
 
+def _lr_decay(extras: Mapping[str, Any]) -> dict[str, Any]:
+    """Schedule keys ``lr_decay_images`` (default 0: constant rates) and ``lr_final_scale``
+    (default 0.1) as ProgressiveSchedule arguments; non-numbers raise ConfigError."""
+    try:
+        n = int(extras.get("lr_decay_images") or 0)
+        scale = float(extras.get("lr_final_scale", 0.1) if n else 1.0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"schedule lr_decay_images / lr_final_scale must be numbers, got "
+                          f"{extras.get('lr_decay_images')!r} / {extras.get('lr_final_scale')!r}") from None
+    return {"lr_decay_images": n, "lr_final_scale": scale}
+
+
 #: when the generator EMA starts (schedule key ``ema_from``): ``start`` (PGGAN: every step) or
 #: ``top_stable`` (the top stage's stable phase; before it g_ema is the generator itself)
 EMA_FROM = ("start", "top_stable")
@@ -329,7 +341,7 @@ def build(
     module = instantiate(cfg.model, **model_kw, _convert_="all")
     ckpt_path = _resume(cfg, module)
     cb_cfg = cfg.get("callbacks") or {}
-    callbacks = [ProgressiveSchedule(stages),
+    callbacks = [ProgressiveSchedule(stages, **_lr_decay(extras)),
                  *(instantiate(node, **_callback_kwargs(name, node, run_dir), _convert_="all")
                    for name, node in cb_cfg.items() if node and "_target_" in node),
                  *extra_callbacks]
@@ -344,7 +356,7 @@ def build(
         "profile": profile_name, "dataset": str(cfg.dataset.name), "resolution": top,
         "ndim": dm.ndim, "channels": dm.channels, "frames": dm.n_frames,
         "filters": model_kw["filters"], "ema_decay": model_kw["ema_decay"],
-        "ema_start_stage": model_kw["ema_start_stage"],
+        "ema_start_stage": model_kw["ema_start_stage"], **_lr_decay(extras),
         "stages": [s.__dict__ for s in stages], "total_images": total_images(stages),
         "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
         "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),

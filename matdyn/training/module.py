@@ -154,6 +154,7 @@ class PGGANModule(pl.LightningModule):
         self.images_seen = 0  # real images shown to the critic, summed over processes
         self.critic_steps = 0
         self.generator_steps = 0
+        self.lr_scale = 1.0  # factor on both learning rates (set by ProgressiveSchedule)
         self.data_info: dict[str, Any] = {}  # normalization and dataset metadata, for export
 
     # -- setup ---------------------------------------------------------------------------------
@@ -188,8 +189,20 @@ class PGGANModule(pl.LightningModule):
         return gen.manual_seed(step_seed(self.hparams.seed, self.global_rank, self.images_seen))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self._optimizer(self.generator.parameters()),
+        opts = [self._optimizer(self.generator.parameters()),
                 self._optimizer(self.discriminator.parameters())]
+        # the configured rates, which lr_scale multiplies (kept here, not in the optimizer
+        # state: a resumed run's restored param_groups hold the last scaled rate)
+        self._base_lrs = [[float(g["lr"]) for g in o.param_groups] for o in opts]
+        return opts
+
+    def _apply_lr_scale(self, *opts: Any) -> None:
+        bases = getattr(self, "_base_lrs", None)
+        if bases is None:
+            return
+        for opt, base in zip(opts, bases):
+            for g, lr in zip(opt.param_groups, base):
+                g["lr"] = lr * self.lr_scale
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -211,6 +224,7 @@ class PGGANModule(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
+        self._apply_lr_scale(opt_g, opt_d)
         hp = self.hparams
         stage, alpha = self.stage, self.fade_alpha
         real = batch[0] if isinstance(batch, (list, tuple)) else batch  # [B, C, R...]

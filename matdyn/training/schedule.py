@@ -125,6 +125,22 @@ def schedule_position(images_seen: int, stages: Sequence[StageSpec]) -> tuple[in
     return len(stages) - 1, 1.0
 
 
+def lr_scale(images_seen: int, total: int, decay_images: int, final_scale: float) -> float:
+    """Learning-rate factor at ``images_seen``: 1 until the last ``decay_images`` images of the
+    schedule, then falling linearly to ``final_scale`` at ``total`` (and staying there). A pure
+    function of ``images_seen`` like ``fade_alpha``, so a resumed run decays exactly as an
+    unbroken one (schedule keys ``lr_decay_images`` / ``lr_final_scale``; issue 11, session 22).
+
+    >>> [round(lr_scale(n, 1000, 200, 0.1), 6) for n in (0, 800, 900, 1000, 1200)]
+    [1.0, 1.0, 0.55, 0.1, 0.1]
+    """
+    start = int(total) - int(decay_images)
+    if decay_images <= 0 or images_seen <= start:
+        return 1.0
+    t = min(1.0, (images_seen - start) / decay_images)
+    return 1.0 + t * (float(final_scale) - 1.0)
+
+
 def build_stages(
     profile: Mapping[str, Any], dataset_name: str, ndim: int, top_resolution: int,
     n_frames: int | None = None,
@@ -193,14 +209,33 @@ def build_stages(
 
 
 class ProgressiveSchedule(pl.Callback):
-    """Sets ``pl_module.stage`` / ``pl_module.fade_alpha`` and the DataModule's resolution and
-    batch size from ``pl_module.images_seen`` before every batch; stops training when the
-    schedule is done. It keeps no state of its own (nothing to checkpoint)."""
+    """Sets ``pl_module.stage`` / ``pl_module.fade_alpha`` / ``pl_module.lr_scale`` and the
+    DataModule's resolution and batch size from ``pl_module.images_seen`` before every batch;
+    stops training when the schedule is done. It keeps no state of its own (nothing to
+    checkpoint).
 
-    def __init__(self, stages: Sequence[Any]) -> None:
+    ``lr_decay_images`` > 0 lowers both learning rates linearly to ``lr_final_scale`` of their
+    configured value over the last ``lr_decay_images`` images (:func:`lr_scale`); 0 (default,
+    PGGAN and the paper) keeps them constant.
+
+    Raises:
+        ConfigError: ``lr_decay_images`` negative or beyond the top stage's stable phase, or
+            ``lr_final_scale`` outside (0, 1].
+    """
+
+    def __init__(self, stages: Sequence[Any], lr_decay_images: int = 0,
+                 lr_final_scale: float = 1.0) -> None:
         super().__init__()
         self.stages = validate_schedule(stages)
         self.total = total_images(self.stages)
+        self.lr_decay_images, self.lr_final_scale = int(lr_decay_images), float(lr_final_scale)
+        if not 0 <= self.lr_decay_images <= self.stages[-1].stable_images:
+            raise ConfigError(
+                f"schedule lr_decay_images must lie in [0, {self.stages[-1].stable_images}] (the "
+                f"top stage's stable images), got {lr_decay_images}"
+            )
+        if not 0.0 < self.lr_final_scale <= 1.0:
+            raise ConfigError(f"schedule lr_final_scale must lie in (0, 1], got {lr_final_scale}")
         self._announced: int | None = None  # last stage written to the log
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -213,6 +248,8 @@ class ProgressiveSchedule(pl.Callback):
                 f"from {pl_module.images_seen} images seen"
             )
         pl_module.stage, pl_module.fade_alpha = stage, alpha
+        pl_module.lr_scale = lr_scale(int(pl_module.images_seen), self.total,
+                                      self.lr_decay_images, self.lr_final_scale)
         dm = trainer.datamodule
         spec = self.stages[stage]
         if dm is not None and (dm.stage_resolution, dm.batch_size) != (spec.resolution,
@@ -246,6 +283,7 @@ class ProgressiveSchedule(pl.Callback):
                 "train/stage": float(pl_module.stage),
                 "train/fade_alpha": float(pl_module.fade_alpha),
                 "train/kimg": pl_module.images_seen / 1000.0,
+                "train/lr_scale": float(getattr(pl_module, "lr_scale", 1.0)),
             },
             on_step=True,
             on_epoch=False,
