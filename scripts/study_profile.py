@@ -66,6 +66,13 @@ LAYOUTS: dict[str, dict[str, object]] = {
                                                    [62, 132]],
                   "lane_offsets_px": [22, 45], "particles_per_lane": 3, "band_rows_px": [6, 46],
                   "n_free": 6, "lane_speed_nm_s": 300.0, "free_diffusion_nm2_s": 2000.0},
+    # made after the 196k-image top-stage choice (session 22), to check it on a layout nobody
+    # tuned on: the band at the top, three traps below it, three lanes at the bottom, a
+    # crowded band and faster lanes
+    "heldout_h": {"seed": 7, "band_rows_px": [4, 40],
+                  "trap_positions_px": [[56, 30], [56, 70], [56, 110]],
+                  "lane_offsets_px": [22, 42, 60], "particles_per_lane": 2, "n_free": 8,
+                  "lane_speed_nm_s": 450.0, "free_diffusion_nm2_s": 2200.0},
 }
 DEFAULT_SETTINGS = {"quick": []}
 #: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores
@@ -132,6 +139,15 @@ def row(setting: str, layout: str, minutes: float, s: dict | None) -> dict:
     ppf = (s.get("particles") or {}).get("particles_per_frame") or {}
     r["particles_ratio"] = ppf.get("ratio")
     r["diversity_ratio"] = (s.get("frame_diversity") or {}).get("ratio")
+    # atypical (faint, half-formed, split or merged) particles, generated / observed share in
+    # the worst planted region (matdyn.analysis.fidelity_content.atypical_fidelity)
+    at = (s.get("particles") or {}).get("atypical") or {}
+    worst = max(((k, v) for k, v in (at.get("regions") or {}).items()
+                 if v.get("generated") is not None and v.get("real_vs_real") is not None),
+                key=lambda kv: kv[1]["generated"] - 2 * kv[1]["real_vs_real"], default=None)
+    r["atypical_worst"] = None if worst is None else {
+        "region": worst[0], "generated": worst[1]["generated"],
+        "observed": worst[1]["real_vs_real"]}
     r["flags"] = s.get("flags", [])
     return r
 
@@ -140,20 +156,26 @@ def _f(v: object) -> str:
     return "—" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
+def _atypical(w: dict | None) -> str:
+    if not w:
+        return "—"
+    return f"{100 * w['generated']:.1f} / {100 * w['observed']:.1f} ({w['region']})"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| setting | layout | minutes | directed | free | confined | all particles | "
-            "diversity | SWD / baseline | flags |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+            "diversity | SWD / baseline | atypical % gen / obs (worst region) | flags |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
-                         f"{r['error']} | | | | | | |")
+                         f"{r['error']} | | | | | | | |")
             continue
         rat = r["ratios"]
         lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
                      + " | ".join(_f(rat.get(m)) for m in ("directed", "free", "confined"))
                      + f" | {_f(r['particles_ratio'])} | {_f(r.get('diversity_ratio'))} | "
-                     f"{_f(r['swd_ratio'])} | "
+                     f"{_f(r['swd_ratio'])} | {_atypical(r.get('atypical_worst'))} | "
                      f"{', '.join(r['flags']) or 'none'} |")
     return "\n".join(lines)
 

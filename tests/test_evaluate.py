@@ -187,7 +187,8 @@ def test_every_study_layout_plants_all_three_modes():
     spec = importlib.util.spec_from_file_location("study_profile", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert {"default", "heldout_a", "heldout_b", "heldout_c", "heldout_d", "heldout_e"} <= set(mod.LAYOUTS)
+    assert {"default", "heldout_a", "heldout_b", "heldout_c", "heldout_d", "heldout_e",
+            "heldout_h"} <= set(mod.LAYOUTS)
     seeds = set()
     for name, layout in mod.LAYOUTS.items():
         d = simulate(**{**layout, "n_frames": 2})
@@ -215,5 +216,12 @@ def test_study_profile_table_from_summaries():
                "frame_diversity": {"ratio": 0.45}}
     rows = [mod.row("quick", "default", 1.5, summary), mod.row("w2", "heldout_a", 2.0, None)]
     text = mod.table(rows)
-    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 0.45 | 3.00 | swd |" in text
+    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 0.45 | 3.00 | — | swd |" in text
+    # the atypical column names the region furthest above twice its observed share
+    summary["particles"]["atypical"] = {"regions": {
+        "directed": {"generated": 0.03, "real_vs_real": 0.02},
+        "free": {"generated": 0.087, "real_vs_real": 0.038},
+        "confined": {"generated": 0.0, "real_vs_real": 0.0}}}
+    worst = mod.table([mod.row("quick", "heldout_d", 30.0, summary)])
+    assert "| 3.00 | 8.7 / 3.8 (free) | swd |" in worst
     assert "| w2 | heldout_a | 2.0 | training or evaluation failed |" in text
