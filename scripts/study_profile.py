@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from matdyn.analysis.fidelity_content import ATYPICAL_FLOOR  # noqa: E402
 from matdyn.cli import guarded  # noqa: E402
 from matdyn.errors import ConfigError  # noqa: E402
 
@@ -140,11 +141,13 @@ def row(setting: str, layout: str, minutes: float, s: dict | None) -> dict:
     r["particles_ratio"] = ppf.get("ratio")
     r["diversity_ratio"] = (s.get("frame_diversity") or {}).get("ratio")
     # atypical (faint, half-formed, split or merged) particles, generated / observed share in
-    # the worst planted region (matdyn.analysis.fidelity_content.atypical_fidelity)
+    # the worst planted region: the highest generated / max(observed, floor), the ratio that
+    # matdyn.analysis.fidelity_content.atypical_fidelity flags above 2
     at = (s.get("particles") or {}).get("atypical") or {}
     worst = max(((k, v) for k, v in (at.get("regions") or {}).items()
                  if v.get("generated") is not None and v.get("real_vs_real") is not None),
-                key=lambda kv: kv[1]["generated"] - 2 * kv[1]["real_vs_real"], default=None)
+                key=lambda kv: kv[1]["generated"] / max(kv[1]["real_vs_real"], ATYPICAL_FLOOR),
+                default=None)
     r["atypical_worst"] = None if worst is None else {
         "region": worst[0], "generated": worst[1]["generated"],
         "observed": worst[1]["real_vs_real"]}
