@@ -519,3 +519,59 @@ def test_np_analysis_reports_the_training_summarys_atypical_share(np64):
     plain = atypical(ctx, real, frames[400:], seed=0)
     assert "regions" not in plain and plain["flagged"] == []
     assert plain["real_vs_real"] == s["atypical"]["real_vs_real"]
+
+
+def _pair_frames(n: int, seed: int, kind: str) -> np.ndarray:
+    """[n, 1, 64, 64] frames of 6 dark Gaussian particles (σ 1.5 px) on a 16 px grid; with
+    ``kind`` "touching" one of them gets a partner 5 px away (two crisp particles in contact),
+    with "smear" one is drawn as a 7 px streak (one broad, single-peaked particle)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:64, :64]
+    out = np.zeros((n, 1, 64, 64))
+
+    def blob(r: float, c: float) -> np.ndarray:
+        return np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.5**2))
+
+    for f in range(n):
+        cells = rng.choice(9, 6, replace=False)
+        img = np.zeros((64, 64))
+        for j, cell in enumerate(cells):
+            r, c = 12 + 18 * (cell // 3) + rng.uniform(-2, 2), 12 + 18 * (cell % 3) + rng.uniform(-2, 2)
+            if j == 0 and kind == "touching":
+                img = np.maximum(img, blob(r, c + 2.5)) + blob(r, c - 2.5)
+            elif j == 0 and kind == "smear":
+                img = np.maximum(img, sum(blob(r, c + d) for d in np.linspace(-3.5, 3.5, 8)) / 3.2)
+            else:
+                img = img + blob(r, c)
+        out[f, 0] = -img + 0.02 * rng.normal(size=(64, 64))
+    return out
+
+
+def test_touching_particles_are_counted_apart_from_half_formed_ones():
+    """Two crisp particles in contact merge into one mask of twice the area: they are counted
+    as *touching* (a pair-spacing statistic), not atypical; a single-peaked streak of the same
+    size stays atypical (session 22: most of the default NP stand-in's flagged band particles
+    were touching pairs)."""
+    real = dark_particle_centres(_pair_frames(300, 0, "plain"))
+    assert real.peaks is not None and set(real.peaks.tolist()) == {1}
+    touching = dark_particle_centres(_pair_frames(300, 1, "touching"))
+    big = touching.area > 1.6 * np.median(touching.area)
+    assert big.sum() >= 280 and (touching.peaks[big] == 2).mean() > 0.95
+    assert touching.subset(np.array([0])).peaks.tolist() == touching.peaks[touching.frame == 0].tolist()
+    smear = dark_particle_centres(_pair_frames(300, 2, "smear"))
+    big_s = smear.area > 1.6 * np.median(smear.area)
+    assert big_s.sum() >= 280 and (smear.peaks[big_s] == 1).mean() > 0.95
+
+    def shares(gen):
+        s, checks = particle_fidelity(real, gen, (64, 64))
+        return s["atypical"], flagged(checks)
+
+    at, names = shares(touching)
+    # pairs merging into more than 2x the median area (about half of them here) are touching;
+    # smaller merges count as one particle, as before
+    assert at["touching"]["generated"] > 0.06 and at["touching"]["real_vs_real"] == 0.0
+    assert at["generated"] < 0.02  # the pairs are not atypical
+    assert "touching_share" in names and "atypical_share" not in names
+    at, names = shares(smear)
+    assert at["generated"] > 0.12 and at["touching"]["generated"] < 0.02
+    assert "atypical_share" in names and "touching_share" not in names

@@ -17,8 +17,10 @@ generator learns still particles first"). The measures here look at content:
   positional jitter of particles that keep their place, e.g. in traps), the share of
   atypical particles (:func:`atypical_fidelity`: area below the observed 1st percentile and
   ½ × the median or above the 99th and 2 × the median, or depth below the 1st percentile and
-  ½ × the median; faint, half-formed or split particles) and — given a planted region map — particles per frame
-  and the atypical share in each region, generated vs observed.
+  ½ × the median; faint, half-formed or split particles; clean touching groups, whose regions hold
+  ≥ 2 response peaks of single-particle area each, are counted apart as the *touching* share)
+  and — given a planted region map — particles per frame and both shares in each region,
+  generated vs observed.
 * :func:`composition_fidelity`: per-channel mass fractions of multi-channel frames inside
   each frame's clump mask (the brass clumps' Cu / Cu₂S / CuS share, paper §3.4) and,
   with per-frame stage labels, the share of frames nearest each stage's mean composition
@@ -224,13 +226,16 @@ class Centres:
     """Particle centres found in ``n_frames`` frames: ``frame`` [n] (0-based index of the
     frame holding each particle), ``rc`` [n, 2] (row, col) in px, ``area`` [n] px and,
     when the locator measured it, ``depth`` [n]: each particle's peak contrast against its
-    surroundings (black top-hat response, data units; None otherwise)."""
+    surroundings (black top-hat response, data units; None otherwise) and ``peaks`` [n]: the
+    number of separate local maxima of that response inside the region at ≥ ½ its peak (2 for
+    two particles touching; None otherwise)."""
 
     frame: np.ndarray
     rc: np.ndarray
     area: np.ndarray
     n_frames: int
     depth: np.ndarray | None = None
+    peaks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.frame.size)
@@ -247,7 +252,8 @@ class Centres:
         lut[frames] = np.arange(frames.size)
         keep = lut[self.frame] >= 0
         return Centres(lut[self.frame[keep]], self.rc[keep], self.area[keep], int(frames.size),
-                       None if self.depth is None else self.depth[keep])
+                       None if self.depth is None else self.depth[keep],
+                       None if self.peaks is None else self.peaks[keep])
 
 
 def dark_particle_centres(images: Any, *, channel: int = 0, sigma: float = 1.0,
@@ -279,7 +285,9 @@ def dark_particle_centres(images: Any, *, channel: int = 0, sigma: float = 1.0,
 def mask_centres(masks: Any, *, min_area: int = 4, response: Any | None = None) -> Centres:
     """Centroids (px) and areas of the connected regions of at least ``min_area`` px in a
     batch of particle masks [N, H, W] (8-connectivity); with ``response`` [N, H, W] (e.g. a
-    top-hat filtered image) also each region's peak response as ``depth``."""
+    top-hat filtered image) also each region's peak response as ``depth`` and its number of
+    ``peaks``: connected groups of local maxima (:data:`PEAK_FOOTPRINT` px window, within one
+    frame) whose response is at least ½ the region's peak."""
     masks = np.asarray(masks, bool)
     labels, owner = label_batch(masks)
     flat = labels.ravel()
@@ -292,14 +300,25 @@ def mask_centres(masks: Any, *, min_area: int = 4, response: Any | None = None) 
     keep = np.flatnonzero(sizes >= max(int(min_area), 1))
     keep = keep[keep > 0]
     rc = np.stack([r[keep] / sizes[keep], c[keep] / sizes[keep]], axis=1).reshape(-1, 2)
-    depth = None
+    depth = peaks = None
     if response is not None:
         from scipy import ndimage
 
-        depth = (np.asarray(ndimage.maximum(np.asarray(response, np.float64), labels, keep),
-                            np.float64).reshape(-1) if keep.size else np.zeros(0))
+        resp = np.asarray(response, np.float64)
+        depth = (np.asarray(ndimage.maximum(resp, labels, keep), np.float64).reshape(-1)
+                 if keep.size else np.zeros(0))
+        # local maxima within each frame, at >= half their region's peak; a plateau (e.g.
+        # clipped output) is one maximum: count connected groups of maximum pixels
+        region_peak = np.zeros(owner.size)
+        region_peak[keep] = depth
+        top = resp == ndimage.maximum_filter(resp, size=(1, PEAK_FOOTPRINT, PEAK_FOOTPRINT),
+                                             mode="nearest")
+        top &= (labels > 0) & (resp >= 0.5 * region_peak[labels])
+        groups, _ = label_batch(top)
+        pairs = np.unique(np.stack([labels[top], groups[top]]), axis=1).reshape(2, -1)
+        peaks = np.bincount(pairs[0], minlength=owner.size)[keep].astype(np.int64)
     return Centres(owner[keep].astype(np.int64), rc, sizes[keep].astype(np.int64),
-                   int(masks.shape[0]), depth)
+                   int(masks.shape[0]), depth, peaks)
 
 
 def centre_density(rc: Any, shape: tuple[int, int], bins: int = 16) -> np.ndarray:
@@ -386,22 +405,41 @@ ATYPICAL_PERCENTILES = (1.0, 99.0)
 #: limits are what a person would call half-formed, faint or merged (ours, session 20)
 ATYPICAL_FACTOR = 2.0
 
+#: side (px) of the window in which a response maximum must be the largest to count as a peak of
+#: its region (:func:`mask_centres`): two particles of the NP stand-in touching lie ~5 px apart
+#: at 64 px (area ~17 px, diameter ~4.7 px), so each keeps its own maximum
+PEAK_FOOTPRINT = 5
+
 #: floor of an atypical-share check's baseline: a region whose observed particles are all alike
 #: (the stand-in's traps: share 0.0) flags only above 2 × 2 % of its particles
 ATYPICAL_FLOOR = 0.02
 
 
+def _touching(c: Centres, ref: Centres) -> np.ndarray:
+    """Boolean [len(c)]: clean touching groups: regions too large for one particle (area above
+    the :func:`_atypical` limit) that hold ≥ 2 peaks (``Centres.peaks``) with an area per peak
+    inside the single-particle limits of ``ref``. All False without peaks."""
+    if c.peaks is None:
+        return np.zeros(len(c), bool)
+    lo, hi = ATYPICAL_PERCENTILES
+    a_lo, a_hi, a_med = np.percentile(ref.area, [lo, hi, 50.0])
+    small, large = min(a_lo, a_med / ATYPICAL_FACTOR), max(a_hi, a_med * ATYPICAL_FACTOR)
+    per_peak = c.area / np.maximum(c.peaks, 1)
+    return (c.area > large) & (c.peaks >= 2) & (per_peak >= small) & (per_peak <= large)
+
+
 def _atypical(c: Centres, ref: Centres) -> np.ndarray:
     """Boolean [len(c)]: the particles of ``c`` whose area or depth lies outside the
     :data:`ATYPICAL_PERCENTILES` of the reference particles ``ref`` and beyond
-    :data:`ATYPICAL_FACTOR` of their median."""
+    :data:`ATYPICAL_FACTOR` of their median, clean touching groups (:func:`_touching`)
+    excepted."""
     lo, hi = ATYPICAL_PERCENTILES
     a_lo, a_hi, a_med = np.percentile(ref.area, [lo, hi, 50.0])
     bad = (c.area < min(a_lo, a_med / ATYPICAL_FACTOR)) | (c.area > max(a_hi, a_med * ATYPICAL_FACTOR))
     if c.depth is not None and ref.depth is not None:
         d_lo, d_med = np.percentile(ref.depth, [lo, 50.0])
         bad |= c.depth < min(d_lo, d_med / ATYPICAL_FACTOR)
-    return bad
+    return bad & ~_touching(c, ref)
 
 
 def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequence[Centres], *,
@@ -421,8 +459,11 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
     half a; the baseline is the share in half b, the value the share in the generated subset
     (means over the halvings). Checks ``atypical_share`` and ``region_atypical.<name>``
     (value = generated share, baseline = observed share, floor :data:`ATYPICAL_FLOOR`), flagged
-    by :func:`flagged` above 2× the observed share. Returns ``({}, [])`` when the centres
-    carry no areas to compare (no observed particle in a half).
+    by :func:`flagged` above 2× the observed share. Clean touching groups (:func:`_touching`)
+    are not atypical; when the centres carry ``peaks`` their share is reported apart in
+    ``touching`` (same layout) with checks ``touching_share`` / ``region_touching.<name>``: a
+    pair-spacing mismatch, not a shape defect. Returns ``({}, [])`` when the centres carry no
+    areas to compare (no observed particle in a half).
     """
     pairs = [(ra, rb, g) for (ra, rb), g in zip(splits, generated) if len(ra) and len(rb)]
     if not pairs:
@@ -432,18 +473,22 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
     names = list(region_names) if region_names is not None else [f"region_{k}" for k in range(n)]
 
     def shares(c: Centres, ref: Centres) -> np.ndarray:
-        """[1 + n]: overall share, then the share in each region (nan where no particle)."""
-        bad = _atypical(c, ref)
-        out = [bad.mean() if len(c) else np.nan]
-        if n:
-            lab = _region_labels(c, rmap)
-            out += [bad[lab == k].mean() if (lab == k).any() else np.nan for k in range(n)]
+        """[2, 1 + n]: atypical / touching share overall, then in each region (nan where no
+        particle)."""
+        lab = _region_labels(c, rmap) if n else None
+        out = []
+        for bad in (_atypical(c, ref), _touching(c, ref)):
+            row = [bad.mean() if len(c) else np.nan]
+            if n:
+                row += [bad[lab == k].mean() if (lab == k).any() else np.nan for k in range(n)]
+            out.append(row)
         return np.asarray(out, np.float64)
 
     with warnings.catch_warnings():  # a region without particles in every half: nan, no warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        base = np.nanmean([shares(rb, ra) for ra, rb, _ in pairs], axis=0)
-        gen = np.nanmean([shares(g, ra) for ra, _, g in pairs], axis=0)
+        base2 = np.nanmean([shares(rb, ra) for ra, rb, _ in pairs], axis=0)
+        gen2 = np.nanmean([shares(g, ra) for ra, _, g in pairs], axis=0)
+    base, gen = base2[0], gen2[0]
     lo, hi = ATYPICAL_PERCENTILES
     f = ATYPICAL_FACTOR
     definition = (f"area below both the observed {lo:g}st percentile and 1/{f:g} x the median, "
@@ -469,6 +514,28 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
             if np.isfinite(base[1 + k]) and np.isfinite(gen[1 + k]):
                 checks.append(Check(f"region_atypical.{names[k]}", float(gen[1 + k]),
                                     float(base[1 + k]), ATYPICAL_FLOOR))
+    if all(c.peaks is not None for trio in pairs for c in trio):
+        # touching groups: a pair-spacing statistic, not a shape defect (session 22: on the
+        # default NP stand-in 144 of 182 generated "atypical" band particles were two crisp
+        # particles touching, 2.7x as often as observed)
+        tb, tg = base2[1], gen2[1]
+        touch: dict[str, Any] = {
+            "definition": "regions above the large-area limit holding >= 2 response peaks "
+                          "with a single particle's area per peak (not counted as atypical)",
+            "unit": "fraction of particles (0-1)",
+            "real_vs_real": _num(float(tb[0])), "generated": _num(float(tg[0]))}
+        checks.append(Check("touching_share", float(tg[0]), float(tb[0]), ATYPICAL_FLOOR))
+        if n:
+            touch["regions"] = {}
+            for k in range(n):
+                if not (rmap == k).any() or k >= len(names):
+                    continue
+                touch["regions"][names[k]] = {"real_vs_real": _num(float(tb[1 + k])),
+                                              "generated": _num(float(tg[1 + k]))}
+                if np.isfinite(tb[1 + k]) and np.isfinite(tg[1 + k]):
+                    checks.append(Check(f"region_touching.{names[k]}", float(tg[1 + k]),
+                                        float(tb[1 + k]), ATYPICAL_FLOOR))
+        out["touching"] = touch
     return out, checks
 
 

@@ -166,10 +166,11 @@ class NPDiffusionCase:
                      "their MC displacements are biased the same way, and the image-wide γ "
                      "calibration hands their share of motion to the other particles")
         at = fid["atypical"]
-        if at.get("flagged"):
-            def pct(v: float | None) -> str:
-                return "n/a" if v is None else f"{100 * v:.1f} %"
 
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f} %"
+
+        if any(f.startswith(("atypical", "region_atypical")) for f in at.get("flagged") or []):
             worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
                      for k, v in (at.get("regions") or {}).items()
                      if f"region_atypical.{k}" in at["flagged"]]
@@ -178,6 +179,16 @@ class NPDiffusionCase:
                      f"{pct(at['real_vs_real'])} observed"
                      + (f" (by planted region: {'; '.join(worst)})" if worst else "")
                      + "; their Monte Carlo displacements and links are the least reliable")
+        touch = at.get("touching") or {}
+        if any(f.startswith(("touching", "region_touching")) for f in at.get("flagged") or []):
+            worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
+                     for k, v in (touch.get("regions") or {}).items()
+                     if f"region_touching.{k}" in at["flagged"]]
+            ctx.note(f"the generator draws particles touching (two crisp particles merged in one "
+                     f"mask) too often: {pct(touch.get('generated'))} of generated particles vs "
+                     f"{pct(touch.get('real_vs_real'))} observed"
+                     + (f" (by planted region: {'; '.join(worst)})" if worst else "")
+                     + "; their pair spacing differs from the observed one")
         sp = fid["subpixel"]
         if sp.get("flagged"):
             how = "more" if sp["generated_locked_share"] > sp["real_locked_share"] else "less"
