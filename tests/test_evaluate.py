@@ -129,6 +129,9 @@ def test_two_channel_2d_frames_train_and_evaluate_end_to_end(tmp_path):
     s = evaluate_bundle(bundle, store, n=32, seed=0, fit="crop", particles=True,
                         figure=tmp_path / "ovg")
     assert s["figure"] == str(tmp_path / "ovg.png") and (tmp_path / "ovg.svg").is_file()
+    # particle data: the gallery of atypical / touching particles beside it
+    assert s["atypical_figure"] == str(tmp_path / "atypical_particles.png")
+    assert (tmp_path / "atypical_particles.svg").is_file()
     assert 0 < s["frame_diversity"]["ratio"] and "frame_diversity" in s["checks"]
     assert s["resolution"] == 16 and s["pixel_size"] == pytest.approx(40.58 * 142 / 16)
     assert set(s["intensity_w1"]) == {"phase", "amplitude"}

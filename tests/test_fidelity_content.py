@@ -523,8 +523,9 @@ def test_np_analysis_reports_the_training_summarys_atypical_share(np64):
 
 def _pair_frames(n: int, seed: int, kind: str) -> np.ndarray:
     """[n, 1, 64, 64] frames of 6 dark Gaussian particles (σ 1.5 px) on a 16 px grid; with
-    ``kind`` "touching" one of them gets a partner 5 px away (two crisp particles in contact),
-    with "smear" one is drawn as a 7 px streak (one broad, single-peaked particle)."""
+    ``kind`` "touching" one of them gets a partner 6 px away (two crisp particles in contact),
+    with "smear" one is drawn as a 7 px streak (one broad, single-peaked particle), with
+    "dumbbell" as two dark ends joined by a bridge almost as dark (two peaks, no dip)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:64, :64]
     out = np.zeros((n, 1, 64, 64))
@@ -538,7 +539,10 @@ def _pair_frames(n: int, seed: int, kind: str) -> np.ndarray:
         for j, cell in enumerate(cells):
             r, c = 12 + 18 * (cell // 3) + rng.uniform(-2, 2), 12 + 18 * (cell % 3) + rng.uniform(-2, 2)
             if j == 0 and kind == "touching":
-                img = np.maximum(img, blob(r, c + 2.5)) + blob(r, c - 2.5)
+                img = np.maximum(img, blob(r, c + 3.0)) + blob(r, c - 3.0)
+            elif j == 0 and kind == "dumbbell":  # two dark ends joined by a dark bridge
+                img = np.maximum(img, blob(r, c - 3.5) + blob(r, c + 3.5)
+                                 + 0.6 * sum(blob(r, c + d) for d in (-1.5, 0.0, 1.5)) / 1.6)
             elif j == 0 and kind == "smear":
                 img = np.maximum(img, sum(blob(r, c + d) for d in np.linspace(-3.5, 3.5, 8)) / 3.2)
             else:
@@ -561,6 +565,12 @@ def test_touching_particles_are_counted_apart_from_half_formed_ones():
     smear = dark_particle_centres(_pair_frames(300, 2, "smear"))
     big_s = smear.area > 1.6 * np.median(smear.area)
     assert big_s.sum() >= 280 and (smear.peaks[big_s] == 1).mean() > 0.95
+    # the saddle: a clear dip between touching particles, next to none along a dumbbell
+    assert np.nanpercentile(touching.saddle[big], 95) < 0.75
+    dumbbell = dark_particle_centres(_pair_frames(300, 3, "dumbbell"))
+    big_d = dumbbell.area > 1.6 * np.median(dumbbell.area)
+    assert big_d.sum() >= 280 and (dumbbell.peaks[big_d] == 2).mean() > 0.9
+    assert np.nanpercentile(dumbbell.saddle[big_d], 5) > 0.75
 
     def shares(gen):
         s, checks = particle_fidelity(real, gen, (64, 64))
@@ -572,6 +582,26 @@ def test_touching_particles_are_counted_apart_from_half_formed_ones():
     assert at["touching"]["generated"] > 0.06 and at["touching"]["real_vs_real"] == 0.0
     assert at["generated"] < 0.02  # the pairs are not atypical
     assert "touching_share" in names and "atypical_share" not in names
-    at, names = shares(smear)
-    assert at["generated"] > 0.12 and at["touching"]["generated"] < 0.02
-    assert "atypical_share" in names and "touching_share" not in names
+    for gen in (smear, dumbbell):
+        at, names = shares(gen)
+        assert at["generated"] > 0.12 and at["touching"]["generated"] < 0.02
+        assert "atypical_share" in names and "touching_share" not in names
+
+
+def test_atypical_particle_gallery_shows_each_kind_in_its_row():
+    """The figure beside a training summary (evaluate.atypical_particles): generated atypical
+    particles in row 1, generated touching groups in row 2, observed ones of either kind in row
+    3, each panel titled with area and relative depth; empty rows say so."""
+    from matdyn.analysis.evaluate import atypical_particles
+
+    real = _pair_frames(60, 0, "plain")
+    gen = np.concatenate([_pair_frames(30, 1, "touching"), _pair_frames(30, 2, "smear")])
+    fig = atypical_particles(real, gen, n=6, pixel_size=40.0)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 18
+    assert all(t.startswith("gen atypi A") for t in titles[:6])
+    assert all(t.startswith("gen touch A") for t in titles[6:12])
+    assert titles[12] == "observed, either: none" and titles[13:] == [""] * 5
+    areas = [int(t.split(" A")[1].split()[0]) for t in titles[:12]]
+    assert min(areas) > 1.6 * np.median(dark_particle_centres(real).area)  # the big ones
+    assert atypical_particles(np.zeros((3, 1, 32, 32)), gen) is None  # nothing observed

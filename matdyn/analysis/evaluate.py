@@ -60,8 +60,8 @@ from matdyn.analysis.fidelity_content import (
 from matdyn.analysis.fidelity_repeats import located_subpixel_fidelity
 from matdyn.errors import AnalysisError
 
-__all__ = ["dark_particle_areas", "evaluate_bundle", "fidelity_summary", "generate_frames",
-           "observed_vs_generated"]
+__all__ = ["atypical_particles", "dark_particle_areas", "evaluate_bundle", "fidelity_summary",
+           "generate_frames", "observed_vs_generated"]
 
 
 def generate_frames(bundle: torch.nn.Module, n: int, *, seed: int = 0, batch: int = 128,
@@ -267,6 +267,52 @@ def observed_vs_generated(real: np.ndarray, generated: np.ndarray, *, n: int = 8
                       ncols=k, titles=titles)
 
 
+def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, window: int = 17,
+                       dark: bool = True, pixel_size: float | None = None, unit: str = "nm") -> Any:
+    """Figure: the particles behind ``particles.atypical``, as ``window`` × ``window`` px crops
+    of channel 0 centred on each (spread evenly through each set; outside the frame a flat
+    grey): up to ``n`` atypical generated particles (faint, half-formed, split or merged, or
+    cut by the frame edge; row 1), ``n`` generated touching groups (row 2) and ``n`` observed
+    particles of either kind (row 3), each titled with its area (px) and depth (peak top-hat
+    contrast / the observed median). Classes as in
+    :func:`~matdyn.analysis.fidelity_content.atypical_fidelity`, with limits from all observed
+    particles. Frames [N, C, H, W]; ``dark`` False for bright particles. Returns None when no
+    observed particle is found. Shows whether a flagged share is a defect a person would call
+    one (session 22: on the default NP stand-in most flagged band particles were touching
+    pairs)."""
+    from matdyn.analysis.fidelity_content import _atypical, _touching
+    from matdyn.viz import image_grid
+
+    sign = 1.0 if dark else -1.0
+    real, generated = np.asarray(real), np.asarray(generated)
+    cr, cg = dark_particle_centres(sign * real), dark_particle_centres(sign * generated)
+    if len(cr) == 0 or cr.depth is None:
+        return None
+    d_med = float(np.median(cr.depth)) or 1.0
+    h = window // 2
+    crops, titles = [], []
+    fill = float(np.median(real[:, 0]))
+    rows = (("generated, atypical", cg, generated, _atypical(cg, cr)),
+            ("generated, touching", cg, generated, _touching(cg, cr)),
+            ("observed, either", cr, real, _atypical(cr, cr) | _touching(cr, cr)))
+    for label, c, x, sel in rows:
+        idx = np.flatnonzero(sel)
+        idx = idx[np.unique(np.linspace(0, idx.size - 1, min(n, idx.size)).round().astype(int))]
+        for j in range(n):
+            if j >= idx.size:
+                crops.append(np.full((window, window), fill))
+                titles.append(f"{label}: none" if j == idx.size == 0 else "")
+                continue
+            i = idx[j]
+            r, col = np.round(c.rc[i]).astype(int)
+            img = np.pad(x[c.frame[i], 0], h, constant_values=fill)  # outside the frame: flat
+            crops.append(img[r:r + window, col:col + window])
+            titles.append(f"{label.split(',')[0][:3]} {label.split(', ')[1][:5]} "
+                          f"A{c.area[i]} d{c.depth[i] / d_med:.2f}")
+    return image_grid(np.stack(crops), pixel_size=pixel_size, unit=unit, ncols=n, titles=titles,
+                      panel_size=1.5)
+
+
 def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLike, *,
                     n: int = 1000, seed: int = 0, fit: str = "crop",
                     particles: bool | None = None,
@@ -276,7 +322,8 @@ def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLik
 
     ``particles``: measure dark particles (NP-like data); None = any 1-channel 2D store.
     ``figure``: also write ``<figure>.png/.svg``, 8 observed over 8 generated frames
-    (:func:`observed_vs_generated`), the picture to check the numbers against.
+    (:func:`observed_vs_generated`), the picture to check the numbers against, and for
+    particle data ``atypical_particles.png/.svg`` beside it (:func:`atypical_particles`).
     """
     from matdyn.data.frames import ObservedFrames
     from matdyn.data.store import open_store
@@ -305,4 +352,11 @@ def evaluate_bundle(bundle_path: str | os.PathLike, store_path: str | os.PathLik
 
         fig = observed_vs_generated(real, gen, pixel_size=pixel, unit=meta.unit)
         summary["figure"] = str(save_figure(fig, figure)[0])
+        pol = (summary.get("particles") or {}).get("polarity")
+        if pol is not None:
+            fig = atypical_particles(real, gen, dark=bool(pol["dark"]), pixel_size=pixel,
+                                     unit=meta.unit)
+            if fig is not None:
+                stem = Path(figure).parent / "atypical_particles"
+                summary["atypical_figure"] = str(save_figure(fig, stem)[0])
     return summary
