@@ -599,9 +599,9 @@ def test_atypical_particle_gallery_shows_each_kind_in_its_row():
     fig = atypical_particles(real, gen, n=6, pixel_size=40.0)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 18
-    assert all(t.startswith("gen atypi A") for t in titles[:6])
-    assert all(t.startswith("gen touch A") for t in titles[6:12])
-    assert titles[12] == "observed, either: none" and titles[13:] == [""] * 5
+    assert all(t.startswith("gen atypical A") for t in titles[:6])
+    assert all(t.startswith("gen touching A") for t in titles[6:12])
+    assert titles[12] == "observed: none" and titles[13:] == [""] * 5
     areas = [int(t.split(" A")[1].split()[0]) for t in titles[:12]]
     assert min(areas) > 1.6 * np.median(dark_particle_centres(real).area)  # the big ones
     assert atypical_particles(np.zeros((3, 1, 32, 32)), gen) is None  # nothing observed

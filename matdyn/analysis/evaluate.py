@@ -273,8 +273,8 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
     of channel 0 centred on each (spread evenly through each set; outside the frame a flat
     grey): up to ``n`` atypical generated particles (faint, half-formed, split or merged, or
     cut by the frame edge; row 1), ``n`` generated touching groups (row 2) and ``n`` observed
-    particles of either kind (row 3), each titled with its area (px) and depth (peak top-hat
-    contrast / the observed median). Classes as in
+    particles of either kind (row 3), each titled with its area ``A`` (px) and depth ``d`` (peak
+    top-hat contrast / the observed median). Classes as in
     :func:`~matdyn.analysis.fidelity_content.atypical_fidelity`, with limits from all observed
     particles. Frames [N, C, H, W]; ``dark`` False for bright particles. Returns None when no
     observed particle is found. Shows whether a flagged share is a defect a person would call
@@ -292,9 +292,9 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
     h = window // 2
     crops, titles = [], []
     fill = float(np.median(real[:, 0]))
-    rows = (("generated, atypical", cg, generated, _atypical(cg, cr)),
-            ("generated, touching", cg, generated, _touching(cg, cr)),
-            ("observed, either", cr, real, _atypical(cr, cr) | _touching(cr, cr)))
+    rows = (("gen atypical", cg, generated, _atypical(cg, cr)),
+            ("gen touching", cg, generated, _touching(cg, cr)),
+            ("observed", cr, real, _atypical(cr, cr) | _touching(cr, cr)))
     for label, c, x, sel in rows:
         idx = np.flatnonzero(sel)
         idx = idx[np.unique(np.linspace(0, idx.size - 1, min(n, idx.size)).round().astype(int))]
@@ -307,8 +307,7 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
             r, col = np.round(c.rc[i]).astype(int)
             img = np.pad(x[c.frame[i], 0], h, constant_values=fill)  # outside the frame: flat
             crops.append(img[r:r + window, col:col + window])
-            titles.append(f"{label.split(',')[0][:3]} {label.split(', ')[1][:5]} "
-                          f"A{c.area[i]} d{c.depth[i] / d_med:.2f}")
+            titles.append(f"{label} A{c.area[i]} d{c.depth[i] / d_med:.2f}")
     return image_grid(np.stack(crops), pixel_size=pixel_size, unit=unit, ncols=n, titles=titles,
                       panel_size=1.5)
 
