@@ -310,12 +310,15 @@ def mask_centres(masks: Any, *, min_area: int = 4, response: Any | None = None) 
         from scipy import ndimage
 
         resp = np.asarray(response, np.float64)
-        depth = (np.asarray(ndimage.maximum(resp, labels, keep), np.float64).reshape(-1)
-                 if keep.size else np.zeros(0))
+        # each region's peak response, over its pixels only (ndimage.maximum sorted the whole
+        # batch: ~10x slower on 1000 frames)
+        inside = flat > 0
+        region_peak = np.full(owner.size, -np.inf)
+        np.maximum.at(region_peak, flat[inside], resp.ravel()[inside])
+        depth = region_peak[keep].astype(np.float64)
+        region_peak[~np.isfinite(region_peak)] = 0.0
         # local maxima within each frame, at >= half their region's peak; a plateau (e.g.
         # clipped output) is one maximum: count connected groups of maximum pixels
-        region_peak = np.zeros(owner.size)
-        region_peak[keep] = depth
         top = resp == ndimage.maximum_filter(resp, size=(1, PEAK_FOOTPRINT, PEAK_FOOTPRINT),
                                              mode="nearest")
         top &= (labels > 0) & (resp >= 0.5 * region_peak[labels])
