@@ -547,16 +547,22 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
         "real_vs_real": _num(float(base[0])), "generated": _num(float(gen[0])),
         "baseline_splits": len(pairs)}
     checks = [Check("atypical_share", float(gen[0]), float(base[0]), ATYPICAL_FLOOR)]
-    if n:
-        out["regions"] = {}
+
+    def by_region(b: np.ndarray, g: np.ndarray, into: dict[str, Any], prefix: str) -> None:
+        """Per-region shares into ``into["regions"]`` and their checks ``<prefix>.<name>``."""
+        if not n:
+            return
+        into["regions"] = {}
         for k in range(n):
             if not (rmap == k).any() or k >= len(names):
                 continue
-            out["regions"][names[k]] = {"real_vs_real": _num(float(base[1 + k])),
-                                        "generated": _num(float(gen[1 + k]))}
-            if np.isfinite(base[1 + k]) and np.isfinite(gen[1 + k]):
-                checks.append(Check(f"region_atypical.{names[k]}", float(gen[1 + k]),
-                                    float(base[1 + k]), ATYPICAL_FLOOR))
+            into["regions"][names[k]] = {"real_vs_real": _num(float(b[1 + k])),
+                                         "generated": _num(float(g[1 + k]))}
+            if np.isfinite(b[1 + k]) and np.isfinite(g[1 + k]):
+                checks.append(Check(f"{prefix}.{names[k]}", float(g[1 + k]), float(b[1 + k]),
+                                    ATYPICAL_FLOOR))
+
+    by_region(base, gen, out, "region_atypical")
     if all(c.peaks is not None for trio in pairs for c in trio):
         # touching groups: a pair-spacing statistic, not a shape defect (session 22: on the
         # default NP stand-in 144 of 182 generated "atypical" band particles were two crisp
@@ -569,16 +575,7 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
             "unit": "fraction of particles (0-1)",
             "real_vs_real": _num(float(tb[0])), "generated": _num(float(tg[0]))}
         checks.append(Check("touching_share", float(tg[0]), float(tb[0]), ATYPICAL_FLOOR))
-        if n:
-            touch["regions"] = {}
-            for k in range(n):
-                if not (rmap == k).any() or k >= len(names):
-                    continue
-                touch["regions"][names[k]] = {"real_vs_real": _num(float(tb[1 + k])),
-                                              "generated": _num(float(tg[1 + k]))}
-                if np.isfinite(tb[1 + k]) and np.isfinite(tg[1 + k]):
-                    checks.append(Check(f"region_touching.{names[k]}", float(tg[1 + k]),
-                                        float(tb[1 + k]), ATYPICAL_FLOOR))
+        by_region(tb, tg, touch, "region_touching")
         out["touching"] = touch
     return out, checks
 

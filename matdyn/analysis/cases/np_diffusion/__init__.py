@@ -166,29 +166,12 @@ class NPDiffusionCase:
                      "their MC displacements are biased the same way, and the image-wide γ "
                      "calibration hands their share of motion to the other particles")
         at = fid["atypical"]
-
-        def pct(v: float | None) -> str:
-            return "n/a" if v is None else f"{100 * v:.1f} %"
-
-        if any(f.startswith(("atypical", "region_atypical")) for f in at.get("flagged") or []):
-            worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
-                     for k, v in (at.get("regions") or {}).items()
-                     if f"region_atypical.{k}" in at["flagged"]]
-            ctx.note(f"the generator draws too many faint, half-formed, split or merged particles: "
-                     f"{pct(at['generated'])} of generated particles vs "
-                     f"{pct(at['real_vs_real'])} observed"
-                     + (f" (by planted region: {'; '.join(worst)})" if worst else "")
-                     + "; their Monte Carlo displacements and links are the least reliable")
-        touch = at.get("touching") or {}
-        if any(f.startswith(("touching", "region_touching")) for f in at.get("flagged") or []):
-            worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
-                     for k, v in (touch.get("regions") or {}).items()
-                     if f"region_touching.{k}" in at["flagged"]]
-            ctx.note(f"the generator draws particles touching (two crisp particles merged in one "
-                     f"mask) too often: {pct(touch.get('generated'))} of generated particles vs "
-                     f"{pct(touch.get('real_vs_real'))} observed"
-                     + (f" (by planted region: {'; '.join(worst)})" if worst else "")
-                     + "; their pair spacing differs from the observed one")
+        _share_note(ctx, at, at.get("flagged") or [], "atypical",
+                    "the generator draws too many faint, half-formed, split or merged particles",
+                    "their Monte Carlo displacements and links are the least reliable")
+        _share_note(ctx, at.get("touching") or {}, at.get("flagged") or [], "touching",
+                    "the generator draws particles touching (two crisp particles merged in one "
+                    "mask) too often", "their pair spacing differs from the observed one")
         sp = fid["subpixel"]
         if sp.get("flagged"):
             how = "more" if sp["generated_locked_share"] > sp["real_locked_share"] else "less"
@@ -568,3 +551,20 @@ class NPDiffusionCase:
 
 
 register_case(CASE, NPDiffusionCase, Config)
+
+
+def _share_note(ctx: CaseContext, share: dict, flags: list[str], kind: str, lead: str,
+                tail: str) -> None:
+    """A note for a flagged particle share (``fidelity.atypical`` or its ``touching`` part):
+    the overall generated vs observed share and the flagged planted regions."""
+    if not any(f.startswith((kind, f"region_{kind}")) for f in flags):
+        return
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    worst = [f"{k} {pct(v['generated'])} vs {pct(v['real_vs_real'])}"
+             for k, v in (share.get("regions") or {}).items() if f"region_{kind}.{k}" in flags]
+    ctx.note(f"{lead}: {pct(share.get('generated'))} of generated particles vs "
+             f"{pct(share.get('real_vs_real'))} observed"
+             + (f" (by planted region: {'; '.join(worst)})" if worst else "") + f"; {tail}")
