@@ -67,9 +67,9 @@ LAYOUTS: dict[str, dict[str, object]] = {
                                                    [62, 132]],
                   "lane_offsets_px": [22, 45], "particles_per_lane": 3, "band_rows_px": [6, 46],
                   "n_free": 6, "lane_speed_nm_s": 300.0, "free_diffusion_nm2_s": 2000.0},
-    # made after the 196k-image top-stage choice (session 22), to check it on a layout nobody
-    # tuned on: the band at the top, three traps below it, three lanes at the bottom, a
-    # crowded band and faster lanes
+    # made in session 22 after the learning-rate-tail and longer-top-stage tests, to check the
+    # profile on a layout nobody tuned on: the band at the top, three traps below it, three
+    # lanes at the bottom, a crowded band and faster lanes
     "heldout_h": {"seed": 7, "band_rows_px": [4, 40],
                   "trap_positions_px": [[56, 30], [56, 70], [56, 110]],
                   "lane_offsets_px": [22, 42, 60], "particles_per_lane": 2, "n_free": 8,

@@ -292,8 +292,9 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
     h = window // 2
     crops, titles = [], []
     fill = float(np.median(real[:, 0]))
-    rows = (("gen atypical", cg, generated, _atypical(cg, cr)),
-            ("gen touching", cg, generated, _touching(cg, cr)),
+    touch = _touching(cg, cr)
+    rows = (("gen atypical", cg, generated, _atypical(cg, cr, touch)),
+            ("gen touching", cg, generated, touch),
             ("observed", cr, real, _atypical(cr, cr) | _touching(cr, cr)))
     for label, c, x, sel in rows:
         idx = np.flatnonzero(sel)

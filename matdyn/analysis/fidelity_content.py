@@ -343,10 +343,12 @@ def _saddles(resp: np.ndarray, top: np.ndarray, labels: np.ndarray, groups: np.n
         return out
     pos = np.argwhere(top)  # [m, 3] (frame, row, col), the same order as the masked arrays
     lab, grp, val = labels[top], groups[top], resp[top]
+    order = np.lexsort((-val, lab))  # by region, strongest maximum first
+    starts = np.searchsorted(lab[order], keep[multi])
+    ends = np.searchsorted(lab[order], keep[multi], side="right")
     t = np.linspace(0.0, 1.0, 21)[:, None]
-    for i in multi:
-        own = np.flatnonzero(lab == keep[i])
-        own = own[np.argsort(-val[own], kind="stable")]
+    for i, a0, a1 in zip(multi, starts, ends):
+        own = order[a0:a1]
         p = own[0]
         q = own[grp[own] != grp[p]][0]
         f, a, b = pos[p][0], pos[p][1:], pos[q][1:]
@@ -456,6 +458,13 @@ TOUCH_SADDLE = 0.75
 ATYPICAL_FLOOR = 0.02
 
 
+def _area_limits(ref: Centres) -> tuple[float, float]:
+    """(small, large): the single-particle area limits (px) of :func:`_atypical` from ``ref``."""
+    lo, hi = ATYPICAL_PERCENTILES
+    a_lo, a_hi, a_med = np.percentile(ref.area, [lo, hi, 50.0])
+    return min(a_lo, a_med / ATYPICAL_FACTOR), max(a_hi, a_med * ATYPICAL_FACTOR)
+
+
 def _touching(c: Centres, ref: Centres) -> np.ndarray:
     """Boolean [len(c)]: clean touching groups: regions too large for one particle (area above
     the :func:`_atypical` limit) that hold ≥ 2 peaks (``Centres.peaks``) with an area per peak
@@ -464,25 +473,22 @@ def _touching(c: Centres, ref: Centres) -> np.ndarray:
     if c.peaks is None:
         return np.zeros(len(c), bool)
     dip = np.ones(len(c), bool) if c.saddle is None else np.nan_to_num(c.saddle, nan=1.0) <= TOUCH_SADDLE
-    lo, hi = ATYPICAL_PERCENTILES
-    a_lo, a_hi, a_med = np.percentile(ref.area, [lo, hi, 50.0])
-    small, large = min(a_lo, a_med / ATYPICAL_FACTOR), max(a_hi, a_med * ATYPICAL_FACTOR)
+    small, large = _area_limits(ref)
     per_peak = c.area / np.maximum(c.peaks, 1)
     return (c.area > large) & (c.peaks >= 2) & (per_peak >= small) & (per_peak <= large) & dip
 
 
-def _atypical(c: Centres, ref: Centres) -> np.ndarray:
+def _atypical(c: Centres, ref: Centres, touching: np.ndarray | None = None) -> np.ndarray:
     """Boolean [len(c)]: the particles of ``c`` whose area or depth lies outside the
     :data:`ATYPICAL_PERCENTILES` of the reference particles ``ref`` and beyond
-    :data:`ATYPICAL_FACTOR` of their median, clean touching groups (:func:`_touching`)
-    excepted."""
-    lo, hi = ATYPICAL_PERCENTILES
-    a_lo, a_hi, a_med = np.percentile(ref.area, [lo, hi, 50.0])
-    bad = (c.area < min(a_lo, a_med / ATYPICAL_FACTOR)) | (c.area > max(a_hi, a_med * ATYPICAL_FACTOR))
+    :data:`ATYPICAL_FACTOR` of their median, clean touching groups (:func:`_touching`, or the
+    mask ``touching`` when the caller has it) excepted."""
+    small, large = _area_limits(ref)
+    bad = (c.area < small) | (c.area > large)
     if c.depth is not None and ref.depth is not None:
-        d_lo, d_med = np.percentile(ref.depth, [lo, 50.0])
+        d_lo, d_med = np.percentile(ref.depth, [ATYPICAL_PERCENTILES[0], 50.0])
         bad |= c.depth < min(d_lo, d_med / ATYPICAL_FACTOR)
-    return bad & ~_touching(c, ref)
+    return bad & ~(_touching(c, ref) if touching is None else touching)
 
 
 def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequence[Centres], *,
@@ -520,7 +526,8 @@ def atypical_fidelity(splits: Sequence[tuple[Centres, Centres]], generated: Sequ
         particle)."""
         lab = _region_labels(c, rmap) if n else None
         out = []
-        for bad in (_atypical(c, ref), _touching(c, ref)):
+        touch = _touching(c, ref)
+        for bad in (_atypical(c, ref, touch), touch):
             row = [bad.mean() if len(c) else np.nan]
             if n:
                 row += [bad[lab == k].mean() if (lab == k).any() else np.nan for k in range(n)]

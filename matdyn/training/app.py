@@ -341,7 +341,8 @@ def build(
     module = instantiate(cfg.model, **model_kw, _convert_="all")
     ckpt_path = _resume(cfg, module)
     cb_cfg = cfg.get("callbacks") or {}
-    callbacks = [ProgressiveSchedule(stages, **_lr_decay(extras)),
+    lr_decay = _lr_decay(extras)
+    callbacks = [ProgressiveSchedule(stages, **lr_decay),
                  *(instantiate(node, **_callback_kwargs(name, node, run_dir), _convert_="all")
                    for name, node in cb_cfg.items() if node and "_target_" in node),
                  *extra_callbacks]
@@ -356,7 +357,7 @@ def build(
         "profile": profile_name, "dataset": str(cfg.dataset.name), "resolution": top,
         "ndim": dm.ndim, "channels": dm.channels, "frames": dm.n_frames,
         "filters": model_kw["filters"], "ema_decay": model_kw["ema_decay"],
-        "ema_start_stage": model_kw["ema_start_stage"], **_lr_decay(extras),
+        "ema_start_stage": model_kw["ema_start_stage"], **lr_decay,
         "stages": [s.__dict__ for s in stages], "total_images": total_images(stages),
         "generator_parameters": sum(p.numel() for p in module.generator.parameters()),
         "critic_parameters": sum(p.numel() for p in module.discriminator.parameters()),
