@@ -135,6 +135,38 @@ def _section_rays(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]
     print(f"rays: {out['rays']['s_per_reference']:.3f} s/reference", file=sys.stderr)
 
 
+def _section_particles(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
+    """The 'particles' section: segmentation and particle centres with depths, peaks and
+    saddles (matdyn.analysis.fidelity_content.dark_particle_centres, the training summary's and
+    the NP analysis's fidelity locator) on NP stand-in frames at 64 px; median s per 1000
+    frames, and the mask_centres part alone."""
+    import statistics
+
+    from matdyn.analysis.fidelity_content import dark_particle_centres, mask_centres
+    from matdyn.data.synthetic.np_diffusion import simulate
+    from matdyn.descriptors.particles import binarize, tophat_response
+
+    n = 50 if a.smoke else 1000
+    x = simulate(n_frames=n, size=64, seed=0).frames
+    resp = tophat_response(x[:, 0], sigma=1.0, radius=6, dark=True)
+    masks = binarize(resp, "otsu")
+
+    def median_s(fn) -> float:  # noqa: ANN001
+        ts = []
+        for _ in range(max(a.repeats, 1)):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1000 / n
+
+    out["particles"] = {
+        "frames": n,
+        "dark_particle_centres_s_per_1000": median_s(lambda: dark_particle_centres(x)),
+        "mask_centres_s_per_1000": median_s(lambda: mask_centres(masks, response=resp)),
+    }
+    print(f"particles: {out['particles']}", file=sys.stderr)
+
+
 def _section_rss(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
     """The 'rss' section of the benchmark (results into ``out``)."""
     ms = (200, 2000) if not a.smoke else (10, 40)
@@ -181,12 +213,12 @@ def _section_anchor(a: argparse.Namespace, out: dict, gv: list[str], tv: list[st
             print(f"anchor {kind} {res}: {json.dumps(_rounded(row))}", file=sys.stderr)
 
 
-SECTIONS = ("ceiling", "train", "generate", "pipeline", "rays", "rss", "anchor")
+SECTIONS = ("ceiling", "train", "generate", "pipeline", "rays", "particles", "rss", "anchor")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rays,rss")
+    ap.add_argument("--sections", default="ceiling,train,generate,pipeline,rays,particles,rss")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--gen-variants", default=",".join(GEN_VARIANTS))
@@ -229,6 +261,7 @@ def main() -> None:
         sections.add("anchor")
     for name, section in (("train", _section_train), ("generate", _section_generate),
                           ("pipeline", _section_pipeline), ("rays", _section_rays),
+                          ("particles", _section_particles),
                           ("rss", _section_rss), ("anchor", _section_anchor)):
         if name in sections:
             section(a, out, gv, tv)

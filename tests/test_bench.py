@@ -130,3 +130,14 @@ def test_ray_benchmark_follows_every_particle_of_its_grid():
     # 4 particles ≥ 10 px apart, moved ≤ 2√2 px by γ = 2 in 25 steps: none is lost
     assert r["particles"] == 4 and r["steps"] == 25 and r["lost_fraction_at_max_gamma"] == 0.0
     assert r["s_per_reference"] > 0
+
+
+def test_bench_particles_section_times_the_fidelity_locator():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke",
+                        "--sections", "particles", "--threads", "1"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)["particles"]
+    assert out["frames"] == 50
+    assert 0 < out["mask_centres_s_per_1000"] < out["dark_particle_centres_s_per_1000"]
