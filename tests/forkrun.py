@@ -80,6 +80,40 @@ def run_entry(script: str, *args: str, cwd: Path | None = None, env: dict | None
         return Result(rc, Path(out).read_text(), Path(err).read_text())
 
 
+def run_entries(calls: Sequence[dict], jobs: int = 2) -> list[Result]:
+    """Run several entry points, up to ``jobs`` forked children at a time; each call is a
+    dict of :func:`run_entry`'s arguments (``script``, ``args`` and optional ``cwd``, ``env``,
+    ``patch``). Results come back in the order of ``calls``. For cases that stop early (the
+    error-contract table): most of a case's time is Hydra composing the config in one
+    single-threaded child, so two at a time halve the wall time on 2 cores."""
+    results: list[Result | None] = [None] * len(calls)
+    with tempfile.TemporaryDirectory() as d:
+        running: dict[int, tuple[int, str, str]] = {}
+        pending = list(enumerate(calls))
+        while pending or running:
+            while pending and len(running) < max(int(jobs), 1):
+                k, call = pending.pop(0)
+                out, err = os.path.join(d, f"{k}.out"), os.path.join(d, f"{k}.err")
+                for f in (out, err):
+                    open(f, "w").close()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child
+                    if call.get("env"):
+                        os.environ.update(call["env"])
+                    _child(ROOT / "scripts" / call["script"], list(call["args"]),
+                           call.get("cwd") or ROOT, out, err, call.get("patch"))
+                running[pid] = (k, out, err)
+            pid, status = os.wait()
+            if pid not in running:
+                continue  # a child this function did not start
+            k, out, err = running.pop(pid)
+            results[k] = Result(os.waitstatus_to_exitcode(status), Path(out).read_text(),
+                                Path(err).read_text())
+    return [r for r in results if r is not None]
+
+
 def start_entry(script: str, *args: str, log: Path, cwd: Path | None = None,
                 patch: Callable[[], None] | None = None) -> int:
     """Start ``scripts/<script>`` in a forked child and return its pid at once (for kill -9

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from forkrun import run_entry
+from forkrun import run_entries, run_entry
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -388,14 +388,21 @@ def _snapshot(t: Path) -> dict[str, tuple[int, int]]:
 def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
     t = inputs
     failures = []
-    for cid, script, args, expect, patch in _cases(t):
+    cases = _cases(t)
+    calls, run_before = [], {}
+    for cid, script, args, _expect, patch in cases:
         run_dir = t / "runs" / cid
         hydra = [] if script == "reproduce.py" or any(a.startswith("hydra.run.dir") for a in args) \
             else [f"hydra.run.dir={run_dir}"]
-        before, run_before = _snapshot(t), _snapshot(run_dir) if run_dir.exists() else {}
-        t0 = time.perf_counter()
-        r = run_entry(script, *args, *hydra, patch=patch, env={"HYDRA_FULL_ERROR": "0"})
-        print(f"{cid}: {time.perf_counter() - t0:.1f} s")
+        run_before[cid] = _snapshot(run_dir) if run_dir.exists() else {}
+        calls.append({"script": script, "args": [*args, *hydra], "patch": patch,
+                      "env": {"HYDRA_FULL_ERROR": "0"}})
+    before = _snapshot(t)
+    t0 = time.perf_counter()
+    results = run_entries(calls, jobs=2)  # two children at a time: each case is one process
+    print(f"{len(cases)} cases: {time.perf_counter() - t0:.1f} s")
+    for (cid, _script, _args, expect, _patch), r in zip(cases, results, strict=True):
+        run_dir = t / "runs" / cid
         errors = r.error_lines
         problems = []
         if r.rc != 2:
@@ -406,14 +413,17 @@ def test_every_entry_point_refuses_bad_input_in_one_line(inputs):
             problems.append(f"message lacks {expect!r}")
         if "Traceback" in r.stderr:
             problems.append("traceback")
-        if _snapshot(t) != before:
-            problems.append("inputs changed")
         written = [k for k, v in (_snapshot(run_dir) if run_dir.exists() else {}).items()
-                   if run_before.get(k) != v and not k.endswith(".log") and not k.startswith(".hydra/")]
+                   if run_before[cid].get(k) != v and not k.endswith(".log")
+                   and not k.startswith(".hydra/")]
         if written:
             problems.append(f"wrote {written}")
         if problems:
             failures.append(f"{cid}: {', '.join(problems)}\n    {r.stderr.strip()[-600:]}")
+    after = _snapshot(t)
+    if after != before:  # the inputs are shared: name the files, not the case
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        failures.append(f"inputs changed while the cases ran: {changed}")
     assert not failures, f"{len(failures)} case(s) break the contract:\n" + "\n".join(failures)
 
 

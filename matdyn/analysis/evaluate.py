@@ -272,15 +272,24 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
     """Figure: the particles behind ``particles.atypical``, as ``window`` × ``window`` px crops
     of channel 0 centred on each (spread evenly through each set; outside the frame a flat
     grey): up to ``n`` atypical generated particles (faint, half-formed, split or merged, or
-    cut by the frame edge; row 1), ``n`` generated touching groups (row 2) and ``n`` observed
-    particles of either kind (row 3), each titled with its area ``A`` (px) and depth ``d`` (peak
+    cut by the frame edge; row 1), ``n`` generated touching groups (row 2), ``n`` generated
+    particles with a halo (a light rim around a dark particle, ``particles.atypical.halo``;
+    row 3), ``n`` generated faint features (smudges too faint to segment,
+    ``particles.atypical.faint``; row 4, titled with depth only) and ``n`` observed particles or
+    faint features of any of these kinds (row 5), each titled with its area ``A`` (px) and depth ``d`` (peak
     top-hat contrast / the observed median). Classes as in
     :func:`~matdyn.analysis.fidelity_content.atypical_fidelity`, with limits from all observed
     particles. Frames [N, C, H, W]; ``dark`` False for bright particles. Returns None when no
     observed particle is found. Shows whether a flagged share is a defect a person would call
     one (session 22: on the default NP stand-in most flagged band particles were touching
     pairs)."""
-    from matdyn.analysis.fidelity_content import _atypical, _touching
+    from matdyn.analysis.fidelity_content import (
+        FAINT_LEVEL,
+        Centres,
+        _atypical,
+        _haloed,
+        _touching,
+    )
     from matdyn.viz import image_grid
 
     sign = 1.0 if dark else -1.0
@@ -293,9 +302,24 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
     crops, titles = [], []
     fill = float(np.median(real[:, 0]))
     touch = _touching(cg, cr)
+    empty = Centres(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64), 0,
+                    np.zeros(0))
+
+    def faint(c: Centres) -> tuple[Centres, np.ndarray]:
+        f = c.faint if c.faint is not None else empty
+        return f, f.depth >= FAINT_LEVEL * d_med
+
+    (fg, fg_sel), (fr, fr_sel) = faint(cg), faint(cr)
+    obs_sel = _atypical(cr, cr) | _touching(cr, cr) | _haloed(cr, cr)
+    # observed row: particles of any kind, then faint features (one Centres for the crops)
+    obs = Centres(np.r_[cr.frame[obs_sel], fr.frame[fr_sel]], np.r_[cr.rc[obs_sel], fr.rc[fr_sel]],
+                  np.r_[cr.area[obs_sel], fr.area[fr_sel]], cr.n_frames,
+                  np.r_[cr.depth[obs_sel], fr.depth[fr_sel]])
     rows = (("gen atypical", cg, generated, _atypical(cg, cr, touch)),
             ("gen touching", cg, generated, touch),
-            ("observed", cr, real, _atypical(cr, cr) | _touching(cr, cr)))
+            ("gen halo", cg, generated, _haloed(cg, cr)),
+            ("gen faint", fg, generated, fg_sel),
+            ("observed", obs, real, np.ones(len(obs), bool)))
     for label, c, x, sel in rows:
         idx = np.flatnonzero(sel)
         idx = idx[np.unique(np.linspace(0, idx.size - 1, min(n, idx.size)).round().astype(int))]
@@ -308,7 +332,8 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
             r, col = np.round(c.rc[i]).astype(int)
             img = np.pad(x[c.frame[i], 0], h, constant_values=fill)  # outside the frame: flat
             crops.append(img[r:r + window, col:col + window])
-            titles.append(f"{label} A{c.area[i]} d{c.depth[i] / d_med:.2f}")
+            area = f" A{c.area[i]}" if c.area[i] else ""  # faint features have no area
+            titles.append(f"{label}{area} d{c.depth[i] / d_med:.2f}")
     return image_grid(np.stack(crops), pixel_size=pixel_size, unit=unit, ncols=n, titles=titles,
                       panel_size=1.5)
 

@@ -172,6 +172,17 @@ class NPDiffusionCase:
         _share_note(ctx, at.get("touching") or {}, at.get("flagged") or [], "touching",
                     "the generator draws particles touching (two crisp particles merged in one "
                     "mask) too often", "their pair spacing differs from the observed one")
+        _share_note(ctx, at.get("halo") or {}, at.get("flagged") or [], "halo",
+                    "the generator draws light halos around particles (a rim brighter than "
+                    "its surroundings) more often than observed",
+                    "halos are image artefacts, not particles; the image differences that "
+                    "calibrate gamma include them")
+        _share_note(ctx, at.get("faint") or {}, at.get("flagged") or [], "faint",
+                    "the generator draws faint smudges (dips too faint to segment as "
+                    "particles) more often than observed; shares are faint features per "
+                    "particle",
+                    "the particle measures do not see them, the image differences that "
+                    "calibrate gamma do")
         sp = fid["subpixel"]
         if sp.get("flagged"):
             how = "more" if sp["generated_locked_share"] > sp["real_locked_share"] else "less"
@@ -555,7 +566,8 @@ register_case(CASE, NPDiffusionCase, Config)
 
 def _share_note(ctx: CaseContext, share: dict, flags: list[str], kind: str, lead: str,
                 tail: str) -> None:
-    """A note for a flagged particle share (``fidelity.atypical`` or its ``touching`` part):
+    """A note for a flagged particle share (``fidelity.atypical`` or its ``touching`` or
+    ``halo`` part):
     the overall generated vs observed share and the flagged planted regions."""
     if not any(f.startswith((kind, f"region_{kind}")) for f in flags):
         return
