@@ -151,6 +151,8 @@ def row(setting: str, layout: str, minutes: float, s: dict | None) -> dict:
     r["atypical_worst"] = None if worst is None else {
         "region": worst[0], "generated": worst[1]["generated"],
         "observed": worst[1]["real_vs_real"]}
+    # faint features (smudges too faint to segment) per frame, generated / observed
+    r["faint_per_frame"] = (at.get("faint") or {}).get("per_frame")
     r["flags"] = s.get("flags", [])
     return r
 
@@ -165,21 +167,28 @@ def _atypical(w: dict | None) -> str:
     return f"{100 * w['generated']:.1f} / {100 * w['observed']:.1f} ({w['region']})"
 
 
+def _faint(f: dict | None) -> str:
+    if not f or f.get("generated") is None or f.get("observed") is None:
+        return "—"
+    return f"{f['generated']:.2f} / {f['observed']:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| setting | layout | minutes | directed | free | confined | all particles | "
-            "diversity | SWD / baseline | atypical % gen / obs (worst region) | flags |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "diversity | SWD / baseline | atypical % gen / obs (worst region) | "
+            "faint per frame gen / obs | flags |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
-                         f"{r['error']} | | | | | | | |")
+                         f"{r['error']} | | | | | | | | |")
             continue
         rat = r["ratios"]
         lines.append(f"| {r['setting']} | {r['layout']} | {r['minutes']:.1f} | "
                      + " | ".join(_f(rat.get(m)) for m in ("directed", "free", "confined"))
                      + f" | {_f(r['particles_ratio'])} | {_f(r.get('diversity_ratio'))} | "
                      f"{_f(r['swd_ratio'])} | {_atypical(r.get('atypical_worst'))} | "
-                     f"{', '.join(r['flags']) or 'none'} |")
+                     f"{_faint(r.get('faint_per_frame'))} | {', '.join(r['flags']) or 'none'} |")
     return "\n".join(lines)
 
 

@@ -219,13 +219,14 @@ def test_study_profile_table_from_summaries():
                "frame_diversity": {"ratio": 0.45}}
     rows = [mod.row("quick", "default", 1.5, summary), mod.row("w2", "heldout_a", 2.0, None)]
     text = mod.table(rows)
-    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 0.45 | 3.00 | — | swd |" in text
+    assert "| quick | default | 1.5 | 0.50 | 0.90 | 1.00 | 0.80 | 0.45 | 3.00 | — | — | swd |" in text
     # the atypical column names the region with the highest generated / observed share (the
     # observed share floored at 2 %: confined 0 / 0 and directed 3.5 / 2.1 % rank below free)
     summary["particles"]["atypical"] = {"regions": {
         "directed": {"generated": 0.035, "real_vs_real": 0.021},
         "free": {"generated": 0.087, "real_vs_real": 0.038},
-        "confined": {"generated": 0.0, "real_vs_real": 0.0}}}
+        "confined": {"generated": 0.0, "real_vs_real": 0.0}},
+        "faint": {"per_frame": {"generated": 0.334, "observed": 0.114}}}
     worst = mod.table([mod.row("quick", "heldout_d", 30.0, summary)])
-    assert "| 3.00 | 8.7 / 3.8 (free) | swd |" in worst
+    assert "| 3.00 | 8.7 / 3.8 (free) | 0.33 / 0.11 | swd |" in worst
     assert "| w2 | heldout_a | 2.0 | training or evaluation failed |" in text

@@ -625,6 +625,25 @@ def test_smudges_too_faint_to_segment_are_counted_as_faint_features():
     assert not any(n.startswith(("faint", "region_faint")) for n in flagged(checks))
 
 
+def test_np_analysis_notes_name_flagged_halo_and_faint_shares():
+    """The NP analysis turns flagged halo / faint checks into one note each, with the regions
+    that flag; shares that do not flag give no note."""
+    from types import SimpleNamespace
+
+    from matdyn.analysis.cases.np_diffusion import _share_note
+
+    notes: list[str] = []
+    ctx = SimpleNamespace(note=notes.append)
+    faint = {"generated": 0.03, "real_vs_real": 0.007,
+             "regions": {"free": {"generated": 0.05, "real_vs_real": 0.001},
+                         "confined": {"generated": 0.0, "real_vs_real": 0.0}}}
+    flags = ["faint_share", "region_faint.free"]
+    _share_note(ctx, faint, flags, "faint", "faint smudges", "tail")
+    _share_note(ctx, {"generated": 0.01, "real_vs_real": 0.0}, flags, "halo", "halos", "tail")
+    assert notes == ["faint smudges: 3.0 % of generated particles vs 0.7 % observed (by planted "
+                     "region: free 5.0 % vs 0.1 %); tail"]
+
+
 def test_touching_particles_are_counted_apart_from_half_formed_ones():
     """Two crisp particles in contact merge into one mask of twice the area: they are counted
     as *touching* (a pair-spacing statistic), not atypical; a single-peaked streak of the same

@@ -18,8 +18,10 @@ generator learns still particles first"). The measures here look at content:
   atypical particles (:func:`atypical_fidelity`: area below the observed 1st percentile and
   ½ × the median or above the 99th and 2 × the median, or depth below the 1st percentile and
   ½ × the median; faint, half-formed or split particles; clean touching groups, whose regions hold
-  ≥ 2 response peaks of single-particle area each, are counted apart as the *touching* share)
-  and — given a planted region map — particles per frame and both shares in each region,
+  ≥ 2 response peaks of single-particle area each, are counted apart as the *touching* share),
+  the *halo* share (a rim brighter than the particle's surroundings, :func:`_haloed`), the
+  *faint* features per particle (dips too faint to segment: smudges, :data:`FAINT_LEVEL`)
+  and — given a planted region map — particles per frame and these shares in each region,
   generated vs observed.
 * :func:`composition_fidelity`: per-channel mass fractions of multi-channel frames inside
   each frame's clump mask (the brass clumps' Cu / Cu₂S / CuS share, paper §3.4) and,
