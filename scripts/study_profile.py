@@ -74,6 +74,13 @@ LAYOUTS: dict[str, dict[str, object]] = {
                   "trap_positions_px": [[56, 30], [56, 70], [56, 110]],
                   "lane_offsets_px": [22, 42, 60], "particles_per_lane": 2, "n_free": 8,
                   "lane_speed_nm_s": 450.0, "free_diffusion_nm2_s": 2200.0},
+    # made in session 23 after the halo and faint-feature measures were set, as the last
+    # from-scratch check of the profile: three traps at the top, two lanes across the middle,
+    # the band at the bottom, slower lanes
+    "heldout_i": {"seed": 11, "trap_positions_px": [[24, 30], [24, 110], [40, 70]],
+                  "lane_offsets_px": [-8, 14], "particles_per_lane": 3,
+                  "band_rows_px": [98, 138], "n_free": 7, "lane_speed_nm_s": 250.0,
+                  "free_diffusion_nm2_s": 1800.0},
 }
 DEFAULT_SETTINGS = {"quick": []}
 #: the end-to-end check: 300 frames, 16 px, ~1 minute on 2 cores
