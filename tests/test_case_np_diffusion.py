@@ -271,13 +271,19 @@ def test_end_to_end_outputs(analysis):
     assert heads[0] == "particles that keep their place are drawn too still"
     # the oracle's Gaussian dips are shallower and wider than the store's rendered discs: the
     # atypical share (training summary's measure) sees them when flagged; touching groups have
-    # their own checks and note (session 22)
+    # their own checks and note (session 22), and so do halos and faint smudges (session 23)
     at_flags = fid["atypical"]["flagged"]
     assert "touching" in fid["atypical"]
     assert heads[1:] == (["the generator draws too many faint, half-formed, split or merged "
                           "particles"] if any("atypical" in f for f in at_flags) else []) + (
         ["the generator draws particles touching (two crisp particles merged in one mask) too "
          "often"] if any("touching" in f for f in at_flags) else []) + (
+        ["the generator draws light halos around particles (a rim brighter than its "
+         "surroundings) more often than observed"] if any("halo" in f for f in at_flags)
+        else []) + (
+        ["the generator draws faint smudges (dips too faint to segment as particles) more often "
+         "than observed; shares are faint features per particle"]
+        if any("faint" in f for f in at_flags) else []) + (
         ["generated particle centroids sit on the pixel grid less often than observed"]
         if fid["subpixel"]["flagged"] else [])
     assert summary["config"]["n_refs"] == cfg.n_refs and summary["fit"] == "crop"
