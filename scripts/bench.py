@@ -136,10 +136,11 @@ def _section_rays(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]
 
 
 def _section_particles(a: argparse.Namespace, out: dict, gv: list[str], tv: list[str]) -> None:
-    """The 'particles' section: segmentation and particle centres with depths, peaks and
-    saddles (matdyn.analysis.fidelity_content.dark_particle_centres, the training summary's and
-    the NP analysis's fidelity locator) on NP stand-in frames at 64 px; median s per 1000
-    frames, and the mask_centres part alone."""
+    """The 'particles' section: segmentation and particle centres with depths, peaks,
+    saddles, halos and faint features (matdyn.analysis.fidelity_content.dark_particle_centres,
+    the training summary's and the NP analysis's fidelity locator) on NP stand-in frames at
+    64 px; median s per 1000 frames, and the mask_centres part alone (no frames given: no
+    halos)."""
     import statistics
 
     from matdyn.analysis.fidelity_content import dark_particle_centres, mask_centres
