@@ -11,6 +11,7 @@ import os
 import runpy
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,21 +64,8 @@ def _child(script: Path, args: Sequence[str], cwd: Path, out: str, err: str,
 def run_entry(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
               patch: Callable[[], None] | None = None, timeout: float = 300) -> Result:
     """Run ``scripts/<script>`` with ``args`` in a forked child; its rc, stdout, stderr."""
-    path = ROOT / "scripts" / script
-    with tempfile.TemporaryDirectory() as d:
-        out, err = os.path.join(d, "out"), os.path.join(d, "err")
-        for f in (out, err):
-            open(f, "w").close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            if env:
-                os.environ.update(env)
-            _child(path, args, cwd or ROOT, out, err, patch)
-        _, status = os.waitpid(pid, 0)
-        rc = os.waitstatus_to_exitcode(status)
-        return Result(rc, Path(out).read_text(), Path(err).read_text())
+    return run_entries([{"script": script, "args": args, "cwd": cwd, "env": env,
+                         "patch": patch}], jobs=1)[0]
 
 
 def run_entries(calls: Sequence[dict], jobs: int = 2) -> list[Result]:
@@ -105,12 +93,18 @@ def run_entries(calls: Sequence[dict], jobs: int = 2) -> list[Result]:
                     _child(ROOT / "scripts" / call["script"], list(call["args"]),
                            call.get("cwd") or ROOT, out, err, call.get("patch"))
                 running[pid] = (k, out, err)
-            pid, status = os.wait()
-            if pid not in running:
-                continue  # a child this function did not start
-            k, out, err = running.pop(pid)
-            results[k] = Result(os.waitstatus_to_exitcode(status), Path(out).read_text(),
-                                Path(err).read_text())
+            done = False
+            # only our own children (a test may hold others); block when one is left
+            flag = 0 if len(running) == 1 and not pending else os.WNOHANG
+            for pid in list(running):
+                got, status = os.waitpid(pid, flag)
+                if got == pid:
+                    k, out, err = running.pop(pid)
+                    results[k] = Result(os.waitstatus_to_exitcode(status), Path(out).read_text(),
+                                        Path(err).read_text())
+                    done = True
+            if not done:
+                time.sleep(0.01)
     return [r for r in results if r is not None]
 
 
