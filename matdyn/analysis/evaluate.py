@@ -310,7 +310,8 @@ def atypical_particles(real: np.ndarray, generated: np.ndarray, *, n: int = 8, w
         return f, f.depth >= FAINT_LEVEL * d_med
 
     (fg, fg_sel), (fr, fr_sel) = faint(cg), faint(cr)
-    obs_sel = _atypical(cr, cr) | _touching(cr, cr) | _haloed(cr, cr)
+    touch_r = _touching(cr, cr)
+    obs_sel = _atypical(cr, cr, touch_r) | touch_r | _haloed(cr, cr)
     # observed row: particles of any kind, then faint features (one Centres for the crops)
     obs = Centres(np.r_[cr.frame[obs_sel], fr.frame[fr_sel]], np.r_[cr.rc[obs_sel], fr.rc[fr_sel]],
                   np.r_[cr.area[obs_sel], fr.area[fr_sel]], cr.n_frames,

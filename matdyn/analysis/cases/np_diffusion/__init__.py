@@ -566,9 +566,9 @@ register_case(CASE, NPDiffusionCase, Config)
 
 def _share_note(ctx: CaseContext, share: dict, flags: list[str], kind: str, lead: str,
                 tail: str) -> None:
-    """A note for a flagged particle share (``fidelity.atypical`` or its ``touching`` or
-    ``halo`` part):
-    the overall generated vs observed share and the flagged planted regions."""
+    """A note for a flagged particle share (``fidelity.atypical`` or its ``touching``,
+    ``halo`` or ``faint`` part): the overall generated vs observed share and the flagged
+    planted regions."""
     if not any(f.startswith((kind, f"region_{kind}")) for f in flags):
         return
 
